@@ -1,0 +1,312 @@
+"""Latent diffusion over the MLD motion latent: schedule, denoiser, loss, DDIM/DDPM, guidance.
+
+Paper: LEAD: Latent Realignment for Human Motion Diffusion (Andreou et al., arXiv 2410.14508;
+../shared/seeds/000_c8069c11a3356e2a.txt). Implements
+
+    q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, (1 - alpha_t) I)                   Eq. (1)
+        in closed form q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)          (DDPM Eq. 4)
+    E_{z_0, t, eps} || eps - eps_theta(z_t, t, c) ||^2                              Eq. (2)
+    eps^s(z, t, c) = s eps_theta(z, t, c) + (1 - s) eps_theta(z, t, "")            Eq. (8)
+    x0_hat = F(eps) = (x_t - sqrt(1 - abar_t) eps_theta(x_t)) / sqrt(abar_t)       Eq. (10)
+
+with the denoiser of Sec. 4.1.1 (2) (a transformer with long skip connections over the tokens
+[z_t, time, text]) and the sampler LEAD inherits from MLD (Sec. 5.2: "1K diffusion steps and 50
+for training and inference"): DDIM (Song et al., arXiv 2010.02502, Eqs. 12 and 16) with eta 0,
+and, for completeness, ancestral DDPM (Ho et al., arXiv 2006.11239, Eqs. 6-7). Every number
+follows MLD's configs (`configs/modules/scheduler.yaml`, `denoiser.yaml`,
+`config_mld_humanml3d.yaml`), which drive diffusers' DDPMScheduler / DDIMScheduler.
+
+Notation (code -> paper):
+    x0, x_t           z_0^vae, z_t^vae     clean / noised VAE latent (B, n, d)
+    t                 t                    step index 0..T-1 here = the paper's 1..T
+    betas[t]          1 - alpha_t          per-step noise variance of Eq. (1)
+    alphas_cumprod[t] abar_t = prod_{s<=t} alpha_s  (Eq. 10; DDIM's paper calls it alpha_t)
+    eps               eps                  the Gaussian noise, and eps_theta its prediction
+    c, c_uncond       c, "" (the empty set of Eq. 8)   text embeddings (B, W) / (W,)
+    scale             s                    guidance scale, Eq. (8)
+    eta, sigma        eta, sigma_t         DDIM stochasticity, DDIM Eq. (16)
+
+Glossary: B batch, n latent tokens, d latent width (= denoiser width), W text width.
+
+Differences from the paper:
+- Eq. (2) is a squared norm; we take its element mean (MLD: nn.MSELoss), and t is drawn
+  uniformly from the T training steps (index 0..999 for the paper's 1..1000).
+- MLD's text projection is Sequential(ReLU, Linear(768 -> 256)) (its code flags the ReLU as
+  "debug why relu"); we use the plain Linear, so negative CLIP components are not discarded.
+- The schedule is built in float64 and stored in float32 (diffusers builds it in float32);
+  the two agree to about 1e-7.
+- Eq. (8) is evaluated as written; MLD writes the same quantity as
+  eps_uncond + s (eps_cond - eps_uncond).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from vae import SkipTransformer
+
+
+# ----------------------------------------------------------------------------
+# Building blocks
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer steps: t (B,) -> (B, dim), laid out [cos | sin].
+
+    The frequencies are max_period^(-i / (dim/2)), i = 0..dim/2-1, as diffusers' `Timesteps`
+    with MLD's flip_sin_to_cos=True and freq_shift=0."""
+    assert t.dim() == 1, f"timesteps are (B,), got shape {tuple(t.shape)}"
+    assert dim % 2 == 0, f"the time embedding needs an even width, got {dim}"
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)  # (dim/2,)
+    args = t.float()[:, None] * freqs[None, :]                                  # (B, dim/2)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)                # (B, dim)
+
+
+@dataclass
+class DiffusionConfig:
+    n_layers: int = 9             # MLD denoiser.yaml num_layers (skip transformer: 4 + 1 + 4)
+    n_heads: int = 4              # MLD denoiser.yaml num_heads
+    ff_dim: int = 1024            # MLD denoiser.yaml ff_size
+    dropout: float = 0.1          # MLD denoiser.yaml dropout
+    activation: str = "gelu"      # MLD denoiser.yaml activation
+    train_steps: int = 1000       # MLD scheduler.yaml num_train_timesteps; LEAD Sec. 5.2 "1K"
+    beta_start: float = 0.00085   # MLD scheduler.yaml, beta_schedule scaled_linear
+    beta_end: float = 0.012       # MLD scheduler.yaml
+    sample_steps: int = 50        # MLD num_inference_timesteps; LEAD Sec. 5.2 "50 for inference"
+    eta: float = 0.0              # MLD scheduler.yaml eta (deterministic DDIM)
+    steps_offset: int = 1         # MLD scheduler.yaml steps_offset: timesteps 981, 961, ..., 1
+    set_alpha_to_one: bool = False  # MLD scheduler.yaml: the last DDIM step lands on abar_0
+    guidance_scale: float = 7.5   # MLD config_mld_humanml3d.yaml guidance_scale, Eq. (8)
+    cond_drop: float = 0.1        # MLD guidance_uncondp; LEAD Sec. 4.1.2 "10% dropout"
+
+
+# ----------------------------------------------------------------------------
+# The denoiser eps_theta(z_t, t, c)
+
+
+class Denoiser(nn.Module):
+    """MLD's denoiser: a skip transformer over [z_t tokens, time token, text token].
+
+    Width = the latent width d, so z_t enters the transformer as tokens directly and the
+    first n output tokens (after the stack's final LayerNorm) are the predicted noise, as in MLD.
+    """
+
+    def __init__(self, cfg: DiffusionConfig, latent_shape: tuple[int, int], text_dim: int):
+        super().__init__()
+        n, d = latent_shape
+        self.cfg = cfg
+        self.latent_shape = (n, d)
+        self.text_dim = text_dim
+        # time: sinusoid as wide as the text embedding -> Linear, SiLU, Linear (MLD
+        # Timesteps(text_encoded_dim) + TimestepEmbedding(text_encoded_dim, latent_dim))
+        self.time_mlp = nn.Sequential(nn.Linear(text_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.text_proj = nn.Linear(text_dim, d)
+        # note: MLD's learned positions start uniform in [0, 1), not centred on zero
+        self.pos = nn.Parameter(torch.rand(n + 2, d))
+        self.encoder = SkipTransformer(cfg.n_layers, d, cfg.n_heads, cfg.ff_dim, cfg.dropout,
+                                       cfg.activation)
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """z_t (B, n, d), t (B,) long, c (B, W) -> eps_theta (B, n, d)."""
+        B, n, d = z_t.shape
+        assert (n, d) == self.latent_shape, f"z_t must be (B, {n}, {d}), got {tuple(z_t.shape)}"
+        assert t.shape == (B,), f"one timestep per sample: t is ({B},), got {tuple(t.shape)}"
+        assert c.shape == (B, self.text_dim), \
+            f"c must be (B, W) = ({B}, {self.text_dim}), got {tuple(c.shape)}"
+        time = self.time_mlp(timestep_embedding(t, self.text_dim))              # (B, d)
+        text = self.text_proj(c)                                                 # (B, d)
+        x = torch.cat([z_t, time[:, None], text[:, None]], dim=1) + self.pos    # (B, n+2, d)
+        return self.encoder(x)[:, :n]                                            # (B, n, d)
+
+
+# ----------------------------------------------------------------------------
+# Loss
+
+
+def diffusion_loss(eps_pred: torch.Tensor, eps: torch.Tensor):
+    """Eq. (2), mean over elements (MLD: MSELoss) -> (loss, {"mse"})."""
+    assert eps_pred.shape == eps.shape, f"{tuple(eps_pred.shape)} vs {tuple(eps.shape)}"
+    # Eq. (2): || eps - eps_theta(z_t, t, c) ||^2
+    mse = (eps - eps_pred).pow(2).mean()
+    return mse, {"mse": mse}
+
+
+# ----------------------------------------------------------------------------
+# Schedule, noising, guidance and samplers
+
+
+class GaussianDiffusion(nn.Module):
+    """The noise schedule as buffers, q(x_t | x_0), Eq. (10), Eq. (8), DDIM and DDPM."""
+
+    def __init__(self, cfg: DiffusionConfig):
+        super().__init__()
+        self.cfg = cfg
+        T = cfg.train_steps
+        # "scaled_linear": the square roots of the betas are evenly spaced (built in float64)
+        betas = torch.linspace(cfg.beta_start ** 0.5, cfg.beta_end ** 0.5, T, dtype=torch.float64) ** 2
+        # Eq. (1): alpha_t = 1 - beta_t;  Eq. (10): abar_t = prod_{s <= t} alpha_s
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        # the step after the last DDIM step: abar = 1 (a clean sample) or abar_0 (MLD)
+        final = torch.tensor(1.0, dtype=torch.float64) if cfg.set_alpha_to_one else alphas_cumprod[0]
+        self.register_buffer("betas", betas.float())                            # (T,)
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float())          # (T,)
+        self.register_buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt().float())
+        self.register_buffer("sqrt_one_minus_alphas_cumprod", (1.0 - alphas_cumprod).sqrt().float())
+        self.register_buffer("final_alpha_cumprod", final.float())              # ()
+        # DDPM Eq. (7), the posterior q(x_{t-1} | x_t, x_0) = N(mu_tilde, beta_tilde I) with
+        #   mu_tilde = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0
+        #              + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t
+        #   beta_tilde = (1 - abar_{t-1}) / (1 - abar_t) beta_t,   with abar_{-1} = 1
+        # (in float64: 1 - abar_0 = beta_0 loses 4 digits in float32)
+        prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        one_minus = 1.0 - alphas_cumprod
+        self.register_buffer("posterior_coef_x0", (prev.sqrt() * betas / one_minus).float())
+        self.register_buffer("posterior_coef_xt", ((1 - betas).sqrt() * (1 - prev) / one_minus).float())
+        self.register_buffer("posterior_variance", ((1 - prev) / one_minus * betas).float())
+
+    @staticmethod
+    def _uncond_rows(c_uncond: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The one embedding of "" ((W,) or (1, W)) repeated for each row of c: (B, W)."""
+        W = c.shape[1]
+        assert c_uncond.numel() == W, (f"c_uncond is the single embedding of \"\", (W,) or (1, W) "
+                                       f"with W = {W}; got {tuple(c_uncond.shape)}")
+        return c_uncond.reshape(1, -1).expand_as(c)
+
+    @staticmethod
+    def _per_sample(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """values[t] shaped (B, 1, ..., 1) to broadcast against x (B, ...)."""
+        assert t.shape == (x.shape[0],), f"t must be (B,) = ({x.shape[0]},), got {tuple(t.shape)}"
+        return values[t].view(-1, *([1] * (x.dim() - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Eq. (1) in closed form: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
+        assert noise.shape == x0.shape, f"noise {tuple(noise.shape)} vs x0 {tuple(x0.shape)}"
+        return (self._per_sample(self.sqrt_alphas_cumprod, t, x0) * x0
+                + self._per_sample(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Eq. (10): x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
+        return ((x_t - self._per_sample(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps)
+                / self._per_sample(self.sqrt_alphas_cumprod, t, x_t))
+
+    def loss(self, denoiser: nn.Module, x0: torch.Tensor, c: torch.Tensor, c_uncond: torch.Tensor,
+             generator: torch.Generator | None = None):
+        """Eq. (2) with classifier-free-guidance training -> (loss, {"mse"}).
+
+        x0 (B, n, d) latents from the frozen VAE, c (B, W) text embeddings, c_uncond (W,) or
+        (1, W) the embedding of "" that replaces each row of c with probability cond_drop."""
+        B = x0.shape[0]
+        # t ~ Uniform{0, ..., T-1}, eps ~ N(0, I)
+        t = torch.randint(0, self.cfg.train_steps, (B,), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        x_t = self.q_sample(x0, t, noise)                                        # (B, n, d)
+        # drop the condition: c -> tau("") with probability cond_drop, per sample
+        drop = torch.rand(B, device=x0.device, generator=generator) < self.cfg.cond_drop
+        c = torch.where(drop[:, None], self._uncond_rows(c_uncond, c), c)       # (B, W)
+        return diffusion_loss(denoiser(x_t, t, c), noise)
+
+    def guided_eps(self, denoiser: nn.Module, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
+                   c_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+        """Eq. (8), with the conditional and unconditional passes as one batch of 2B."""
+        c_both = torch.cat([self._uncond_rows(c_uncond, c), c])                 # (2B, W)
+        eps_uncond, eps_cond = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), c_both).chunk(2)
+        # Eq. (8): eps^s = s eps_theta(z, t, c) + (1 - s) eps_theta(z, t, "")
+        return scale * eps_cond + (1.0 - scale) * eps_uncond
+
+    def ddim_timesteps(self, steps: int) -> torch.Tensor:
+        """diffusers' "leading" spacing: T/steps apart, shifted by steps_offset, descending.
+        T = 1000, 50 steps, offset 1 -> 981, 961, ..., 21, 1."""
+        T = self.cfg.train_steps
+        if not 0 < steps <= T:
+            raise ValueError(f"DDIM steps must lie in 1..{T}, got {steps}")
+        ratio = T // steps
+        return (torch.arange(steps - 1, -1, -1) * ratio + self.cfg.steps_offset).long()
+
+    def ddim_step(self, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, eta: float,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One DDIM update x_t -> x_{t_prev} (DDIM formulas 12 and 16, diffusers' step()).
+
+        t_prev < 0 marks the last step, which lands on final_alpha_cumprod (abar_0 for MLD)."""
+        B = x_t.shape[0]
+        # 1. abar_t and abar_{t_prev}
+        a_t = self.alphas_cumprod[t]
+        a_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else self.final_alpha_cumprod
+        # 2. predicted x_0, formula (12) "predicted x_0" = LEAD Eq. (10):
+        #    x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+        x0_hat = self.predict_x0(x_t, torch.full((B,), t, device=x_t.device), eps)
+        # 3. formula (16):
+        #    sigma_t = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)
+        sigma = eta * torch.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        # 4. formula (12) "direction pointing to x_t": sqrt(1 - abar_prev - sigma_t^2) eps
+        #    (clamped: rounding can push 1 - abar_prev - sigma^2 a hair below 0 when eta = 1)
+        direction = torch.sqrt((1 - a_prev - sigma ** 2).clamp(min=0.0)) * eps
+        # 5. formula (12): x_{t_prev} = sqrt(abar_prev) x0_hat + direction + sigma_t noise
+        x_prev = torch.sqrt(a_prev) * x0_hat + direction
+        if eta > 0:
+            assert noise is not None, "eta > 0 adds sigma_t * noise: pass noise ~ N(0, I)"
+            x_prev = x_prev + sigma * noise
+        return x_prev
+
+    def ddpm_step(self, x_t: torch.Tensor, eps: torch.Tensor, t: int,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One ancestral DDPM update x_t -> x_{t-1}: sample q(x_{t-1} | x_t, x0_hat) (DDPM Eqs. 6-7),
+        variance beta_tilde ("fixed_small", MLD's DDPMScheduler); no noise at t = 0."""
+        B = x_t.shape[0]
+        x0_hat = self.predict_x0(x_t, torch.full((B,), t, device=x_t.device), eps)
+        # DDPM Eq. (7): mu_tilde = coef_x0 x0_hat + coef_xt x_t  (coefficients in __init__)
+        mean = self.posterior_coef_x0[t] * x0_hat + self.posterior_coef_xt[t] * x_t
+        if t == 0:
+            return mean
+        assert noise is not None, "DDPM adds noise on every step but the last: pass noise ~ N(0, I)"
+        # x_{t-1} = mu_tilde + sqrt(beta_tilde) noise
+        var = self.posterior_variance[t]
+        return mean + torch.sqrt(var) * noise
+
+    @torch.no_grad()
+    def ddim_sample(self, denoiser: nn.Module, c: torch.Tensor, c_uncond: torch.Tensor,
+                    shape: tuple[int, int, int], steps: int | None = None, eta: float | None = None,
+                    scale: float | None = None, generator: torch.Generator | None = None,
+                    return_trajectory: bool = False):
+        """z_T ~ N(0, I) -> z_0 with guided DDIM (LEAD Sec. 4.1.3). shape = (B, n, d).
+
+        steps, eta, scale default to the config (50, 0, 7.5). Returns z_0 (B, n, d), or
+        (z_0, trajectory (steps + 1, B, n, d)) with return_trajectory."""
+        steps = self.cfg.sample_steps if steps is None else steps
+        eta = self.cfg.eta if eta is None else eta
+        scale = self.cfg.guidance_scale if scale is None else scale
+        x = self._initial_noise(denoiser, c, shape, generator)
+        trajectory = [x]
+        ratio = self.cfg.train_steps // steps
+        for t in self.ddim_timesteps(steps).tolist():
+            t_batch = torch.full((shape[0],), t, device=x.device, dtype=torch.long)
+            eps = self.guided_eps(denoiser, x, t_batch, c, c_uncond, scale)
+            noise = torch.randn(shape, device=x.device, generator=generator) if eta > 0 else None
+            x = self.ddim_step(x, eps, t, t - ratio, eta, noise)
+            trajectory.append(x)
+        return (x, torch.stack(trajectory)) if return_trajectory else x
+
+    @torch.no_grad()
+    def ddpm_sample(self, denoiser: nn.Module, c: torch.Tensor, c_uncond: torch.Tensor,
+                    shape: tuple[int, int, int], scale: float | None = None,
+                    generator: torch.Generator | None = None, return_trajectory: bool = False):
+        """z_T ~ N(0, I) -> z_0 with guided ancestral sampling over all T steps (slow: T passes)."""
+        scale = self.cfg.guidance_scale if scale is None else scale
+        x = self._initial_noise(denoiser, c, shape, generator)
+        trajectory = [x]
+        for t in range(self.cfg.train_steps - 1, -1, -1):
+            t_batch = torch.full((shape[0],), t, device=x.device, dtype=torch.long)
+            eps = self.guided_eps(denoiser, x, t_batch, c, c_uncond, scale)
+            noise = torch.randn(shape, device=x.device, generator=generator) if t > 0 else None
+            x = self.ddpm_step(x, eps, t, noise)
+            trajectory.append(x)
+        return (x, torch.stack(trajectory)) if return_trajectory else x
+
+    @staticmethod
+    def _initial_noise(denoiser: nn.Module, c: torch.Tensor, shape, generator) -> torch.Tensor:
+        assert not denoiser.training, "call denoiser.eval() before sampling (dropout would be on)"
+        assert len(shape) == 3 and shape[0] == c.shape[0], \
+            f"shape is (B, n, d) with B = len(c) = {c.shape[0]}, got {tuple(shape)}"
+        # z_T ~ N(0, I) (diffusers' init_noise_sigma is 1 for DDIM and DDPM)
+        return torch.randn(shape, device=c.device, generator=generator)

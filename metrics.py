@@ -1,0 +1,554 @@
+"""Text-to-motion evaluation: the metric formulas and the text-motion feature extractor.
+
+Every number in the project's tables is computed here, with the evaluation protocol of
+Guo et al. 2022 ("Generating Diverse and Natural 3D Human Motions from Text", the T2M
+evaluator) that MLD, LEAD, ATM, MATE and LaMP all report:
+
+- LEAD (seeds/000_c8069c11a3356e2a.txt, arXiv 2410.14508) Sec. 5.1.2: FID (Eq. 11),
+  R-precision top-1/2/3, MMdist (Eq. 12), Diversity (Eq. 13), MModality (Eq. 14), each
+  reported as mean +- 1.96 std / sqrt(R) over R replications.
+- LaMP (seeds/003_d88d83113f8fa35c.txt) Tab. 3: text-to-motion and motion-to-text
+  retrieval recall R@{1, 2, 3, 5, 10}.
+
+The metrics are distances between embeddings from a text-motion co-embedding model
+(`TextMotionEmbedder`), built after Guo et al.'s: a movement encoder (two strided
+convolutions, 4x temporal downsampling) and a bidirectional GRU for motion, a
+bidirectional GRU for text, trained contrastively so that a caption lies close (in
+Euclidean distance) to its motion. train.py's `--stage evaluator` trains two independently
+seeded instances: `evaluator` (metrics only) and `alignment` (the training signal of ATM
+and MATE), so no method is scored by the model it was trained against.
+
+Reading order: distance and statistics helpers, the formulas (Eqs. 11-14, R-precision,
+retrieval), the embedder and its loss, the evaluation driver, the results tables.
+
+Differences from the paper:
+- Text input. Guo et al. feed GloVe 300-d word vectors plus a part-of-speech one-hot;
+  GloVe and the POS tagger cannot be downloaded here, so the text GRU reads a learned
+  token embedding of the project's CLIP BPE ids (clip.Tokenizer), start and end token
+  included.
+- Training objective. Guo et al. use a margin contrastive loss (margin 10) on Euclidean
+  distances with one negative per pair (the batch shifted by a random offset), on top of
+  a movement encoder pretrained as an autoencoder and then frozen. Here the whole
+  embedder is trained end to end with a symmetric InfoNCE loss on negative Euclidean
+  distances (see `embedder_loss` for why).
+- Padding. Guo et al. zero-pad motions, so the last strided convolution windows read a
+  few padded frames; here frames (and first-layer outputs) past each length are masked
+  to zero, so an embedding does not depend on how much padding its batch has. The GRUs
+  start from a zero state instead of a learned one.
+- The Real row's FID compares the ground-truth embeddings with themselves (exactly 0);
+  in Guo et al.'s code it compares two passes over randomly cropped test motions (about
+  0.002 on HumanML3D).
+
+Glossary: B batch, T frames, D feature width, L tokens, E embed dim, N samples,
+R replications.
+"""
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FOOT_CONTACT_DIMS = 4  # HumanML3D (263-d) and KIT-ML (251-d) features end with 4 foot contacts
+DOWNSAMPLE = 4  # two stride-2 convolutions in the movement encoder: 4 frames -> 1 step
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+def _as_numpy(x) -> np.ndarray:
+    """Tensor or array -> float64 numpy array (the formulas are computed in float64)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def euclidean_distance_matrix(a, b) -> np.ndarray:
+    """dist[i, j] = ||a_i - b_j||_2 for a (N1, E) and b (N2, E); returns (N1, N2) float64.
+
+    Uses ||a||^2 + ||b||^2 - 2 a.b (one matrix product), clipped at 0 before the square
+    root because rounding can make the sum slightly negative for identical rows.
+    """
+    a, b = _as_numpy(a), _as_numpy(b)
+    assert a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[1], (
+        f"expected (N1, E) and (N2, E) embeddings, got {a.shape} and {b.shape}")
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T  # (N1, N2)
+    return np.sqrt(np.clip(sq, 0.0, None))
+
+
+def mean_ci(values) -> tuple[float, float]:
+    """Mean and 95% confidence half-width 1.96 * std / sqrt(R) over R replications.
+
+    std is the population std (ddof=0), as in Guo et al.'s `get_metric_statistics`.
+    """
+    v = _as_numpy(values).reshape(-1)
+    assert v.size >= 1, "mean_ci needs at least one replication"
+    return float(v.mean()), float(1.96 * v.std() / math.sqrt(v.size))
+
+
+# ---------------------------------------------------------------------------------------
+# The formulas (LEAD Sec. 5.1.2)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """Frechet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2) (LEAD Eq. 11).
+
+    The matrix square root is scipy.linalg.sqrtm of sigma1 @ sigma2 (as Guo et al. and
+    pytorch-fid). When the product is singular sqrtm can return inf/nan; then eps * I is
+    added to both covariances. Rounding can leave a tiny imaginary part, which is dropped;
+    a non-negligible one (diagonal |imag| > 1e-3) means a covariance is not positive
+    semi-definite and raises ValueError.
+    """
+    mu1, mu2 = _as_numpy(mu1), _as_numpy(mu2)
+    sigma1, sigma2 = _as_numpy(sigma1), _as_numpy(sigma2)
+    E = mu1.shape[0]
+    assert mu1.shape == mu2.shape == (E,) and sigma1.shape == sigma2.shape == (E, E), (
+        f"mean/covariance shapes disagree: {mu1.shape}, {sigma1.shape}, {mu2.shape}, {sigma2.shape}")
+    diff = mu1 - mu2
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(E) * eps  # note: the product was singular
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        imag = np.abs(np.diagonal(covmean).imag).max()
+        if imag > 1e-3:
+            raise ValueError(f"sqrtm(sigma1 @ sigma2) has imaginary part {imag:.3g}: "
+                             "are both covariances positive semi-definite?")
+        covmean = covmean.real
+    # Eq. (11): FID = ||mu_r - mu_g||^2 + Tr(Sigma_r + Sigma_g - 2 (Sigma_r Sigma_g)^(1/2))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+def fid(feats_a, feats_b) -> float:
+    """FID between two sets of embeddings (N_a, E) and (N_b, E): mean and covariance
+    (np.cov, rows are samples, ddof=1) of each set, then `frechet_distance`."""
+    a, b = _as_numpy(feats_a), _as_numpy(feats_b)
+    assert a.ndim == b.ndim == 2 and a.shape[1] == b.shape[1], (
+        f"expected (N, E) embeddings, got {a.shape} and {b.shape}")
+    assert min(len(a), len(b)) >= 2, "a covariance needs at least two samples per set"
+    return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+def r_precision(text_emb, motion_emb, top_k: int = 3, pool_size: int = 32, seed: int = 0) -> np.ndarray:
+    """R-precision top-1..top-k (Guo et al. 2022): returns (top_k,) accuracies.
+
+    Pairs (text_i, motion_i) are shuffled and cut into pools of `pool_size` (the last,
+    incomplete pool is dropped, as in MLD's evaluation). In each pool, the 32 candidates
+    are ranked by Euclidean distance and a pair counts as a top-k hit when its partner is
+    among the k closest.
+
+    note: the papers' prose says "for each motion, rank its text and 31 other texts";
+    Guo et al.'s and MLD's code compute dist[text, motion] and rank along each text's row,
+    i.e. rank the 32 motions for each text. The published numbers are the code's, so that
+    is what is computed here. A tie with the true partner (identical captions in a pool)
+    counts as a hit.
+    """
+    t, m = _as_numpy(text_emb), _as_numpy(motion_emb)
+    assert t.shape == m.shape and t.ndim == 2, f"expected paired (N, E) embeddings, got {t.shape}, {m.shape}"
+    n_pools = len(t) // pool_size
+    if n_pools == 0:
+        raise ValueError(f"R-precision needs at least pool_size={pool_size} pairs, got {len(t)}")
+    idx = np.random.default_rng(seed).permutation(len(t))[: n_pools * pool_size]
+    idx = idx.reshape(n_pools, pool_size)  # (P, 32)
+    tp, mp = t[idx], m[idx]  # (P, 32, E)
+    sq = (tp * tp).sum(-1)[:, :, None] + (mp * mp).sum(-1)[:, None, :] - 2.0 * tp @ mp.transpose(0, 2, 1)
+    dist = np.sqrt(np.clip(sq, 0.0, None))  # (P, 32 texts, 32 motions)
+    true = np.diagonal(dist, axis1=1, axis2=2)  # (P, 32)
+    rank = (dist < true[:, :, None]).sum(-1)  # (P, 32): motions strictly closer than the partner
+    return np.array([(rank < k).mean() for k in range(1, top_k + 1)])
+
+
+def matching_score(text_emb, motion_emb) -> float:
+    """MMdist: mean Euclidean distance between matched text and motion embeddings.
+
+    note: LEAD's Eq. (12) is typeset as (1/N) sqrt(sum_i ||v_i - t_i||); the protocol every
+    paper computes (Guo et al.'s `matching_score_sum += dist_mat.trace()` divided by the
+    number of pairs) has no square root: MMdist = (1/N) sum_i ||v_i - t_i||, which is what
+    is computed here. (Guo et al. sum over their drop-last batches of 32; here over all N
+    pairs.)
+    """
+    t, m = _as_numpy(text_emb), _as_numpy(motion_emb)
+    assert t.shape == m.shape and t.ndim == 2, f"expected paired (N, E) embeddings, got {t.shape}, {m.shape}"
+    # Eq. (12) as computed: MMdist = 1/N sum_i ||v_i - t_i||
+    return float(np.linalg.norm(t - m, axis=1).mean())
+
+
+def diversity(emb, times: int = 300, seed: int = 0) -> float:
+    """Diversity (LEAD Eq. 13): mean distance between `times` random pairs of embeddings.
+
+    Two index sets of size p = times are drawn without replacement (each on its own, as
+    Guo et al.'s `calculate_diversity`), and the distances of the paired rows averaged.
+    """
+    x = _as_numpy(emb)
+    assert x.ndim == 2, f"expected (N, E) embeddings, got {x.shape}"
+    if len(x) < times:
+        raise ValueError(f"Diversity draws {times} samples without replacement but got only "
+                         f"{len(x)}; pass a smaller `times` (diversity_times) for a small split")
+    rng = np.random.default_rng(seed)
+    first, second = rng.choice(len(x), times, replace=False), rng.choice(len(x), times, replace=False)
+    # Eq. (13): DIV = 1/p sum_i ||v_i - v_hat_i||
+    return float(np.linalg.norm(x[first] - x[second], axis=1).mean())
+
+
+def multimodality(emb, times: int = 10, seed: int = 0) -> float:
+    """MModality (LEAD Eq. 14) for emb (m texts, G generations per text, E).
+
+    For every text, d = times pairs of its own generations are compared: two index sets of
+    size d drawn without replacement from the G generations (the same sets for all texts,
+    as Guo et al.'s `calculate_multimodality`). Guo et al.: G = 30, d = 10, m = 100.
+    """
+    x = _as_numpy(emb)
+    assert x.ndim == 3, f"expected (texts, generations, E) embeddings, got {x.shape}"
+    if x.shape[1] < times:
+        raise ValueError(f"MModality draws {times} of the {x.shape[1]} generations per text "
+                         "without replacement; generate at least that many")
+    rng = np.random.default_rng(seed)
+    first, second = rng.choice(x.shape[1], times, replace=False), rng.choice(x.shape[1], times, replace=False)
+    # Eq. (14): MModality = 1/(m d) sum_j sum_i ||v_ji - v_hat_ji||
+    return float(np.linalg.norm(x[:, first] - x[:, second], axis=2).mean())
+
+
+def retrieval_recall(text_emb, motion_emb, ks=(1, 2, 3, 5, 10)) -> dict[str, float]:
+    """Retrieval recall over the whole set (LaMP Tab. 3), both directions.
+
+    "T2M R@k": for each text, is its motion among the k motions closest to it (Euclidean)?
+    "M2T R@k": for each motion, is its text among the k closest texts? Cosine-similarity
+    ranking (LaMP's features) equals Euclidean ranking of L2-normalised embeddings, so
+    normalise first for that. Ties with the partner count as hits.
+    """
+    dist = euclidean_distance_matrix(text_emb, motion_emb)  # (N texts, N motions)
+    assert dist.shape[0] == dist.shape[1], f"expected paired embeddings, got {dist.shape}"
+    true = np.diagonal(dist)  # (N,)
+    rank_t2m = (dist < true[:, None]).sum(1)  # motions closer to text i than its own
+    rank_m2t = (dist < true[None, :]).sum(0)  # texts closer to motion j than its own
+    out = {f"T2M R@{k}": float((rank_t2m < k).mean()) for k in ks}
+    out.update({f"M2T R@{k}": float((rank_m2t < k).mean()) for k in ks})
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The feature extractor (after Guo et al. 2022's T2M evaluator)
+
+
+@dataclass
+class EmbedderConfig:
+    word_dim: int = 300  # Guo et al.: GloVe 300-d word vectors (here a learned token table)
+    text_hidden: int = 512  # Guo et al. code: TextEncoderBiGRUCo hidden size
+    movement_hidden: int = 512  # Guo et al. code: MovementConvEncoder hidden channels
+    movement_dim: int = 512  # Guo et al. code: MovementConvEncoder output channels
+    motion_hidden: int = 1024  # Guo et al. code: MotionEncoderBiGRUCo hidden size
+    embed_dim: int = 512  # Guo et al. code: co-embedding size E of both encoders
+    dropout: float = 0.2  # Guo et al. code: dropout after each movement convolution
+    temperature: float = 0.1  # ours: InfoNCE temperature of `embedder_loss` (Guo et al.: margin loss)
+
+
+def _output_head(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """Guo et al.'s output_net: Linear, LayerNorm, LeakyReLU(0.2), Linear."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden),
+                         nn.LeakyReLU(0.2), nn.Linear(hidden, out_dim))
+
+
+def _bigru_last(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Run a bidirectional GRU over the first lengths[b] steps of x (B, T, H) and return the
+    last hidden state of both directions, concatenated: (B, 2H). Packing makes the
+    forward GRU stop at the last valid step and the backward GRU start there."""
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    _, h = gru(packed)  # (2 directions, B, H)
+    return torch.cat([h[0], h[1]], dim=-1)  # (B, 2H)
+
+
+def _valid(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, T) mask, True on the first lengths[b] steps."""
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class TextMotionEmbedder(nn.Module):
+    """Text and motion encoders into one E-d space where a caption lies close to its motion.
+
+    Motion: features without the 4 foot contacts -> two Conv1d (kernel 4, stride 2) with
+    LeakyReLU 0.2 (4x temporal downsampling) -> Linear -> packed bidirectional GRU over
+    lengths // 4 steps -> output head. Text: token embedding -> Linear -> packed
+    bidirectional GRU over the tokens up to and including the end token -> output head.
+    """
+
+    def __init__(self, cfg: EmbedderConfig, feat_dim: int, vocab_size: int, eot_id: int):
+        super().__init__()
+        assert feat_dim > FOOT_CONTACT_DIMS, f"motion features must hold more than the {FOOT_CONTACT_DIMS} foot contacts"
+        assert 0 <= eot_id < vocab_size, f"end-token id {eot_id} outside the vocabulary of {vocab_size}"
+        self.cfg, self.feat_dim, self.vocab_size, self.eot_id = cfg, feat_dim, vocab_size, eot_id
+        # motion side: the movement encoder, then the motion GRU
+        self.conv1 = nn.Conv1d(feat_dim - FOOT_CONTACT_DIMS, cfg.movement_hidden, kernel_size=4, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(cfg.movement_hidden, cfg.movement_dim, kernel_size=4, stride=2, padding=1)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.motion_in = nn.Linear(cfg.movement_dim, cfg.motion_hidden)
+        self.motion_gru = nn.GRU(cfg.motion_hidden, cfg.motion_hidden, batch_first=True, bidirectional=True)
+        self.motion_out = _output_head(2 * cfg.motion_hidden, cfg.motion_hidden, cfg.embed_dim)
+        # text side
+        self.token_emb = nn.Embedding(vocab_size, cfg.word_dim)
+        self.text_in = nn.Linear(cfg.word_dim, cfg.text_hidden)
+        self.text_gru = nn.GRU(cfg.text_hidden, cfg.text_hidden, batch_first=True, bidirectional=True)
+        self.text_out = _output_head(2 * cfg.text_hidden, cfg.text_hidden, cfg.embed_dim)
+
+    def encode_motion(self, motion: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """motion (B, T, D) normalized, lengths (B,) -> (B, E). Frames past a length are ignored."""
+        B, T, D = motion.shape
+        assert D == self.feat_dim, f"the embedder was built for {self.feat_dim}-d features, got {D}"
+        lengths = torch.as_tensor(lengths, device=motion.device).long()
+        assert lengths.shape == (B,), f"expected one length per motion, got {tuple(lengths.shape)}"
+        assert int(lengths.min()) >= DOWNSAMPLE and int(lengths.max()) <= T, (
+            f"lengths must lie in [{DOWNSAMPLE}, T={T}] (4 frames make one GRU step), got "
+            f"{int(lengths.min())}..{int(lengths.max())}")
+        # note: zero the padding and the first-layer outputs past lengths // 2, so that the
+        # strided windows at the end read the same zeros however long the padding is
+        x = motion[..., : D - FOOT_CONTACT_DIMS] * _valid(lengths, T)[..., None]  # (B, T, D-4)
+        h = self.dropout(F.leaky_relu(self.conv1(x.transpose(1, 2)), 0.2))  # (B, Hm, T//2)
+        h = h * _valid(lengths // 2, h.shape[-1])[:, None, :]
+        h = self.dropout(F.leaky_relu(self.conv2(h), 0.2))  # (B, Dm, T//4)
+        h = self.motion_in(h.transpose(1, 2))  # (B, T//4, Hg)
+        last = _bigru_last(self.motion_gru, h, lengths // DOWNSAMPLE)  # (B, 2Hg)
+        return self.motion_out(last)  # (B, E)
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) from clip.Tokenizer ([sot] tokens [eot] pad...) -> (B, E).
+
+        The GRU reads up to and including the first end token; what follows it is ignored.
+        """
+        B, L = ids.shape
+        is_eot = ids == self.eot_id  # (B, L)
+        assert bool(is_eot.any(1).all()), f"every row of ids needs the end token {self.eot_id}"
+        lengths = is_eot.int().argmax(1) + 1  # (B,) first end token, included
+        x = self.text_in(self.token_emb(ids))  # (B, L, Ht)
+        last = _bigru_last(self.text_gru, x, lengths)  # (B, 2Ht)
+        return self.text_out(last)  # (B, E)
+
+
+def embedder_loss(text_emb: torch.Tensor, motion_emb: torch.Tensor, captions: list[str] | None = None,
+                  temperature: float = 0.1) -> tuple[torch.Tensor, dict]:
+    """Symmetric InfoNCE on negative Euclidean distances between a batch of paired
+    text (B, E) and motion (B, E) embeddings.
+
+        d_ij = ||t_i - m_j||,   logits_ij = -d_ij / temperature
+        L = 1/2 [ CE(rows of logits, i) + CE(columns of logits, j) ]
+
+    Why this and not Guo et al.'s margin loss: the metrics rank 32 candidates by Euclidean
+    distance, and InfoNCE trains exactly that ranking against all B - 1 in-batch negatives
+    in both directions (Guo et al. use one shifted negative per pair), so it reaches the
+    quality target in a few CPU minutes. Distances, not cosine, because the metrics (FID,
+    MMdist, Diversity) live in the unnormalised Euclidean space.
+    Pairs whose captions are identical (the same sentence describes several motions) are
+    not negatives: their logits are masked out of the softmax.
+    Returns (loss, parts) with parts "t2m", "m2t" and, for monitoring, the mean matched
+    and unmatched distances "pos_dist", "neg_dist".
+    """
+    B, E = text_emb.shape
+    assert motion_emb.shape == (B, E), f"expected paired embeddings, got {tuple(text_emb.shape)}, {tuple(motion_emb.shape)}"
+    sq = (text_emb ** 2).sum(1)[:, None] + (motion_emb ** 2).sum(1)[None, :] - 2.0 * text_emb @ motion_emb.T
+    dist = sq.clamp_min(1e-12).sqrt()  # (B texts, B motions); the clamp keeps sqrt's gradient finite
+    logits = -dist / temperature
+    eye = torch.eye(B, dtype=torch.bool, device=dist.device)
+    negative = ~eye
+    if captions is not None:
+        assert len(captions) == B, f"{len(captions)} captions for a batch of {B}"
+        same = torch.tensor([[a == b for b in captions] for a in captions], device=dist.device)  # (B, B)
+        negative &= ~same
+        logits = logits.masked_fill(same & ~eye, float("-inf"))
+    target = torch.arange(B, device=dist.device)
+    t2m = F.cross_entropy(logits, target)  # each text picks its motion among the B motions
+    m2t = F.cross_entropy(logits.T, target)  # each motion picks its text among the B texts
+    loss = 0.5 * (t2m + m2t)
+    neg_dist = dist[negative].mean() if negative.any() else dist.new_zeros(())
+    parts = {"t2m": t2m.detach(), "m2t": m2t.detach(), "pos_dist": dist.diagonal().mean().detach(),
+             "neg_dist": neg_dist.detach()}
+    return loss, parts
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation driver (Guo et al.'s protocol)
+
+METRICS = ("FID", "R-precision top-1", "R-precision top-2", "R-precision top-3", "MMdist", "Diversity", "MModality")
+
+
+def _device_of(model) -> torch.device:
+    params = list(model.parameters()) if isinstance(model, nn.Module) else []
+    return params[0].device if params else torch.device("cpu")
+
+
+def _default_collate(collate_fn):
+    if collate_fn is not None:
+        return collate_fn
+    from data import collate  # data.py pads items into {"motion", "lengths", "caption", "name"}
+    return collate
+
+
+@torch.no_grad()
+def embed_dataset(dataset, evaluator, tokenizer, generate_fn=None, batch_size: int = 32,
+                  collate_fn=None) -> dict:
+    """Embed every item of `dataset` once (one random caption each).
+
+    Returns {"text": (N, E), "real": (N, E) ground-truth motions, "captions": [N]} and,
+    with a generate_fn(captions, lengths) -> (B, Tmax, D), "generated": (N, E) for motions
+    generated from the same captions and lengths. Arrays are float64 numpy.
+    """
+    collate_fn = _default_collate(collate_fn)
+    device = _device_of(evaluator)
+    text, real, generated, captions = [], [], [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate_fn([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        lengths = batch["lengths"].to(device)  # (B,)
+        ids = tokenizer(batch["caption"]).to(device)  # (B, 77)
+        text.append(evaluator.encode_text(ids))
+        real.append(evaluator.encode_motion(batch["motion"].to(device), lengths))
+        if generate_fn is not None:
+            motion = generate_fn(batch["caption"], batch["lengths"])  # (B, Tmax, D)
+            assert motion.shape[0] == len(lengths) and motion.shape[1] >= int(lengths.max()), (
+                f"generate_fn returned {tuple(motion.shape)} for lengths up to {int(lengths.max())}")
+            generated.append(evaluator.encode_motion(motion.to(device), lengths))
+        captions += list(batch["caption"])
+    out = {"text": _as_numpy(torch.cat(text)), "real": _as_numpy(torch.cat(real)), "captions": captions}
+    if generate_fn is not None:
+        out["generated"] = _as_numpy(torch.cat(generated))
+    return out
+
+
+@torch.no_grad()
+def _multimodality_embeddings(generate_fn, dataset, evaluator, num_texts: int, num_gens: int,
+                              seed: int) -> np.ndarray:
+    """Generate num_gens motions for each of num_texts random items (their caption and
+    ground-truth length) and embed them: (num_texts, num_gens, E)."""
+    device = _device_of(evaluator)
+    picks = np.random.default_rng(seed).choice(len(dataset), min(num_texts, len(dataset)), replace=False)
+    out = []
+    for i in picks:
+        item = dataset[int(i)]
+        lengths = torch.full((num_gens,), int(item["length"]), dtype=torch.long)  # (G,)
+        motion = generate_fn([item["caption"]] * num_gens, lengths)  # (G, Tmax, D)
+        out.append(evaluator.encode_motion(motion.to(device), lengths.to(device)))  # (G, E)
+    return _as_numpy(torch.stack(out))  # (m, G, E)
+
+
+def evaluate(generate_fn, dataset, evaluator, tokenizer, replications: int, batch_size: int = 32,
+             mm_num_texts: int = 100, mm_num_gens: int = 30, mm_times: int = 10, diversity_times: int = 300,
+             seed: int = 0, collate_fn=None, log=print) -> dict[str, tuple[float, float]]:
+    """Every metric over R replications: {metric: (mean, 1.96 std / sqrt(R))}.
+
+    Each replication embeds the whole split with fresh random captions, then computes
+    FID (generated vs ground-truth motion embeddings), R-precision top-1/2/3 and MMdist
+    (generated motions vs the captions they were generated from), Diversity (300 pairs of
+    generated motions) and, when generate_fn is given and mm_num_texts > 0, MModality
+    (mm_num_gens generations for mm_num_texts captions, mm_times pairs each).
+    generate_fn=None gives the Real row: the ground-truth motions stand in for the
+    generated ones (so FID is 0) and there is no MModality.
+    generate_fn(captions: list[str], lengths: LongTensor (B,)) -> normalized (B, Tmax, D).
+    """
+    assert replications >= 1, "need at least one replication"
+    was_training = evaluator.training if isinstance(evaluator, nn.Module) else None
+    if was_training is not None:
+        evaluator.eval()
+    per_rep = {}  # metric -> [value per replication]
+    start = time.time()
+    try:
+        for r in range(replications):
+            torch.manual_seed(seed + r)  # generate_fn's noise: each replication reproducible
+            emb = embed_dataset(dataset, evaluator, tokenizer, generate_fn, batch_size, collate_fn)
+            motion = emb["generated"] if generate_fn is not None else emb["real"]
+            top = r_precision(emb["text"], motion, top_k=3, seed=seed + r)
+            values = {"FID": fid(emb["real"], motion),
+                      "R-precision top-1": top[0], "R-precision top-2": top[1], "R-precision top-3": top[2],
+                      "MMdist": matching_score(emb["text"], motion),
+                      "Diversity": diversity(motion, diversity_times, seed=seed + r)}
+            if generate_fn is not None and mm_num_texts > 0:
+                mm = _multimodality_embeddings(generate_fn, dataset, evaluator, mm_num_texts, mm_num_gens, seed + r)
+                values["MModality"] = multimodality(mm, mm_times, seed=seed + r)
+            for name, value in values.items():
+                per_rep.setdefault(name, []).append(float(value))
+            log(f"eval replication {r + 1}/{replications}: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in values.items()) + f" ({time.time() - start:.1f} s)")
+    finally:
+        if was_training:
+            evaluator.train()
+    return {name: mean_ci(v) for name, v in per_rep.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Results tables (results.md / results.json in the run folder)
+
+ARROWS = {"FID": "↓", "MMdist": "↓", "Diversity": "→", "MModality": "↑"}  # → : closer to Real is better
+
+
+def _arrow(metric: str) -> str:
+    if metric in ARROWS:
+        return ARROWS[metric]
+    return "↑" if metric.startswith("R-precision") or "R@" in metric else ""
+
+
+def _best_row(rows: dict, metric: str) -> str | None:
+    """Name of the best method (Real excluded) in one column, as the papers bold it."""
+    scored = {name: r[metric][0] for name, r in rows.items() if name != "Real" and metric in r}
+    arrow = _arrow(metric)
+    if len(scored) < 2 or not arrow:
+        return None
+    if arrow == "→":
+        if "Real" not in rows or metric not in rows["Real"]:
+            return None
+        target = rows["Real"][metric][0]
+        return min(scored, key=lambda n: abs(scored[n] - target))
+    return (min if arrow == "↓" else max)(scored, key=scored.get)
+
+
+def results_table(rows: dict, title: str, note: str = "") -> str:
+    """Markdown table laid out like the papers': one row per method (Real first), columns
+    FID ↓, R-precision top-1/2/3 ↑, MMdist ↓, Diversity →, MModality ↑ (then any other
+    metric the rows carry, such as retrieval R@k), cells "mean ± CI", best method in bold,
+    "-" where a row has no value (Real has no MModality)."""
+    names = sorted(rows, key=lambda n: n != "Real")  # Real first, the rest in insertion order
+    seen = [m for r in rows.values() for m in r]
+    columns = [m for m in METRICS if m in seen] + [m for m in dict.fromkeys(seen) if m not in METRICS]
+    best = {m: _best_row(rows, m) for m in columns}
+    lines = [f"### {title}", ""]
+    lines.append("| Method | " + " | ".join(f"{m} {_arrow(m)}".rstrip() for m in columns) + " |")
+    lines.append("|---|" + "---|" * len(columns))
+    for name in names:
+        cells = []
+        for m in columns:
+            if m not in rows[name]:
+                cells.append("-")
+                continue
+            mean, ci = rows[name][m]
+            cell = f"{mean:.3f} ± {ci:.3f}"
+            cells.append(f"**{cell}**" if best[m] == name else cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if note:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_results(out_dir, section: str, rows: dict, title: str | None = None, note: str = "") -> Path:
+    """Add or replace one section (one table) of out_dir/results.json and regenerate
+    out_dir/results.md from all sections, so later stages add their tables without
+    overwriting earlier ones. Returns the path of results.md."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "results.json"
+    sections = json.loads(json_path.read_text(encoding="utf-8")) if json_path.exists() else {}
+    sections[section] = {"title": title or section, "note": note,
+                         "rows": {name: {m: [float(v[0]), float(v[1])] for m, v in r.items()}
+                                  for name, r in rows.items()}}
+    _write_atomic(json_path, json.dumps(sections, indent=2, ensure_ascii=False) + "\n")
+    md = ["# Results", ""] + [results_table(s["rows"], s["title"], s["note"]) for s in sections.values()]
+    md_path = out_dir / "results.md"
+    _write_atomic(md_path, "\n".join(md))
+    return md_path

@@ -1,0 +1,230 @@
+"""Tests for diffusion.py: schedule, q(x_t | x_0), Eq. (10), DDIM/DDPM steps, guidance, loss."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from diffusion import (Denoiser, DiffusionConfig, GaussianDiffusion, diffusion_loss,
+                       timestep_embedding)
+
+
+def numpy_alphas_cumprod() -> np.ndarray:
+    """MLD's scaled_linear schedule written independently in float64."""
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas)
+
+
+TINY = DiffusionConfig(n_layers=3, n_heads=2, ff_dim=32)
+
+
+def tiny_denoiser(latent=(1, 8), text_dim=16) -> Denoiser:
+    return Denoiser(TINY, latent, text_dim)
+
+
+class Oracle(nn.Module):
+    """The exact noise predictor when every training latent equals `mu`:
+    eps = (x_t - sqrt(abar_t) mu) / sqrt(1 - abar_t). Ignores the condition."""
+
+    def __init__(self, diffusion: GaussianDiffusion, mu: torch.Tensor):
+        super().__init__()
+        self.diffusion, self.mu = diffusion, mu
+
+    def forward(self, x_t, t, c):
+        a = self.diffusion.alphas_cumprod[t].view(-1, 1, 1)
+        return (x_t - a.sqrt() * self.mu) / (1 - a).sqrt()
+
+
+def test_schedule_is_scaled_linear_float32():
+    diff = GaussianDiffusion(DiffusionConfig())
+    assert diff.betas.dtype == diff.alphas_cumprod.dtype == torch.float32
+    assert diff.betas.shape == (1000,)
+    assert diff.betas[0].item() == pytest.approx(0.00085, rel=1e-6)
+    assert diff.betas[-1].item() == pytest.approx(0.012, rel=1e-6)
+    np.testing.assert_allclose(diff.alphas_cumprod.numpy(), numpy_alphas_cumprod(), rtol=1e-6)
+    # MLD: set_alpha_to_one=False, so the step after the last lands on abar_0, not 1
+    assert diff.final_alpha_cumprod.item() == pytest.approx(1 - 0.00085, rel=1e-7)
+
+
+def test_q_sample_matches_closed_form_mean_and_variance():
+    """Over N draws, x_t has mean sqrt(abar_t) x0 and variance 1 - abar_t (standard errors:
+    sqrt(var / N) for the mean, var sqrt(2 / N) for the variance; we allow 5 of them)."""
+    torch.manual_seed(0)
+    diff = GaussianDiffusion(DiffusionConfig())
+    abar = numpy_alphas_cumprod()
+    N = 200_000
+    x0 = torch.tensor([[[2.0, -1.0, 0.5]]]).expand(N, 1, 3)
+    for t in (0, 250, 999):
+        x_t = diff.q_sample(x0, torch.full((N,), t), torch.randn(N, 1, 3)).double()
+        var = 1 - abar[t]
+        np.testing.assert_allclose(x_t.mean(0).numpy(), math.sqrt(abar[t]) * x0[0].numpy(),
+                                   atol=5 * math.sqrt(var / N))
+        np.testing.assert_allclose(x_t.var(0).numpy(), var, atol=5 * var * math.sqrt(2 / N))
+
+
+def test_q_sample_agrees_with_iterating_eq1():
+    """Running the Markov chain of Eq. (1) for 40 steps gives the moments of the closed form."""
+    torch.manual_seed(0)
+    diff = GaussianDiffusion(DiffusionConfig())
+    betas = diff.betas.double()
+    N, t = 200_000, 40
+    x = torch.full((N,), 1.5, dtype=torch.float64)
+    for s in range(t + 1):  # steps 0..t
+        x = torch.sqrt(1 - betas[s]) * x + torch.sqrt(betas[s]) * torch.randn(N, dtype=torch.float64)
+    closed = diff.q_sample(torch.full((N, 1, 1), 1.5), torch.full((N,), t), torch.randn(N, 1, 1))
+    var = 1 - numpy_alphas_cumprod()[t]
+    assert x.mean().item() == pytest.approx(closed.mean().item(), abs=7 * math.sqrt(2 * var / N))
+    assert x.var().item() == pytest.approx(closed.double().var().item(), abs=7 * var * math.sqrt(4 / N))
+
+
+def test_predict_x0_inverts_q_sample_given_the_true_noise():
+    torch.manual_seed(0)
+    diff = GaussianDiffusion(DiffusionConfig())
+    x0, noise = torch.randn(6, 2, 8), torch.randn(6, 2, 8)
+    t = torch.tensor([0, 1, 100, 500, 980, 999])
+    x_t = diff.q_sample(x0, t, noise)
+    torch.testing.assert_close(diff.predict_x0(x_t, t, noise), x0, atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_timesteps_are_leading_with_offset_one():
+    diff = GaussianDiffusion(DiffusionConfig())
+    ts = diff.ddim_timesteps(50)
+    assert ts.tolist() == list(range(981, 0, -20))
+    assert len(ts) == 50
+
+
+def test_one_ddim_step_equals_the_hand_formula():
+    """DDIM Eq. (12) by hand in float64, a = abar from the numpy schedule:
+        x0 = (x - sqrt(1 - a_t) e) / sqrt(a_t)
+        sigma = eta sqrt((1 - a_p) / (1 - a_t)) sqrt(1 - a_t / a_p)
+        x_prev = sqrt(a_p) x0 + sqrt(1 - a_p - sigma^2) e + sigma n
+    for a middle step (981 -> 961), with eta = 0 and 1, and for the last step (1 -> abar_0)."""
+    torch.manual_seed(0)
+    diff = GaussianDiffusion(DiffusionConfig())
+    abar = numpy_alphas_cumprod()
+    x, e, n = (torch.randn(3, 1, 8) for _ in range(3))
+    xd, ed, nd = (v.double().numpy() for v in (x, e, n))
+    for t, t_prev, a_p, eta in [(981, 961, abar[961], 0.0), (981, 961, abar[961], 1.0),
+                                (1, -19, abar[0], 0.0)]:
+        a_t = abar[t]
+        x0 = (xd - math.sqrt(1 - a_t) * ed) / math.sqrt(a_t)
+        sigma = eta * math.sqrt((1 - a_p) / (1 - a_t)) * math.sqrt(1 - a_t / a_p)
+        expected = math.sqrt(a_p) * x0 + math.sqrt(1 - a_p - sigma ** 2) * ed + sigma * nd
+        got = diff.ddim_step(x, e, t, t_prev, eta, n if eta > 0 else None)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_ddpm_step_equals_ddim_with_eta_one_over_one_step():
+    """DDIM with eta = 1 and consecutive steps is the DDPM posterior (DDIM paper Sec. 4.1)."""
+    torch.manual_seed(0)
+    diff = GaussianDiffusion(DiffusionConfig())
+    x, e, n = (torch.randn(4, 1, 8) for _ in range(3))
+    for t in (999, 500, 1):
+        torch.testing.assert_close(diff.ddpm_step(x, e, t, n), diff.ddim_step(x, e, t, t - 1, 1.0, n),
+                                   atol=1e-5, rtol=1e-5)
+    # the last DDPM step returns the predicted x_0 without noise
+    t0 = torch.zeros(4, dtype=torch.long)
+    torch.testing.assert_close(diff.ddpm_step(x, e, 0), diff.predict_x0(x, t0, e))
+
+
+def test_samplers_with_an_oracle_denoiser():
+    """With the exact eps of a point mass mu, deterministic DDIM keeps x0_hat = mu and the noise
+    direction e fixed, ending at sqrt(abar_0) mu + sqrt(1 - abar_0) e (MLD's final alpha), where
+    e = (z_T - sqrt(abar_981) mu) / sqrt(1 - abar_981); DDPM ends exactly at mu."""
+    diff = GaussianDiffusion(DiffusionConfig())
+    mu = torch.tensor([1.0, -2.0, 0.5, 3.0]).view(1, 1, 4)
+    oracle = Oracle(diff, mu).eval()
+    c, c_uncond = torch.randn(2, 16), torch.zeros(16)
+    z0, traj = diff.ddim_sample(oracle, c, c_uncond, (2, 1, 4),
+                                generator=torch.Generator().manual_seed(3), return_trajectory=True)
+    z_T = torch.randn((2, 1, 4), generator=torch.Generator().manual_seed(3))
+    assert traj.shape == (51, 2, 1, 4)
+    torch.testing.assert_close(traj[0], z_T)
+    a_first, a_final = diff.alphas_cumprod[981], diff.alphas_cumprod[0]
+    e = (z_T - a_first.sqrt() * mu) / (1 - a_first).sqrt()
+    torch.testing.assert_close(z0, a_final.sqrt() * mu + (1 - a_final).sqrt() * e, atol=1e-4, rtol=1e-4)
+    z0 = diff.ddpm_sample(oracle, c, c_uncond, (2, 1, 4), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(z0, mu.expand(2, 1, 4), atol=1e-4, rtol=1e-4)
+
+
+def test_guidance_scale_one_is_conditional_and_eq8_holds():
+    torch.manual_seed(0)
+    diff = GaussianDiffusion(DiffusionConfig())
+    den = tiny_denoiser().eval()
+    x_t, t = torch.randn(3, 1, 8), torch.tensor([5, 500, 981])
+    c, c_uncond = torch.randn(3, 16), torch.randn(16)
+    with torch.no_grad():
+        eps_cond = den(x_t, t, c)
+        eps_uncond = den(x_t, t, c_uncond.expand(3, 16))
+        torch.testing.assert_close(diff.guided_eps(den, x_t, t, c, c_uncond, 1.0), eps_cond,
+                                   atol=1e-5, rtol=1e-5)
+        # Eq. (8) with s = 7.5, and c_uncond given as (1, W)
+        guided = diff.guided_eps(den, x_t, t, c, c_uncond[None], 7.5)
+        torch.testing.assert_close(guided, 7.5 * eps_cond - 6.5 * eps_uncond, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(eps_cond, eps_uncond), "the condition must change the prediction"
+
+
+def test_loss_is_eq2_and_drops_the_condition_one_time_in_ten():
+    """A denoiser that predicts 0 and records its inputs: the loss must be the mean of eps^2,
+    with eps recovered from x_t as (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t), and about 10% of
+    the rows must carry c_uncond (binomial standard error 0.002 for B = 20,000)."""
+    diff = GaussianDiffusion(DiffusionConfig())
+    seen = {}
+
+    class Recorder(nn.Module):
+        def forward(self, x_t, t, c):
+            seen.update(x_t=x_t, t=t, c=c)
+            return torch.zeros_like(x_t)
+
+    B = 20_000
+    x0, c, c_uncond = torch.randn(B, 1, 4), torch.randn(B, 8) + 5.0, torch.zeros(8)
+    loss, parts = diff.loss(Recorder(), x0, c, c_uncond, generator=torch.Generator().manual_seed(0))
+    a = diff.alphas_cumprod[seen["t"]].view(-1, 1, 1)
+    eps = (seen["x_t"] - a.sqrt() * x0) / (1 - a).sqrt()
+    assert parts["mse"] is loss
+    assert loss.item() == pytest.approx(eps.pow(2).mean().item(), rel=1e-4)
+    dropped = (seen["c"] == 0).all(dim=1)
+    kept = (seen["c"] == c).all(dim=1)
+    assert bool((dropped | kept).all())
+    assert dropped.float().mean().item() == pytest.approx(0.1, abs=0.01)
+    assert seen["t"].min().item() >= 0 and seen["t"].max().item() <= 999
+    assert seen["t"].float().std().item() == pytest.approx(1000 / math.sqrt(12), rel=0.05)
+
+
+def test_diffusion_loss_by_hand():
+    """eps = (1, 2), eps_pred = (0, 0): mean of squares = (1 + 4) / 2 = 2.5."""
+    loss, parts = diffusion_loss(torch.zeros(1, 1, 2), torch.tensor([[[1.0, 2.0]]]))
+    assert loss.item() == pytest.approx(2.5) and parts["mse"] is loss
+
+
+def test_timestep_embedding_layout():
+    """dim 4: freqs = 10000^(-i/2), i = 0, 1 -> (1, 0.01); t = 3 gives
+    [cos 3, cos 0.03, sin 3, sin 0.03]."""
+    emb = timestep_embedding(torch.tensor([0, 3]), 4)
+    expected = torch.tensor([[1.0, 1.0, 0.0, 0.0],
+                             [math.cos(3), math.cos(0.03), math.sin(3), math.sin(0.03)]])
+    torch.testing.assert_close(emb, expected)
+
+
+@pytest.mark.parametrize("latent,text_dim,cfg", [((1, 256), 768, DiffusionConfig()), ((2, 8), 16, TINY)],
+                         ids=["paper-1x256", "tiny-2x8"])
+def test_denoiser_shapes(latent, text_dim, cfg):
+    torch.manual_seed(0)
+    den = Denoiser(cfg, latent, text_dim)
+    assert len(den.encoder.input_blocks) == (cfg.n_layers - 1) // 2
+    z_t, c = torch.randn(3, *latent), torch.randn(3, text_dim)
+    assert den(z_t, torch.tensor([0, 10, 999]), c).shape == (3, *latent)
+
+
+def test_ddim_sampling_is_repeatable_and_needs_eval_mode():
+    torch.manual_seed(0)
+    den, diff = tiny_denoiser(latent=(2, 8)), GaussianDiffusion(DiffusionConfig())
+    c, c_uncond = torch.randn(3, 16), torch.zeros(16)
+    den.eval()
+    a, b = (diff.ddim_sample(den, c, c_uncond, (3, 2, 8), steps=5,
+                             generator=torch.Generator().manual_seed(1)) for _ in range(2))
+    assert a.shape == (3, 2, 8) and torch.equal(a, b), "a generator makes sampling repeatable"
+    den.train()
+    with pytest.raises(AssertionError, match="eval"):
+        diff.ddim_sample(den, c, c_uncond, (3, 2, 8), steps=5)

@@ -1,0 +1,340 @@
+"""Tests for metrics.py: each formula against a direct numpy/scipy computation and a
+hand-worked case, the embedder's shapes and padding invariance, its loss against a hand
+computation, the evaluation driver on a tiny fake dataset, and the results tables.
+
+Nothing here needs data.py or clip.py: the dataset is a list of dicts, the tokenizer a
+word-level stand-in with the same [sot] ... [eot] pad layout.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.spatial.distance
+import scipy.special
+import torch
+
+import metrics
+from metrics import (EmbedderConfig, TextMotionEmbedder, diversity, embedder_loss, euclidean_distance_matrix,
+                     evaluate, fid, frechet_distance, matching_score, mean_ci, multimodality, r_precision,
+                     results_table, retrieval_recall, write_results)
+
+
+def test_euclidean_distance_matrix_matches_scipy():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((7, 5)), rng.standard_normal((4, 5))
+    np.testing.assert_allclose(euclidean_distance_matrix(a, b), scipy.spatial.distance.cdist(a, b), atol=1e-10)
+    # identical rows: rounding must not turn 0 into nan
+    assert np.all(np.diagonal(euclidean_distance_matrix(a, torch.tensor(a))) < 1e-6)
+
+
+def _frechet_by_eigenvalues(mu1, s1, mu2, s2):
+    """Independent route: Tr((S1 S2)^1/2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)), a symmetric PSD
+    matrix, so numpy's eigh replaces scipy's sqrtm of a non-symmetric product."""
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ s2 @ root1), 0, None)).sum()
+    return float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
+def test_frechet_distance_matches_eigenvalue_formula():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((200, 6))
+    b = rng.standard_normal((150, 6)) @ rng.standard_normal((6, 6)) + 0.5
+    mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    expected = _frechet_by_eigenvalues(mu1, s1, mu2, s2)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+    assert fid(a, b) == pytest.approx(expected, rel=1e-8)
+
+
+def test_fid_hand_cases():
+    """Identical sets: FID 0. Shifting every sample by v keeps the covariance, so the trace
+    term cancels and FID = |v|^2 = 3^2 + 4^2 = 25."""
+    x = np.random.default_rng(2).standard_normal((100, 4))
+    assert abs(fid(x, x)) < 1e-6
+    v = np.array([3.0, 4.0, 0.0, 0.0])
+    assert fid(x, x + v) == pytest.approx(25.0, abs=1e-6)
+
+
+def test_frechet_distance_rejects_imaginary_square_root():
+    """diag(-1, 1) is not a covariance: sqrtm(I @ diag(-1, 1)) = diag(i, 1)."""
+    with pytest.raises(ValueError, match="imaginary"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.diag([-1.0, 1.0]))
+
+
+def test_frechet_distance_offsets_singular_product(monkeypatch):
+    """When sqrtm of the product is not finite, eps * I is added to both covariances."""
+    real_sqrtm, calls = scipy.linalg.sqrtm, []
+
+    def sqrtm_failing_once(m):
+        calls.append(m)
+        return np.full_like(m, np.inf) if len(calls) == 1 else real_sqrtm(m)
+
+    monkeypatch.setattr(metrics.scipy.linalg, "sqrtm", sqrtm_failing_once)
+    s1, s2 = np.diag([1.0, 0.0]), np.diag([0.0, 4.0])  # product is the zero matrix
+    value = frechet_distance(np.zeros(2), s1, np.ones(2), s2)
+    assert len(calls) == 2
+    np.testing.assert_allclose(calls[1], (s1 + 1e-6 * np.eye(2)) @ (s2 + 1e-6 * np.eye(2)))
+    # |mu diff|^2 = 2, traces 1 + 4, Tr sqrt(diag(1e-6 (1 + 1e-6), 1e-6 (4 + 1e-6)))) ~ 3e-3
+    assert value == pytest.approx(2 + 5 - 2 * (math.sqrt(1e-6 * (1 + 1e-6)) + math.sqrt(1e-6 * (4 + 1e-6))))
+
+
+def _r_precision_by_argsort(text, motion, top_k, pool_size, seed):
+    """Guo et al.'s route: argsort each text's row of distances, then top-k hit counts."""
+    idx = np.random.default_rng(seed).permutation(len(text))
+    hits, total = np.zeros(top_k), 0
+    for p in range(len(text) // pool_size):
+        sel = idx[p * pool_size:(p + 1) * pool_size]
+        order = np.argsort(scipy.spatial.distance.cdist(text[sel], motion[sel]), axis=1)  # (32, 32)
+        for i in range(pool_size):
+            position = int(np.where(order[i] == i)[0][0])
+            hits += np.arange(top_k) >= position
+        total += pool_size
+    return hits / total
+
+
+def test_r_precision_matches_argsort_and_drops_last_pool():
+    rng = np.random.default_rng(3)
+    text = rng.standard_normal((100, 8))  # 3 pools of 32, 4 pairs dropped
+    motion = text + 1.2 * rng.standard_normal((100, 8))
+    got = r_precision(text, motion, top_k=3, pool_size=32, seed=5)
+    np.testing.assert_allclose(got, _r_precision_by_argsort(text, motion, 3, 32, 5))
+    assert 0 < got[0] < got[1] < got[2] < 1
+    assert got[0] * 96 == pytest.approx(round(got[0] * 96))  # counts over 96 pairs, not 100
+
+
+def test_r_precision_aligned_embeddings_is_one():
+    text = np.random.default_rng(4).standard_normal((64, 8))
+    np.testing.assert_allclose(r_precision(text, text.copy()), [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="pool_size"):
+        r_precision(text[:10], text[:10])
+
+
+def test_matching_score_hand_case():
+    """Matched distances |(0,0)-(3,4)| = 5, |(1,0)-(1,0)| = 0, |(0,2)-(0,0)| = 2: MMdist 7/3
+    (the diagonal of the 3x3 distance matrix; the off-diagonal entries do not count)."""
+    text = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    motion = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 0.0]])
+    assert matching_score(text, motion) == pytest.approx(7 / 3)
+    assert matching_score(text, motion) == pytest.approx(np.trace(euclidean_distance_matrix(text, motion)) / 3)
+
+
+def test_diversity_matches_direct_computation():
+    emb = np.random.default_rng(6).standard_normal((500, 16))
+    rng = np.random.default_rng(9)
+    first, second = rng.choice(500, 300, replace=False), rng.choice(500, 300, replace=False)
+    expected = np.mean([np.linalg.norm(emb[i] - emb[j]) for i, j in zip(first, second)])
+    assert diversity(emb, times=300, seed=9) == pytest.approx(expected)
+    assert diversity(2 * emb, times=300, seed=9) == pytest.approx(2 * expected)  # distances scale
+    assert diversity(np.ones((300, 4)), times=300) == 0.0  # identical motions: no diversity
+    with pytest.raises(ValueError, match="diversity_times"):
+        diversity(emb[:10], times=300)
+
+
+def test_multimodality_matches_direct_computation():
+    emb = np.random.default_rng(7).standard_normal((5, 30, 8))
+    rng = np.random.default_rng(2)
+    first, second = rng.choice(30, 10, replace=False), rng.choice(30, 10, replace=False)
+    expected = np.mean([np.linalg.norm(emb[j, a] - emb[j, b]) for j in range(5) for a, b in zip(first, second)])
+    assert multimodality(emb, times=10, seed=2) == pytest.approx(expected)
+    same = np.repeat(emb[:, :1], 30, axis=1)  # every generation of a text identical
+    assert multimodality(same, times=10) == 0.0
+
+
+def test_retrieval_recall_hand_case_both_directions():
+    """1-d texts t = (0, 1, 3), motions m = (0.4, 1.9, 2.9).
+    Text 1: |1 - 0.4| = 0.6 < |1 - 1.9| = 0.9, so its motion ranks 2nd; texts 0 and 2 rank
+    theirs 1st: T2M R@1 = 2/3, R@2 = 1. Motion 1: its text at 0.9 beats |1.9 - 0| = 1.9 and
+    |1.9 - 3| = 1.1; motions 0 and 2 also find theirs first: M2T R@1 = R@2 = 1."""
+    text = np.array([[0.0], [1.0], [3.0]])
+    motion = np.array([[0.4], [1.9], [2.9]])
+    got = retrieval_recall(text, motion, ks=(1, 2))
+    assert got == pytest.approx({"T2M R@1": 2 / 3, "T2M R@2": 1.0, "M2T R@1": 1.0, "M2T R@2": 1.0})
+
+
+def test_mean_ci_hand_case():
+    """(1, 2, 3): mean 2, population std sqrt(2/3), CI 1.96 sqrt(2/3) / sqrt(3) = 1.96 sqrt(2) / 3."""
+    mean, ci = mean_ci([1.0, 2.0, 3.0])
+    assert mean == pytest.approx(2.0)
+    assert ci == pytest.approx(1.96 * math.sqrt(2) / 3)
+
+
+# --------------------------------------------------------------------------------------
+# The embedder
+
+TINY = EmbedderConfig(word_dim=8, text_hidden=8, movement_hidden=8, movement_dim=8, motion_hidden=8,
+                      embed_dim=6, dropout=0.0)
+SOT, EOT, PAD = 1, 2, 0
+
+
+def _tiny_embedder(seed=0, feat_dim=12, vocab=30):
+    torch.manual_seed(seed)
+    return TextMotionEmbedder(TINY, feat_dim=feat_dim, vocab_size=vocab, eot_id=EOT).eval()
+
+
+def test_embedder_shapes_and_motion_padding_is_ignored():
+    model = _tiny_embedder()
+    motion = torch.randn(3, 24, 12)
+    lengths = torch.tensor([24, 16, 8])
+    with torch.no_grad():
+        emb = model.encode_motion(motion, lengths)
+        assert emb.shape == (3, 6)
+        garbage = motion.clone()
+        garbage[1, 16:] = 100.0
+        garbage[2, 8:] = -7.0
+        torch.testing.assert_close(model.encode_motion(garbage, lengths), emb)
+        # the same motion alone, with no padding at all
+        torch.testing.assert_close(model.encode_motion(motion[2:, :8], lengths[2:]), emb[2:])
+        # foot contacts (last 4 dims) are not read
+        no_feet = motion.clone()
+        no_feet[..., -4:] = 5.0
+        torch.testing.assert_close(model.encode_motion(no_feet, lengths), emb)
+        # a change inside the valid frames does change it
+        changed = motion.clone()
+        changed[1, 15] += 1.0
+        assert not torch.allclose(model.encode_motion(changed, lengths)[1], emb[1])
+
+
+def test_embedder_text_ignores_tokens_after_end():
+    model = _tiny_embedder()
+    ids = torch.full((2, 77), PAD)
+    ids[0, :5] = torch.tensor([SOT, 5, 6, 7, EOT])
+    ids[1, :3] = torch.tensor([SOT, 9, EOT])
+    with torch.no_grad():
+        emb = model.encode_text(ids)
+        assert emb.shape == (2, 6)
+        other_pad = ids.clone()
+        other_pad[0, 5:] = 11
+        other_pad[1, 3:] = EOT  # HF-style padding with the end token
+        torch.testing.assert_close(model.encode_text(other_pad), emb)
+        torch.testing.assert_close(model.encode_text(ids[:, :5]), emb)  # shorter context
+        changed = ids.clone()
+        changed[0, 2] = 8
+        assert not torch.allclose(model.encode_text(changed)[0], emb[0])
+    with pytest.raises(AssertionError, match="end token"):
+        model.encode_text(torch.full((1, 77), 5))
+
+
+def test_embedder_loss_hand_case():
+    """1-d t = (0, 1), m = (0, 3), temperature 1: distances [[0, 3], [1, 2]], logits = -d.
+    Rows (text -> motion): log(1 + e^-3) and log(1 + e^(-1 - (-2))) = log(1 + e).
+    Columns (motion -> text): [0, -1] target 0 -> log(1 + e^-1); [-3, -2] target 1 ->
+    log(1 + e^-1). Loss = (mean rows + mean columns) / 2."""
+    t = torch.tensor([[0.0], [1.0]], requires_grad=True)
+    m = torch.tensor([[0.0], [3.0]])
+    loss, parts = embedder_loss(t, m, temperature=1.0)
+    t2m = (math.log1p(math.exp(-3)) + math.log1p(math.e)) / 2
+    m2t = math.log1p(math.exp(-1))
+    assert parts["t2m"].item() == pytest.approx(t2m, abs=1e-5)
+    assert parts["m2t"].item() == pytest.approx(m2t, abs=1e-5)
+    assert loss.item() == pytest.approx((t2m + m2t) / 2, abs=1e-5)
+    assert parts["pos_dist"].item() == pytest.approx(1.0, abs=1e-5)  # (0 + 2) / 2
+    assert parts["neg_dist"].item() == pytest.approx(2.0)  # (3 + 1) / 2
+    loss.backward()
+    assert torch.isfinite(t.grad).all()  # zero distance does not give a nan gradient
+
+
+def test_embedder_loss_matches_logsumexp_and_masks_same_captions():
+    rng = np.random.default_rng(8)
+    t, m = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    captions = ["a", "b", "a", "c", "b"]
+    loss, parts = embedder_loss(torch.tensor(t), torch.tensor(m), captions=captions, temperature=0.5)
+    logits = -scipy.spatial.distance.cdist(t, m) / 0.5
+    same = np.array([[a == b for b in captions] for a in captions]) & ~np.eye(5, dtype=bool)
+    logits[same] = -np.inf
+    t2m = np.mean(scipy.special.logsumexp(logits, axis=1) - np.diagonal(logits))
+    m2t = np.mean(scipy.special.logsumexp(logits, axis=0) - np.diagonal(logits))
+    assert parts["t2m"].item() == pytest.approx(t2m)
+    assert parts["m2t"].item() == pytest.approx(m2t)
+    assert loss.item() == pytest.approx((t2m + m2t) / 2)
+    all_same, _ = embedder_loss(torch.tensor(t), torch.tensor(m), captions=["x"] * 5)
+    assert all_same.item() == pytest.approx(0.0, abs=1e-6)  # no negatives left
+
+
+# --------------------------------------------------------------------------------------
+# The evaluation driver and the tables
+
+WORDS = ["a", "person", "walks", "runs", "jumps", "waves", "forward", "backward", "slowly", "then"]
+
+
+def _tokenize(texts):
+    """Word-level stand-in for clip.Tokenizer: [sot] words [eot] pad ... to 77."""
+    ids = torch.full((len(texts), 77), PAD)
+    for b, text in enumerate(texts):
+        row = [SOT] + [3 + WORDS.index(w) for w in text.split()] + [EOT]
+        ids[b, :len(row)] = torch.tensor(row)
+    return ids
+
+
+def _collate(items):
+    """Pads items like data.collate: motions zero-padded to the longest."""
+    T = max(item["length"] for item in items)
+    motion = torch.zeros(len(items), T, items[0]["motion"].shape[1])
+    for b, item in enumerate(items):
+        motion[b, :item["length"]] = item["motion"]
+    return {"motion": motion, "lengths": torch.tensor([item["length"] for item in items]),
+            "caption": [item["caption"] for item in items], "name": [item["name"] for item in items]}
+
+
+def _fake_dataset(n=40, feat_dim=12):
+    gen = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(n):
+        length = 8 + 4 * (i % 5)
+        caption = f"a person {WORDS[2 + i % 4]} {WORDS[6 + i % 3]}"
+        items.append({"motion": torch.randn(length, feat_dim, generator=gen), "length": length,
+                      "caption": caption, "name": f"m{i:03d}"})
+    return items
+
+
+def test_evaluate_real_and_generated_rows():
+    dataset, model = _fake_dataset(), _tiny_embedder(vocab=3 + len(WORDS))
+    logs = []
+    real = evaluate(None, dataset, model, _tokenize, replications=2, batch_size=16, diversity_times=20,
+                    collate_fn=_collate, log=logs.append)
+    assert set(real) == set(metrics.METRICS) - {"MModality"}
+    assert abs(real["FID"][0]) < 1e-6  # ground truth against itself
+    assert len(logs) == 2 and "replication 2/2" in logs[1]
+
+    def noise(captions, lengths):  # not the data's distribution (that is standard normal)
+        return 2.0 + 3.0 * torch.randn(len(captions), int(lengths.max()) + 3, 12)
+
+    gen = evaluate(noise, dataset, model, _tokenize, replications=3, batch_size=16, mm_num_texts=4,
+                   mm_num_gens=12, diversity_times=20, collate_fn=_collate, log=lambda s: None)
+    assert set(gen) == set(metrics.METRICS)
+    for name, (mean, ci) in gen.items():
+        assert math.isfinite(mean) and math.isfinite(ci) and ci >= 0, name
+    assert gen["FID"][0] > 0.01
+    assert gen["MModality"][0] > 0
+    assert not model.training
+
+
+def test_results_table_and_write_results(tmp_path):
+    real = {"FID": (0.0, 0.0), "R-precision top-1": (0.5, 0.01), "R-precision top-2": (0.7, 0.01),
+            "R-precision top-3": (0.8, 0.01), "MMdist": (3.0, 0.02), "Diversity": (9.5, 0.1)}
+    a = dict(real, FID=(0.5, 0.02), Diversity=(9.0, 0.1), MModality=(2.5, 0.1))
+    b = dict(real, FID=(0.3, 0.02), Diversity=(8.0, 0.1), MModality=(2.0, 0.1))
+    table = results_table({"MLD": a, "Real": real, "LEAD": b}, "HumanML3D", note="20 replications")
+    lines = table.splitlines()
+    assert lines[0] == "### HumanML3D"
+    header = lines[2]
+    for column in ["FID ↓", "R-precision top-1 ↑", "R-precision top-2 ↑", "R-precision top-3 ↑",
+                   "MMdist ↓", "Diversity →", "MModality ↑"]:
+        assert column in header
+    assert lines[4].startswith("| Real |") and lines[5].startswith("| MLD |") and lines[6].startswith("| LEAD |")
+    assert "**0.300 ± 0.020**" in lines[6]  # lower FID wins
+    assert "**9.000 ± 0.100**" in lines[5]  # Diversity closest to Real's 9.5 wins
+    assert lines[4].rstrip().endswith("| - |")  # Real has no MModality
+    assert "20 replications" in table
+
+    write_results(tmp_path, "t2m", {"Real": real, "LEAD": b}, title="Text-to-motion")
+    write_results(tmp_path, "retrieval", {"evaluator": {"T2M R@1": (0.4, 0.0), "M2T R@1": (0.3, 0.0)}})
+    write_results(tmp_path, "t2m", {"Real": real, "MLD": a}, title="Text-to-motion")  # replaces its section
+    md = (tmp_path / "results.md").read_text(encoding="utf-8")
+    saved = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert list(saved) == ["t2m", "retrieval"]
+    assert set(saved["t2m"]["rows"]) == {"Real", "MLD"}
+    assert "### Text-to-motion" in md and "| MLD |" in md and "| LEAD |" not in md
+    assert "T2M R@1 ↑" in md and "M2T R@1 ↑" in md

@@ -1,0 +1,120 @@
+"""train.py: configuration overrides, checkpoints, resume, and the command line's errors."""
+import dataclasses
+import types
+
+import pytest
+import torch
+
+import train
+
+
+def test_overrides_are_type_checked():
+    cfg = train.build_config("paper", ["vae.n_layers=3", "projector.lambda_var=0", "vae_train.lr=3e-4",
+                                       "diffusion.set_alpha_to_one=true", "projector.kind=mlp"])
+    assert cfg.vae.n_layers == 3 and isinstance(cfg.vae.n_layers, int)
+    assert cfg.projector.lambda_var == 0.0 and isinstance(cfg.projector.lambda_var, float)
+    assert cfg.vae_train.lr == 3e-4
+    assert cfg.diffusion.set_alpha_to_one is True
+    assert cfg.projector.kind == "mlp"
+    assert train.RunConfig().vae.n_layers == 9, "overrides must not leak into the defaults"
+
+
+@pytest.mark.parametrize("item, message", [
+    ("vae.n_layers=three", "expected int"),
+    ("vae.depth=3", "unknown config key 'vae.depth'"),
+    ("nope.x=1", "unknown config section 'nope'"),
+    ("vae.n_layers", "expected section.field=value"),
+    ("diffusion.set_alpha_to_one=maybe", "expected bool"),
+])
+def test_bad_overrides_are_rejected(item, message):
+    with pytest.raises(ValueError, match=message):
+        train.build_config("paper", [item])
+
+
+def test_presets_only_name_existing_fields():
+    for name, overrides in train.PRESETS.items():
+        train.apply_overrides(train.RunConfig(), overrides)  # raises on an unknown key or bad type
+
+
+def test_checkpoint_is_atomic_and_safe(tmp_path):
+    path = tmp_path / "x.pt"
+    train.save_checkpoint(path, {"model": {"w": torch.ones(2)}, "config": {"a": 1, "t": (1, 2)}, "step": 3})
+    assert not list(tmp_path.glob("*.tmp"))
+    state = train.load_checkpoint(path, "vae")
+    assert state["step"] == 3 and torch.equal(state["model"]["w"], torch.ones(2))
+    with pytest.raises(FileNotFoundError, match="--stage diffusion"):
+        train.load_checkpoint(tmp_path / "missing.pt", "diffusion")
+
+
+@dataclasses.dataclass
+class ToyConfig:
+    width: int = 3
+
+
+def _toy_run(tmp_path, resume: bool):
+    return types.SimpleNamespace(out=tmp_path, resume=resume, device=torch.device("cpu"))
+
+
+def _toy_stream():
+    g = torch.Generator().manual_seed(0)
+    while True:
+        x = torch.randn(8, 3, generator=g)
+        yield {"x": x, "y": x.sum(1, keepdim=True)}
+
+
+def test_fit_resumes_from_the_last_checkpoint(tmp_path, capsys):
+    """An interruption after step 5 with checkpoints every 2 steps leaves step 4 on disk;
+    --resume continues from step 4 and finishes at the full step count."""
+    model = torch.nn.Linear(3, 1)
+    calls = {"n": 0}
+
+    def loss_fn(batch):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        loss = ((model(batch["x"]) - batch["y"]) ** 2).mean()
+        return loss, {"mse": loss.detach()}
+
+    sched = train.Schedule(steps=10, batch_size=8, lr=1e-2, log_every=5, ckpt_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(_toy_run(tmp_path, False), "toy", model, ToyConfig(), loss_fn, _toy_stream(), sched, {})
+    state = train.load_checkpoint(tmp_path / "toy.pt", "toy")
+    assert state["step"] == 4 and not state["done"]
+    train.fit(_toy_run(tmp_path, True), "toy", model, ToyConfig(), loss_fn, _toy_stream(), sched, {})
+    assert "resuming from" in capsys.readouterr().out
+    state = train.load_checkpoint(tmp_path / "toy.pt", "toy")
+    assert state["step"] == 10 and state["done"] and state["config"] == {"width": 3}
+    assert calls["n"] == 6 + 6, "resumed run should do exactly the 6 remaining steps"
+
+
+def test_fit_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint(tmp_path):
+    model = torch.nn.Linear(3, 1)
+    calls = {"n": 0}
+
+    def loss_fn(batch):
+        calls["n"] += 1
+        loss = ((model(batch["x"]) - batch["y"]) ** 2).mean()
+        return (loss * float("nan") if calls["n"] == 4 else loss), {}
+
+    sched = train.Schedule(steps=10, batch_size=8, lr=1e-2, log_every=5, ckpt_every=2)
+    with pytest.raises(train.NonFiniteLoss, match="step 4"):
+        train.fit(_toy_run(tmp_path, False), "toy", model, ToyConfig(), loss_fn, _toy_stream(), sched, {})
+    state = train.load_checkpoint(tmp_path / "toy.pt", "toy")
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_unimplemented_stage_exits_nonzero(tmp_path, capsys):
+    code = train.main(["--stage", "lamp", "--out", str(tmp_path / "run")])
+    assert code != 0
+    assert "not implemented" in capsys.readouterr().err
+
+
+def test_missing_prerequisite_names_the_stage(tmp_path, capsys):
+    code = train.main(["--stage", "diffusion", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "nowhere")])
+    assert code == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_bad_override_on_the_command_line(capsys):
+    assert train.main(["--stage", "data", "--set", "vae.depth=3"]) == 2
+    assert "unknown config key" in capsys.readouterr().err

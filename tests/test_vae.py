@@ -1,0 +1,138 @@
+"""Tests for vae.py: the KL against a hand computation, the skip structure, padding, shapes."""
+import math
+
+import pytest
+import torch
+
+from vae import MotionVAE, SkipTransformer, VAEConfig, kl_to_standard_normal, vae_loss
+
+D = 263  # HumanML3D features
+
+
+def tiny_cfg(**overrides) -> VAEConfig:
+    cfg = dict(n_tokens=1, latent_dim=32, n_layers=3, n_heads=2, ff_dim=64, max_len=40)
+    cfg.update(overrides)
+    return VAEConfig(**cfg)
+
+
+def test_kl_equals_closed_form_on_a_hand_case():
+    """mu = (1, 0), logvar = (0, log 4), i.e. sigma^2 = (1, 4).
+    Per element 1/2 (mu^2 + sigma^2 - 1 - log sigma^2):
+        element 1: 1/2 (1 + 1 - 1 - 0)           = 0.5
+        element 2: 1/2 (0 + 4 - 1 - log 4)       = 1.5 - log 2 = 0.8068528...
+    MLD's KLLoss takes the mean over elements: (0.5 + 0.8068528) / 2 = 0.6534264."""
+    mu = torch.tensor([[[1.0, 0.0]]])
+    logvar = torch.tensor([[[0.0, math.log(4.0)]]])
+    expected = (0.5 + 1.5 - math.log(2.0)) / 2
+    assert kl_to_standard_normal(mu, logvar).item() == pytest.approx(expected, abs=1e-6)
+    # and what MLD computes: torch.distributions' KL, mean-reduced
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    assert kl_to_standard_normal(mu, logvar).item() == pytest.approx(
+        torch.distributions.kl_divergence(q, p).mean().item(), abs=1e-6)
+
+
+def test_skip_transformer_has_the_stated_blocks():
+    """9 layers = 4 input blocks, 1 middle, 4 output, with 4 Linear(2d -> d) fusions."""
+    stack = SkipTransformer(9, 32, 2, 64, 0.1)
+    assert len(stack.input_blocks) == 4 and len(stack.output_blocks) == 4
+    assert isinstance(stack.middle_block, torch.nn.TransformerEncoderLayer)
+    assert [(l.in_features, l.out_features) for l in stack.linear_blocks] == [(64, 32)] * 4
+    assert not stack.middle_block.norm_first, "MLD layers are post-norm"
+    vae = MotionVAE(VAEConfig(latent_dim=32, n_heads=2, ff_dim=64), D)
+    assert len(vae.encoder.input_blocks) == len(vae.decoder.output_blocks) == 4
+    assert isinstance(vae.decoder.middle_block, torch.nn.TransformerDecoderLayer)
+    with pytest.raises(ValueError, match="odd number"):
+        SkipTransformer(4, 32, 2, 64, 0.1)
+
+
+def test_skip_transformer_joins_blocks_in_unet_order():
+    """5 layers: x1 = in0(x), x2 = in1(x1), m = mid(x2), y = out0(lin0[m, x2]),
+    y = out1(lin1[y, x1]), then the final LayerNorm."""
+    torch.manual_seed(0)
+    stack = SkipTransformer(5, 16, 2, 32, 0.0).eval()
+    x = torch.randn(2, 7, 16)
+    x1 = stack.input_blocks[0](x)
+    x2 = stack.input_blocks[1](x1)
+    y = stack.middle_block(x2)
+    y = stack.output_blocks[0](stack.linear_blocks[0](torch.cat([y, x2], -1)))
+    y = stack.output_blocks[1](stack.linear_blocks[1](torch.cat([y, x1], -1)))
+    torch.testing.assert_close(stack(x), stack.norm(y))
+
+
+def test_padded_frames_change_neither_latent_nor_decoded_frames():
+    torch.manual_seed(0)
+    vae = MotionVAE(tiny_cfg(), D).eval()
+    lengths = torch.tensor([20, 12, 7])
+    motion = torch.randn(3, 20, D)
+    for i, n in enumerate(lengths.tolist()):
+        motion[i, n:] = 0.0
+    junk = motion.clone()
+    for i, n in enumerate(lengths.tolist()):
+        junk[i, n:] = 100 * torch.randn(20 - n, D)
+    longer = torch.cat([junk, 50 * torch.randn(3, 10, D)], dim=1)             # more padding
+    with torch.no_grad():
+        _, mu, logvar = vae.encode(motion, lengths, sample=False)
+        for other in (junk, longer):
+            _, mu2, logvar2 = vae.encode(other, lengths, sample=False)
+            torch.testing.assert_close(mu2, mu, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(logvar2, logvar, atol=1e-5, rtol=1e-5)
+        # each sample decodes the same alone as inside a padded batch, and padding is zero
+        out = vae.decode(mu, lengths)
+        assert out.shape == (3, 20, D)
+        for i, n in enumerate(lengths.tolist()):
+            assert torch.all(out[i, n:] == 0)
+            alone = vae.decode(mu[i:i + 1], lengths[i:i + 1])
+            torch.testing.assert_close(alone[0], out[i, :n], atol=1e-5, rtol=1e-5)
+
+
+def test_padded_frames_do_not_change_the_loss():
+    data = pytest.importorskip("data")
+    torch.manual_seed(0)
+    lengths = torch.tensor([9, 5])
+    pred, target = torch.randn(2, 9, D), torch.randn(2, 9, D)
+    mu, logvar = torch.randn(2, 1, 8), torch.randn(2, 1, 8)
+    mean, std = torch.randn(D) * 0.1, torch.rand(D) + 0.5
+    total, parts = vae_loss(pred, target, lengths, mu, logvar, mean, std, lambda_kl=1e-4)
+    pred2, target2 = pred.clone(), target.clone()
+    pred2[1, 5:], target2[1, 5:] = 7.0, -3.0
+    total2, parts2 = vae_loss(pred2, target2, lengths, mu, logvar, mean, std, lambda_kl=1e-4)
+    assert set(parts) == {"feat", "joint", "kl"}
+    for key in parts:
+        torch.testing.assert_close(parts2[key], parts[key])
+    torch.testing.assert_close(total, parts["feat"] + parts["joint"] + 1e-4 * parts["kl"])
+    # the feature term is SmoothL1 over exactly the 9 + 5 valid frames
+    valid = torch.cat([(pred[0] - target[0]), (pred[1, :5] - target[1, :5])])
+    a = valid.abs()
+    expected = torch.where(a < 1, 0.5 * a ** 2, a - 0.5).mean()
+    torch.testing.assert_close(parts["feat"], expected)
+    # the joint term compares the joints of the de-normalised features
+    jp = data.features_to_joints(pred * std + mean)
+    jt = data.features_to_joints(target * std + mean)
+    diff = torch.cat([jp[0] - jt[0], jp[1, :5] - jt[1, :5]]).abs()
+    torch.testing.assert_close(parts["joint"], torch.where(diff < 1, 0.5 * diff ** 2, diff - 0.5).mean())
+
+
+@pytest.mark.parametrize("cfg", [VAEConfig(), tiny_cfg(n_tokens=2, n_layers=5)],
+                         ids=["paper-1x256", "tiny-2x32"])
+def test_shapes(cfg):
+    torch.manual_seed(0)
+    vae = MotionVAE(cfg, D)
+    n, d = cfg.n_tokens, cfg.latent_dim
+    motion, lengths = torch.randn(2, 24, D), torch.tensor([24, 16])
+    z, mu, logvar = vae.encode(motion, lengths)
+    assert z.shape == mu.shape == logvar.shape == (2, n, d)
+    assert vae.latent_shape == (n, d)
+    assert not torch.allclose(z, mu), "sample=True draws from the posterior"
+    assert vae.dist_tokens.shape == (2 * n, d), "n mu tokens then n logvar tokens"
+    out = vae.decode(z, lengths)
+    assert out.shape == (2, 24, D)
+    assert vae.decode(z, torch.tensor([10, 16])).shape == (2, 16, D)
+    recon, _, _ = vae(motion, lengths, sample=False)
+    assert recon.shape == (2, 24, D)
+
+
+def test_lengths_beyond_the_positional_table_are_rejected():
+    vae = MotionVAE(tiny_cfg(max_len=16), D)
+    with pytest.raises(ValueError, match="max_len"):
+        vae.decode(torch.zeros(1, 1, 32), torch.tensor([17]))

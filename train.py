@@ -1,0 +1,832 @@
+"""The command line: every stage of the LEAD recipe and its companion papers.
+
+    python train.py --stage STAGE [--preset tiny|paper] [--out runs/default] [--set key=value ...]
+
+Stages, in the order `--stage all` runs them (LEAD Sec. 4.1.2 trains VAE, then diffusion, then
+the projector):
+
+    data       generate (or validate) the dataset, train the offline BPE + text encoder, summary
+    evaluator  the two text-motion embedders: `evaluator` (metrics) and `alignment` (ATM, MATE)
+    vae        the MLD motion VAE
+    diffusion  the latent diffusion model, VAE and text encoder frozen
+    projector  the LEAD projector, everything else frozen
+    eval       the Tab. 1 analogue: Real, MLD, LEAD
+    sample     text -> motion files (+ stick-figure animations)
+    inversion, atm, mate, lamp   the later modules
+
+Each stage reads what the stages before it wrote into `--out` and writes its own checkpoint
+there; a missing prerequisite is an error naming the stage to run. Configuration is one
+dataclass per section (`data`, `text`, ...; the model sections live in their modules), the
+paper's values by default; `--preset tiny` is a set of overrides for a CPU, and `--set
+section.field=value` overrides single fields, type-checked, unknown keys rejected.
+
+This file stays importable: nothing runs at import time, so tests call `main([...])`.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import data
+import diffusion
+import metrics
+import projector
+import vae
+from clip import ClipConfig, TextEncoder
+from diffusion import DiffusionConfig
+from metrics import EmbedderConfig
+from projector import ProjectorConfig
+from vae import VAEConfig
+
+# ----------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class DataConfig:
+    synthetic_motions: int = 3000  # size of the embedded synthetic dataset (issue 2: >= 3,000)
+    synthetic_seed: int = 0        # the generator is deterministic for a seed
+    min_len: int = 40              # HumanML3D: clips of 40..196 frames at 20 fps
+    max_len: int = 196
+    unit: int = 4                  # HumanML3D crops lengths to a multiple of 4
+
+
+@dataclass
+class Schedule:
+    """How long and how fast one training stage runs (AdamW throughout, as MLD and LEAD)."""
+    steps: int
+    batch_size: int
+    lr: float
+    log_every: int = 100   # progress line every this many steps
+    ckpt_every: int = 500  # checkpoint (for --resume) every this many steps
+
+
+@dataclass
+class EvalConfig:
+    replications: int = 20      # the papers: mean +- 1.96 std / sqrt(20)
+    mm_num_texts: int = 100     # MModality: 100 texts (MLD, LEAD Sec. 5.1.2)
+    mm_num_gens: int = 30       # ... 30 generations each, 10 pairs (Guo et al.)
+    diversity_times: int = 300  # Diversity over 300 random pairs (Guo et al., LEAD Eq. 13)
+    timing_prompts: int = 10    # prompts timed one at a time for the per-prompt inference time
+
+
+@dataclass
+class RunOptions:
+    seed: int = 0  # seeds the offline text encoder and every training stage
+
+
+@dataclass
+class RunConfig:
+    run: RunOptions = field(default_factory=RunOptions)
+    data: DataConfig = field(default_factory=DataConfig)
+    text: ClipConfig = field(default_factory=ClipConfig)
+    evaluator: EmbedderConfig = field(default_factory=EmbedderConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # Schedules for the paper preset are ours where the papers give epochs on HumanML3D; raise
+    # them for a faithful reproduction (MLD trains both stages for thousands of epochs).
+    evaluator_train: Schedule = field(default_factory=lambda: Schedule(50_000, 32, 1e-4))
+    vae_train: Schedule = field(default_factory=lambda: Schedule(200_000, 128, 1e-4))       # MLD lr
+    diffusion_train: Schedule = field(default_factory=lambda: Schedule(200_000, 128, 1e-4))  # MLD lr
+    # LEAD Sec. 5.2: batch 1024, lr 1e-4, 200 epochs (~ 4,600 steps over HumanML3D's ~23k pairs)
+    projector_train: Schedule = field(default_factory=lambda: Schedule(4_600, 1024, 1e-4))
+
+
+# A preset is nothing but a set of overrides on the defaults (the defaults are the papers').
+PRESETS: dict[str, dict[str, object]] = {
+    "paper": {},
+    "tiny": {},
+}
+
+STAGES = ["data", "evaluator", "vae", "diffusion", "projector", "eval", "sample",
+          "inversion", "atm", "mate", "lamp"]
+
+
+def _parse_value(text: str, kind, key: str):
+    """Parse `text` as the dataclass field type `kind`; a mismatch is an error naming `key`."""
+    origin = typing.get_origin(kind)
+    try:
+        if kind is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind in (int, float, str):
+            return kind(text)
+        if origin is tuple:
+            item = typing.get_args(kind)[0]
+            return tuple(item(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--set {key}={text}: expected {getattr(kind, '__name__', kind)}") from None
+    raise ValueError(f"--set {key}: fields of type {kind} cannot be set from the command line")
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, object]) -> RunConfig:
+    """Set `section.field` values on `cfg` (strings are parsed; other values type-checked)."""
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if section not in sections:
+            raise ValueError(f"unknown config section {section!r} in {key!r}; sections: {sorted(sections)}")
+        target = sections[section]
+        kinds = typing.get_type_hints(type(target))
+        if name not in kinds:
+            raise ValueError(f"unknown config key {key!r}; {section} has: {', '.join(sorted(kinds))}")
+        kind = kinds[name]
+        if isinstance(value, str) and kind is not str:
+            value = _parse_value(value, kind, key)
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif typing.get_origin(kind) is tuple and isinstance(value, list):
+            value = tuple(value)
+        expected = typing.get_origin(kind) or kind
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ValueError(f"{key}={value!r}: expected {getattr(kind, '__name__', kind)}")
+        setattr(target, name, value)
+    return cfg
+
+
+def build_config(preset: str, sets: list[str]) -> RunConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"--preset {preset!r}: choose one of {sorted(PRESETS)}")
+    cfg = apply_overrides(RunConfig(), PRESETS[preset])
+    overrides = {}
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--set {item!r}: expected section.field=value")
+        overrides[key.strip()] = value.strip()
+    return apply_overrides(cfg, overrides)
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints: one dict per stage, written atomically, loaded without pickle code execution
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write `state` to `path` through a temporary file and a rename, so an interruption
+    never leaves a half-written checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, stage: str) -> dict:
+    """Load a checkpoint written by `--stage stage`; a missing file names the stage to run."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `python train.py --stage {stage}` first "
+                                f"(with the same --out)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------
+# Run context shared by the stages
+
+
+@dataclass
+class Run:
+    cfg: RunConfig
+    out: Path
+    data_root: Path
+    synthetic: bool
+    device: torch.device
+    clip: str | None
+    resume: bool
+    args: argparse.Namespace
+    cache: dict = field(default_factory=dict)  # models loaded once per process (text encoder)
+
+
+def dataset_root(run: Run) -> Path:
+    """The dataset folder; the synthetic one is generated on first use."""
+    root = run.data_root
+    if run.synthetic:
+        settings = {"motions": run.cfg.data.synthetic_motions, "seed": run.cfg.data.synthetic_seed}
+        marker = root / "settings.json"
+        if not marker.exists() or json.loads(marker.read_text()) != settings:
+            print(f"[data] generating the embedded synthetic dataset into {root} "
+                  f"({settings['motions']} motions, seed {settings['seed']})")
+            data.generate_synthetic(root, n_motions=settings["motions"], seed=settings["seed"])
+            write_json(marker, settings)
+    elif not root.is_dir():
+        raise FileNotFoundError(f"--data {root}: no such folder (expected the HumanML3D layout: "
+                                f"new_joint_vecs/, texts/, Mean.npy, Std.npy, train.txt, ...)")
+    return root
+
+
+def open_split(run: Run, split: str) -> "data.MotionTextDataset":
+    """One split of the dataset, read once per process; the skeleton (HumanML3D's 22 joints or
+    KIT-ML's 21) is told by the feature size in Mean.npy."""
+    key = f"split:{split}"
+    if key not in run.cache:
+        root, c = dataset_root(run), run.cfg.data
+        skeletons = {s.feat_dim: s for s in (data.T2M, data.KIT)}
+        feat_dim = np.load(root / "Mean.npy").shape[-1] if (root / "Mean.npy").exists() else data.T2M.feat_dim
+        if feat_dim not in skeletons:
+            raise ValueError(f"{root / 'Mean.npy'}: {feat_dim}-d features match neither HumanML3D "
+                             f"(263) nor KIT-ML (251)")
+        run.cache[key] = data.MotionTextDataset(root, split, min_len=c.min_len, max_len=c.max_len,
+                                                unit=c.unit, skeleton=skeletons[feat_dim],
+                                                seed=run.cfg.run.seed)
+    return run.cache[key]
+
+
+# ----------------------------------------------------------------------------
+# The training loop shared by every stage
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def batches(dataset, batch_size: int, seed: int):
+    """An endless stream of padded batches of similar lengths: each pass shuffles the items,
+    sorts windows of 50 batches by length and shuffles the resulting batches, so little of each
+    batch is padding (clips run from 40 to 196 frames) while the order stays random."""
+    if len(dataset) < batch_size:
+        raise ValueError(f"the {dataset.split!r} split has {len(dataset)} usable items, fewer than "
+                         f"one batch of {batch_size}: lower the batch size or add data")
+    rng = np.random.default_rng(seed)
+    lengths = np.array([len(motion) for _, motion, _ in dataset.items])
+    window = 50 * batch_size
+    while True:
+        order = rng.permutation(len(dataset))
+        groups = []
+        for start in range(0, len(order), window):
+            chunk = order[start:start + window]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            groups += [chunk[i:i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
+        for g in rng.permutation(len(groups)):
+            yield data.collate([dataset[int(i)] for i in groups[g]])
+
+
+@torch.no_grad()
+def encode_latents(motion_vae: vae.MotionVAE, dataset, device, batch_size: int = 64):
+    """The frozen VAE's posterior (mu, logvar), each (N, n, d), for every item of `dataset`,
+    computed once so later stages draw z = mu + sigma * noise without re-running the encoder."""
+    mus, logvars = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        _, mu, logvar = motion_vae.encode(batch["motion"].to(device), batch["lengths"].to(device))
+        mus.append(mu)
+        logvars.append(logvar)
+    return torch.cat(mus), torch.cat(logvars)
+
+
+def latent_batches(dataset, mu: torch.Tensor, logvar: torch.Tensor, batch_size: int, seed: int):
+    """An endless stream of {"z", "caption"}: z drawn from each item's cached posterior (as MLD
+    samples it, not its mean), with one of the item's captions drawn at random."""
+    if len(dataset) < batch_size:
+        raise ValueError(f"the {dataset.split!r} split has {len(dataset)} usable items, fewer than "
+                         f"one batch of {batch_size}: lower the batch size or add data")
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator(device=mu.device).manual_seed(seed)
+    while True:
+        order = rng.permutation(len(dataset))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            idx = order[start:start + batch_size]
+            captions = [dataset.items[i][2][rng.integers(len(dataset.items[i][2]))] for i in idx]
+            idx = torch.as_tensor(idx, device=mu.device)
+            noise = torch.randn(mu[idx].shape, generator=generator, device=mu.device)
+            yield {"z": mu[idx] + torch.exp(0.5 * logvar[idx]) * noise, "caption": captions}
+
+
+def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sched: Schedule,
+        meta: dict) -> dict:
+    """Minimise `loss_fn(batch) -> (loss, parts)` over `sched.steps` batches of `stream`.
+
+    Writes run.out/NAME.pt = {model, optimizer, config, meta, step, done} (config: the model's
+    dataclass, meta: what else its constructor needs) every ckpt_every steps
+    and at the end; `--resume` continues from it. A non-finite loss stops the stage and keeps
+    the last good checkpoint. Returns the final running averages of the loss parts.
+    """
+    path = run.out / f"{name}.pt"
+    optimizer = torch.optim.AdamW(_trainable(model), lr=sched.lr)
+    step = 0
+    if path.exists():
+        state = load_checkpoint(path, name)
+        if run.resume:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            step = state["step"]
+            print(f"[{name}] resuming from {path} at step {step}/{sched.steps}")
+        elif not state.get("done"):
+            print(f"[{name}] note: {path} holds an interrupted run (step {state['step']}); "
+                  f"starting over (pass --resume to continue it)")
+
+    def checkpoint(done: bool):
+        save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "config": dataclasses.asdict(config), "meta": meta,
+                               "step": step, "done": done})
+
+    model.train()
+    running, start, start_step = {}, time.time(), step
+    while step < sched.steps:
+        loss, parts = loss_fn(next(stream))
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"[{name}] the loss became {loss.item()} at step {step + 1}; "
+                                f"the last good checkpoint ({path}) is kept. Lower the learning "
+                                f"rate ({name}_train.lr) and rerun with --resume.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        for key, value in {"loss": loss, **parts}.items():
+            value = float(value.detach()) if torch.is_tensor(value) else float(value)
+            running[key] = 0.98 * running.get(key, value) + 0.02 * value
+        if step % sched.log_every == 0 or step == sched.steps:
+            rate = (step - start_step) / (time.time() - start)
+            eta = (sched.steps - step) / max(rate, 1e-9)
+            print(f"[{name}] step {step}/{sched.steps} "
+                  + " ".join(f"{k} {v:.4f}" for k, v in running.items())
+                  + f" | {rate:.1f} it/s, {eta:.0f} s left", flush=True)
+        if step % sched.ckpt_every == 0 and step < sched.steps:
+            checkpoint(done=False)
+    checkpoint(done=True)
+    model.eval()
+    return {k: round(v, 5) for k, v in running.items()}
+
+
+# ----------------------------------------------------------------------------
+# Loading what earlier stages wrote
+
+
+def load_model(run: Run, name: str, stage: str, build) -> torch.nn.Module:
+    """Rebuild the model of run.out/NAME.pt from its saved config, frozen, on run.device."""
+    state = load_checkpoint(run.out / f"{name}.pt", stage)
+    if not state.get("done"):
+        raise FileNotFoundError(f"{run.out / (name + '.pt')} is an interrupted run (step "
+                                f"{state['step']}): finish it with `python train.py --stage "
+                                f"{stage} --resume`")
+    model = build(state["config"], state["meta"])
+    model.load_state_dict(state["model"])
+    return model.to(run.device).eval().requires_grad_(False)
+
+
+def text_encoder(run: Run) -> TextEncoder:
+    """The frozen text encoder: real CLIP with --clip, else the offline one of --stage data."""
+    if run.cache.get("text") is None:
+        if run.clip:
+            encoder = TextEncoder.from_pretrained(run.clip)
+        else:
+            folder = run.out / "text_encoder"
+            if not (folder / "config.json").exists():
+                raise FileNotFoundError(f"{folder} not found: run `python train.py --stage data` "
+                                        f"first (it builds the offline text encoder)")
+            print(f"[clip] offline text encoder from {folder} (random weights, not real CLIP; "
+                  f"--clip NAME_OR_DIR loads real weights)")
+            encoder = TextEncoder.from_pretrained(folder)
+        run.cache["text"] = encoder.to(run.device)
+    return run.cache["text"]
+
+
+def load_vae(run: Run) -> vae.MotionVAE:
+    return load_model(run, "vae", "vae",
+                      lambda cfg, meta: vae.MotionVAE(vae.VAEConfig(**cfg), meta["feat_dim"]))
+
+
+def load_denoiser(run: Run, name: str = "diffusion") -> diffusion.Denoiser:
+    return load_model(run, name, "diffusion" if name == "diffusion" else name,
+                      lambda cfg, meta: diffusion.Denoiser(diffusion.DiffusionConfig(**cfg),
+                                                           tuple(meta["latent_shape"]), meta["text_dim"]))
+
+
+def load_projector(run: Run, name: str = "projector") -> projector.Projector:
+    return load_model(run, name, "projector",
+                      lambda cfg, meta: projector.Projector(projector.ProjectorConfig(**cfg),
+                                                            tuple(meta["latent_shape"]), meta["text_dim"]))
+
+
+def load_embedder(run: Run, name: str) -> metrics.TextMotionEmbedder:
+    return load_model(run, name, "evaluator",
+                      lambda cfg, meta: metrics.TextMotionEmbedder(
+                          metrics.EmbedderConfig(**cfg), meta["feat_dim"], meta["vocab_size"], meta["eot_id"]))
+
+
+# ----------------------------------------------------------------------------
+# Stages
+
+
+def stage_data(run: Run) -> dict:
+    """Generate or validate the dataset, print its summary, build the offline text encoder."""
+    root = dataset_root(run)
+    summary = data.dataset_summary(root)
+    print(f"[data] {root}")
+    for key, value in summary.items():
+        if key != "length_histogram":
+            print(f"  {key}: {value}")
+    print("  length histogram (frames: motions):")
+    hist = summary["length_histogram"]
+    top = max(hist.values()) if hist else 1
+    for bucket, count in hist.items():
+        print(f"    {bucket:>9}: {count:6d} {'#' * max(1, round(40 * count / top))}")
+    usable = {split: len(open_split(run, split)) for split in ("train", "val", "test")}
+    print(f"  usable after the length rules: {usable}")
+    figures = {"summary": summary, "usable": usable}
+    if not run.clip:
+        captions = open_split(run, "train").captions()
+        encoder = TextEncoder.offline(captions, run.out / "text_encoder", seed=run.cfg.run.seed,
+                                      config=run.cfg.text)
+        print(f"  offline BPE vocabulary: {len(encoder.tokenizer)} tokens "
+              f"(asked for {run.cfg.text.vocab_size}), in {run.out / 'text_encoder'}")
+        figures["bpe_vocab_size"] = len(encoder.tokenizer)
+    return figures
+
+
+def stage_evaluator(run: Run) -> dict:
+    """Two independently seeded text-motion embedders (metrics.py): `evaluator` scores every
+    method; `alignment` is the training signal of ATM and MATE, so no method is scored by it."""
+    train, test = open_split(run, "train"), open_split(run, "test")
+    tokenizer = text_encoder(run).tokenizer
+    sched, figures = run.cfg.evaluator_train, {}
+    meta = {"feat_dim": train.mean.shape[0], "vocab_size": len(tokenizer), "eot_id": tokenizer.eot_id}
+    for offset, name in enumerate(("evaluator", "alignment")):
+        seed = run.cfg.run.seed + 1000 * (offset + 1)
+        torch.manual_seed(seed)
+        model = metrics.TextMotionEmbedder(run.cfg.evaluator, **meta).to(run.device)
+
+        def loss_fn(batch):
+            ids = tokenizer(batch["caption"]).to(run.device)                        # (B, 77)
+            motion_emb = model.encode_motion(batch["motion"].to(run.device), batch["lengths"].to(run.device))
+            return metrics.embedder_loss(model.encode_text(ids), motion_emb, batch["caption"],
+                                         temperature=run.cfg.evaluator.temperature)
+
+        losses = fit(run, name, model, run.cfg.evaluator, loss_fn, batches(train, sched.batch_size, seed), sched, meta)
+        real = metrics.evaluate(None, test, model, tokenizer, replications=1, seed=seed,
+                                diversity_times=run.cfg.eval.diversity_times)
+        figures[name] = {"final_losses": losses, "test_real": {k: round(v[0], 4) for k, v in real.items()}}
+        print(f"[{name}] real test motions: " + ", ".join(f"{k} {v[0]:.3f}" for k, v in real.items()))
+    return figures
+
+
+@torch.no_grad()
+def joint_error(model: vae.MotionVAE, dataset, device, batch_size: int = 64) -> float:
+    """Mean per-joint position error (metres) of VAE reconstructions from the posterior mean."""
+    mean, std = (torch.as_tensor(a, dtype=torch.float32, device=device) for a in (dataset.mean, dataset.std))
+    total, count = 0.0, 0
+    for start in range(0, len(dataset), batch_size):
+        batch = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
+        z, _, _ = model.encode(x, lengths, sample=False)
+        x_hat = model.decode(z, lengths)
+        joints_hat = data.features_to_joints(x_hat * std + mean)                 # (B, T, J, 3)
+        joints = data.features_to_joints(x * std + mean)
+        valid = vae.lengths_to_mask(lengths, x.shape[1])                          # (B, T)
+        err = (joints_hat - joints).norm(dim=-1)[valid]                           # (frames, J)
+        total, count = total + float(err.sum()), count + err.numel()
+    return total / count
+
+
+def stage_vae(run: Run) -> dict:
+    """Stage 1 of LEAD Sec. 4.1.2: the motion VAE, on motions alone."""
+    train, val = open_split(run, "train"), open_split(run, "val")
+    cfg, sched = run.cfg.vae, run.cfg.vae_train
+    torch.manual_seed(run.cfg.run.seed)
+    model = vae.MotionVAE(cfg, train.mean.shape[0]).to(run.device)
+    mean, std = train.mean, train.std
+
+    def loss_fn(batch):
+        x, lengths = batch["motion"].to(run.device), batch["lengths"].to(run.device)
+        x_hat, mu, logvar = model(x, lengths)
+        return vae.vae_loss(x_hat, x, lengths, mu, logvar, mean, std, lambda_kl=cfg.lambda_kl)
+
+    losses = fit(run, "vae", model, cfg, loss_fn, batches(train, sched.batch_size, run.cfg.run.seed),
+                 sched, {"feat_dim": train.mean.shape[0]})
+    error = joint_error(model, val, run.device)
+    print(f"[vae] validation mean per-joint position error: {100 * error:.2f} cm")
+    return {"final_losses": losses, "val_joint_error_m": round(error, 5)}
+
+
+def stage_diffusion(run: Run) -> dict:
+    """Stage 2: the latent denoiser, VAE and text encoder frozen (LEAD Sec. 4.1.2)."""
+    train = open_split(run, "train")
+    text, motion_vae = text_encoder(run), load_vae(run)
+    cfg, sched = run.cfg.diffusion, run.cfg.diffusion_train
+    print(f"[diffusion] encoding {len(train.captions())} training captions and {len(train)} motions once")
+    text.encode_cached(train.captions())
+    c_uncond = text.encode_cached([""])[0]                                          # (C,)
+    mu, logvar = encode_latents(motion_vae, train, run.device)
+    print(f"[diffusion] latent posterior: mean |mu| {mu.abs().mean():.3f}, std of mu {mu.std():.3f}, "
+          f"mean sigma {torch.exp(0.5 * logvar).mean():.3f}")
+    torch.manual_seed(run.cfg.run.seed)
+    schedule = diffusion.GaussianDiffusion(cfg).to(run.device)
+    model = diffusion.Denoiser(cfg, motion_vae.latent_shape, text.dim).to(run.device)
+
+    def loss_fn(batch):
+        return schedule.loss(model, batch["z"], text.encode_cached(batch["caption"]), c_uncond)
+
+    stream = latent_batches(train, mu, logvar, sched.batch_size, run.cfg.run.seed)
+    losses = fit(run, "diffusion", model, cfg, loss_fn, stream, sched,
+                 {"latent_shape": list(motion_vae.latent_shape), "text_dim": text.dim})
+    return {"final_losses": losses}
+
+
+PROJECTOR_ABLATIONS = {  # LEAD Tab. 6: run name -> overrides of the projector config
+    "projector_no_align": {"lambda_align": 0.0},
+    "projector_no_rec": {"lambda_rec": 0.0},
+    "projector_no_var": {"lambda_var": 0.0},
+    "projector_mlp": {"kind": "mlp"},
+}
+
+
+def stage_projector(run: Run) -> dict:
+    """Stage 3: the projector, VAE, denoiser and text encoder frozen (LEAD Sec. 4.1.2).
+    Latents are drawn from the posterior of the training motions (the distribution the
+    diffusion model imitates), paired with one of their captions' CLIP embedding."""
+    train = open_split(run, "train")
+    text, motion_vae = text_encoder(run), load_vae(run)
+    load_denoiser(run)  # the recipe's order: a projector is trained for a finished diffusion stage
+    text.encode_cached(train.captions())
+    mu, logvar = encode_latents(motion_vae, train, run.device)
+    sched = run.cfg.projector_train
+    variants = {"projector": {}, **(PROJECTOR_ABLATIONS if run.args.ablations else {})}
+    figures = {}
+    for name, overrides in variants.items():
+        cfg = dataclasses.replace(run.cfg.projector, **overrides)
+        torch.manual_seed(run.cfg.run.seed)
+        model = projector.Projector(cfg, motion_vae.latent_shape, text.dim).to(run.device)
+
+        def loss_fn(batch):
+            z_proj, z_hat = model(batch["z"])
+            return projector.projector_loss(batch["z"], z_proj, z_hat, text.encode_cached(batch["caption"]), model.cfg)
+
+        meta = {"latent_shape": list(motion_vae.latent_shape), "text_dim": text.dim}
+        stream = latent_batches(train, mu, logvar, sched.batch_size, run.cfg.run.seed)
+        figures[name] = {"final_losses": fit(run, name, model, cfg, loss_fn, stream, sched, meta)}
+    return figures
+
+
+class Pipeline:
+    """The frozen models of a finished LEAD run, and text -> motion with or without realignment."""
+
+    def __init__(self, run: Run, denoiser_name: str = "diffusion"):
+        self.run = run
+        self.text = text_encoder(run)
+        self.vae = load_vae(run)
+        self.denoiser = load_denoiser(run, denoiser_name)
+        self.schedule = diffusion.GaussianDiffusion(self.denoiser.cfg).to(run.device)
+        self.c_uncond = self.text.encode_cached([""])[0]                          # (C,)
+
+    def generate(self, captions: list[str], lengths: torch.Tensor,
+                 realigner: projector.Projector | None) -> torch.Tensor:
+        c = self.text.encode_cached(captions)                                     # (B, C)
+        return projector.generate(self.vae, self.denoiser, self.schedule, c, self.c_uncond,
+                                  lengths.to(self.run.device), realigner)
+
+
+def seconds_per_prompt(pipe: Pipeline, dataset, realigner, prompts: int) -> tuple[float, float]:
+    """Wall time of generating one motion for one prompt (batch of 1), mean and 95% CI."""
+    times = []
+    for i in range(prompts + 1):
+        item = dataset[i % len(dataset)]
+        start = time.perf_counter()
+        pipe.generate([item["caption"]], torch.tensor([item["length"]]), realigner)
+        if pipe.run.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return metrics.mean_ci(times[1:])  # the first call warms up caches and kernels
+
+
+@torch.no_grad()
+def latent_structure(pipe: Pipeline, realigner: projector.Projector, dataset) -> dict | None:
+    """The quantitative stand-in for LEAD's t-SNE (Fig. 3 right): leave-one-out 1-NN accuracy
+    of the action label for test latents, in the VAE space and in the projected space.
+    Needs the synthetic dataset's labels; uses the motions made of a single action."""
+    segments = data.load_segments(dataset.root)
+    if not segments:
+        return None
+    items = [dataset[i] for i in range(len(dataset))]
+    items = [it for it in items if len(segments.get(it["name"], {}).get("actions", [])) == 1]
+    labels = [segments[it["name"]]["actions"][0] for it in items]
+    z_all, proj_all = [], []
+    for start in range(0, len(items), 64):
+        batch = data.collate(items[start:start + 64])
+        z, _, _ = pipe.vae.encode(batch["motion"].to(pipe.run.device), batch["lengths"].to(pipe.run.device),
+                                  sample=False)
+        z_all.append(z.flatten(1))
+        proj_all.append(realigner.project(z))
+    z_all, proj_all = torch.cat(z_all), torch.cat(proj_all)
+    return {"motions": len(items), "actions": len(set(labels)),
+            "vae_space": metrics.nearest_neighbour_accuracy(z_all, labels),
+            "projected_space": metrics.nearest_neighbour_accuracy(proj_all, labels)}
+
+
+def stage_eval(run: Run) -> dict:
+    """The Tab. 1 analogue on the test split: Real, MLD (no realignment) and LEAD, from the same
+    checkpoints; per-prompt inference time; latent structure; `--ablations`: Tab. 6 rows."""
+    test = open_split(run, "test")
+    pipe = Pipeline(run)
+    evaluator, tokenizer = load_embedder(run, "evaluator"), pipe.text.tokenizer
+    cfg = run.cfg.eval
+    methods = {"MLD": None, "LEAD": load_projector(run)}
+    if run.args.ablations:
+        labels = {"projector_no_align": "LEAD w/o L_align", "projector_no_rec": "LEAD w/o L_rec",
+                  "projector_no_var": "LEAD w/o L_var", "projector_mlp": "LEAD (mlp)"}
+        methods.update({label: load_projector(run, name) for name, label in labels.items()})
+    evaluate = lambda generate_fn: metrics.evaluate(  # noqa: E731
+        generate_fn, test, evaluator, tokenizer, replications=cfg.replications,
+        mm_num_texts=cfg.mm_num_texts, mm_num_gens=cfg.mm_num_gens,
+        diversity_times=cfg.diversity_times, seed=run.cfg.run.seed)
+    print(f"[eval] Real ({cfg.replications} replications)")
+    rows = {"Real": evaluate(None)}
+    for name, realigner in methods.items():
+        print(f"[eval] {name}")
+        rows[name] = evaluate(lambda captions, lengths, r=realigner: pipe.generate(captions, lengths, r))
+    note = (f"{len(test)} test motions of {dataset_name(run)}, mean ± 1.96 std / sqrt(R) over "
+            f"R = {cfg.replications} replications; MModality over {cfg.mm_num_texts} texts x "
+            f"{cfg.mm_num_gens} generations. Metrics in the space of this run's `evaluator` "
+            f"embedder (not Guo et al.'s), so they compare methods within this run only.")
+    metrics.write_results(run.out, "t2m", rows, "Text-to-motion (LEAD Tab. 1 analogue)", note)
+    timing = {name: {"s / prompt": seconds_per_prompt(pipe, test, methods[name], cfg.timing_prompts)}
+              for name in ("MLD", "LEAD")}
+    metrics.write_results(run.out, "timing", timing, "Inference time per prompt",
+                          f"{cfg.timing_prompts} prompts, batch of 1, on {run.device.type}; "
+                          "the paper: MLD 0.236 s, LEAD 0.245 s on an RTX 3090")
+    structure = latent_structure(pipe, methods["LEAD"], test)
+    if structure:
+        metrics.write_results(run.out, "latent_structure", {
+            "VAE latent z_vae": {"1-NN action accuracy": (structure["vae_space"], 0.0)},
+            "projected E_proj(z_vae)": {"1-NN action accuracy": (structure["projected_space"], 0.0)}},
+            "Latent structure (stand-in for LEAD Fig. 3, t-SNE)",
+            f"leave-one-out nearest neighbour (Euclidean) over {structure['motions']} single-action "
+            f"test motions, {structure['actions']} action labels")
+    print((run.out / "results.md").read_text())
+    return {"rows": {n: {k: list(v) for k, v in r.items()} for n, r in rows.items()},
+            "timing": {n: list(v["s / prompt"]) for n, v in timing.items()}, "latent_structure": structure}
+
+
+def dataset_name(run: Run) -> str:
+    return "the embedded synthetic dataset" if run.synthetic else str(run.data_root)
+
+
+DEFAULT_PROMPTS = ["a person walks forward", "a person jumps then waves with the right hand",
+                   "someone walks in a circle clockwise"]
+
+
+def stage_sample(run: Run) -> dict:
+    """Text -> motion files: features (T, D) and joints (T, J, 3) as .npy, and a GIF."""
+    args = run.args
+    texts = args.text or DEFAULT_PROMPTS
+    stats = open_split(run, "train")
+    if not run.cfg.data.min_len <= args.length <= run.cfg.data.max_len:
+        raise ValueError(f"--length {args.length}: the models were trained on "
+                         f"{run.cfg.data.min_len}..{run.cfg.data.max_len} frames")
+    pipe = Pipeline(run)
+    realigner = None if args.no_realign else load_projector(run)
+    folder = run.out / "samples"
+    lengths = torch.full((args.num,), args.length, dtype=torch.long)
+    written, render_note = [], None
+    for i, text in enumerate(texts):
+        torch.manual_seed(run.cfg.run.seed + i)
+        motion = pipe.generate([text] * args.num, lengths, realigner).cpu()      # (N, T, D)
+        features = stats.denormalize(motion.numpy())                              # (N, T, D)
+        joints = data.features_to_joints(torch.from_numpy(features)).numpy()     # (N, T, J, 3)
+        slug = "_".join(text.lower().split())[:60].replace("/", "-")
+        for k in range(args.num):
+            stem = folder / f"{i:02d}_{slug}_{k}"
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            np.save(f"{stem}_features.npy", features[k])
+            np.save(f"{stem}_joints.npy", joints[k])
+            written.append(f"{stem}_joints.npy")
+            try:
+                import render
+                written.append(str(render.render_gif(joints[k], f"{stem}.gif", title=text,
+                                                     skeleton=stats.skeleton)))
+            except ImportError as err:
+                render_note = str(err)
+    for path in written:
+        print(f"[sample] wrote {path}")
+    if render_note:
+        print(f"[sample] no animations: {render_note}")
+    return {"texts": texts, "realigned": realigner is not None, "files": written}
+
+
+def not_implemented(stage: str):
+    def stage_fn(run: Run) -> dict:
+        raise NotImplementedError(f"--stage {stage} is not implemented yet")
+    return stage_fn
+
+
+STAGE_FUNCTIONS = {
+    "data": stage_data,
+    "evaluator": stage_evaluator,
+    "vae": stage_vae,
+    "diffusion": stage_diffusion,
+    "projector": stage_projector,
+    "eval": stage_eval,
+    "sample": stage_sample,
+    **{s: not_implemented(s) for s in ("inversion", "atm", "mate", "lamp")},
+}
+ALL_ORDER = ["data", "evaluator", "vae", "diffusion", "projector", "eval", "sample"]
+
+
+def run_stage(run: Run, stage: str) -> dict:
+    start = time.time()
+    figures = STAGE_FUNCTIONS[stage](run) or {}
+    figures["wall_time_s"] = round(time.time() - start, 2)
+    run.out.mkdir(parents=True, exist_ok=True)
+    write_json(run.out / f"{stage}.json", figures)
+    print(f"[{stage}] done in {figures['wall_time_s']:.1f} s -> {run.out / (stage + '.json')}")
+    return figures
+
+
+# ----------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", required=True, choices=STAGES + ["all"])
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                   help="tiny: CPU-sized models (default); paper: the papers' sizes, one GPU")
+    p.add_argument("--out", type=Path, default=Path("runs/default"), help="run folder")
+    p.add_argument("--data", type=Path, default=None,
+                   help="a HumanML3D- or KIT-ML-layout folder; default: the embedded synthetic dataset")
+    p.add_argument("--synthetic-dir", type=Path, default=Path("data/synthetic"),
+                   help="where the embedded synthetic dataset is generated (when --data is not given)")
+    p.add_argument("--clip", default=None,
+                   help="real CLIP weights: a local folder or an already-downloaded name "
+                        "(e.g. openai/clip-vit-large-patch14); default: a small offline text encoder")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted stage from its last checkpoint; with --stage all, "
+                        "skip the stages already finished")
+    p.add_argument("--ablations", action="store_true",
+                   help="projector/eval: also the LEAD Tab. 6 ablations (w/o L_align, L_rec, L_var; MLP)")
+    p.add_argument("--text", action="append", default=[],
+                   help="sample: a prompt (repeatable; default: a few built-in prompts)")
+    p.add_argument("--length", type=int, default=120, help="sample: motion length in frames")
+    p.add_argument("--num", type=int, default=1, help="sample: motions per prompt")
+    p.add_argument("--no-realign", action="store_true",
+                   help="sample: skip the projector, i.e. the MLD baseline from the same checkpoints")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field (repeatable)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = build_config(args.preset, args.sets)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    run = Run(cfg=cfg, out=args.out, data_root=args.data or args.synthetic_dir,
+              synthetic=args.data is None, device=pick_device(args.device), clip=args.clip,
+              resume=args.resume, args=args)
+    stages = ALL_ORDER if args.stage == "all" else [args.stage]
+    for stage in stages:
+        if args.stage == "all" and args.resume and (run.out / f"{stage}.json").exists():
+            print(f"[{stage}] already finished in {run.out}, skipped (--resume)")
+            continue
+        try:
+            run_stage(run, stage)
+        except NotImplementedError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 3
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except NonFiniteLoss as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

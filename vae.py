@@ -1,0 +1,245 @@
+"""The MLD motion VAE: a transformer with long skip connections and two distribution tokens.
+
+Paper: LEAD: Latent Realignment for Human Motion Diffusion (Andreou et al., arXiv 2410.14508;
+../shared/seeds/000_c8069c11a3356e2a.txt), Sec. 4.1.1 (1) and the first training stage of
+Sec. 4.1.2. LEAD takes the VAE unchanged from MLD (Chen et al., CVPR 2023), so the details
+below follow MLD's public code and configs (`mld_vae.py`, `cross_attention.py`,
+`configs/modules/motion_vae.yaml`, `config_vae_humanml3d.yaml`):
+
+    encoder  E_vae: [mu token(s), logvar token(s), Linear(D -> d)(x_1..x_T)] + learned positions
+             -> skip transformer (self-attention, padded frames masked) -> mu, log sigma^2
+             z = mu + sigma * n,  n ~ N(0, I)                          (reparameterisation)
+    decoder  D_vae: queries = 0 + learned positions (one per frame), cross-attending to z
+             -> skip transformer -> Linear(d -> D) -> zero on padded frames
+    loss     SmoothL1(x_hat, x) + SmoothL1(J(x_hat), J(x)) + lambda_KL KL(N(mu, sigma^2) || N(0, I))
+
+where J recovers the 3D joints from de-normalised features (`data.features_to_joints`).
+
+The skip transformer (`SkipTransformer`, also used by the denoiser in diffusion.py) is MLD's
+U-Net-like stack of an odd number of post-norm layers: (L-1)/2 input blocks, one middle block,
+(L-1)/2 output blocks; output block i first fuses its input with the output of input block
+(L-1)/2 - i through Linear(2d -> d)(cat[x, skip]); a final LayerNorm closes the stack.
+
+Glossary: B batch, T frames, D feature width (263 for HumanML3D), n latent tokens, d latent
+width (= transformer width), J joints.
+
+Differences from the paper:
+- LEAD Sec. 4.1.2 says the VAE is trained with "MSE and KL"; we follow MLD's code, which LEAD
+  says it builds on: SmoothL1 on features + SmoothL1 on joints + 1e-4 * KL.
+- The KL is the mean over batch, tokens and latent dimensions (MLD's `KLLoss`:
+  `kl_divergence(q, p).mean()`), not a sum over latent dimensions.
+- The reconstruction terms average over valid frames only; MLD averages over the zero-padded
+  tensor (padded frames contribute zero error but count in the denominator).
+- MLD's learned positional tables have 500 rows; ours have exactly as many as can be used
+  (max_len + 2n in the encoder, max_len in the decoder).
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data import features_to_joints
+
+
+# ----------------------------------------------------------------------------
+# Small helpers
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B,) lengths -> (B, max_len) bool mask, True on valid frames."""
+    frames = torch.arange(max_len, device=lengths.device)
+    return frames[None, :] < lengths[:, None]                                # (B, T)
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Mean over all elements of KL(N(mu, exp(logvar)) || N(0, 1)), as MLD's `KLLoss`."""
+    # KL(N(mu, s^2) || N(0, 1)) = 1/2 (mu^2 + s^2 - 1 - log s^2), per latent element
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+    return kl.mean()
+
+
+# ----------------------------------------------------------------------------
+# The skip transformer shared by the VAE and the denoiser
+
+
+class SkipTransformer(nn.Module):
+    """MLD's transformer with long skip connections (SkipTransformerEncoder / ...Decoder).
+
+    With `cross_attention=False` each block is a self-attention `nn.TransformerEncoderLayer`;
+    with `cross_attention=True` a `nn.TransformerDecoderLayer` whose queries also attend to
+    `memory`. Layers are post-norm (MLD: normalize_before=False) and the stack ends with a
+    LayerNorm, as in MLD. Weights of every matrix are Xavier-uniform (MLD `_reset_parameters`).
+    """
+
+    def __init__(self, n_layers: int, width: int, n_heads: int, ff_dim: int, dropout: float,
+                 activation: str = "gelu", cross_attention: bool = False):
+        super().__init__()
+        if n_layers % 2 != 1:
+            raise ValueError(f"the skip transformer needs an odd number of layers "
+                             f"((L-1)/2 input blocks, 1 middle, (L-1)/2 output), got {n_layers}")
+        kind = nn.TransformerDecoderLayer if cross_attention else nn.TransformerEncoderLayer
+        self.cross_attention = cross_attention
+
+        def layer():
+            return kind(width, n_heads, ff_dim, dropout, activation=activation,
+                        batch_first=True, norm_first=False)
+
+        n_side = (n_layers - 1) // 2
+        self.input_blocks = nn.ModuleList(layer() for _ in range(n_side))
+        self.middle_block = layer()
+        self.output_blocks = nn.ModuleList(layer() for _ in range(n_side))
+        # Linear(2d -> d) over cat[x, skip] in front of each output block
+        self.linear_blocks = nn.ModuleList(nn.Linear(2 * width, width) for _ in range(n_side))
+        self.norm = nn.LayerNorm(width)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def _block(self, block: nn.Module, x, memory, key_padding_mask):
+        if self.cross_attention:
+            return block(x, memory, tgt_key_padding_mask=key_padding_mask)
+        return block(x, src_key_padding_mask=key_padding_mask)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                memory: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, d) -> (B, L, d). key_padding_mask (B, L) is True where a token is padding
+        (PyTorch's convention); memory (B, M, d) is required with cross-attention."""
+        assert (memory is not None) == self.cross_attention, \
+            "memory is the cross-attention input: give it exactly when cross_attention=True"
+        skips = []
+        for block in self.input_blocks:
+            x = self._block(block, x, memory, key_padding_mask)                # (B, L, d)
+            skips.append(x)
+        x = self._block(self.middle_block, x, memory, key_padding_mask)
+        for block, linear in zip(self.output_blocks, self.linear_blocks):
+            # the deepest input block meets the first output block (U-Net order)
+            x = linear(torch.cat([x, skips.pop()], dim=-1))                     # (B, L, 2d) -> (B, L, d)
+            x = self._block(block, x, memory, key_padding_mask)
+        return self.norm(x)
+
+
+# ----------------------------------------------------------------------------
+# The VAE
+
+
+@dataclass
+class VAEConfig:
+    n_tokens: int = 1         # MLD latent_dim [1, 256]: number of latent tokens n
+    latent_dim: int = 256     # MLD latent_dim [1, 256]: token width d (= transformer width)
+    n_layers: int = 9         # MLD motion_vae.yaml num_layers: 4 in + 1 middle + 4 out
+    n_heads: int = 4          # MLD motion_vae.yaml num_heads
+    ff_dim: int = 1024        # MLD motion_vae.yaml ff_size
+    dropout: float = 0.1      # MLD motion_vae.yaml dropout
+    activation: str = "gelu"  # MLD motion_vae.yaml activation
+    max_len: int = 196        # HumanML3D longest clip in feature rows (MLD DATASET.SAMPLER.MAX_LEN)
+    lambda_kl: float = 1e-4   # MLD config_vae_humanml3d.yaml LOSS.LAMBDA_KL
+
+
+class MotionVAE(nn.Module):
+    """E_vae: motion (B, T, D) -> z (B, n, d);  D_vae: z (B, n, d) -> motion (B, T, D)."""
+
+    def __init__(self, cfg: VAEConfig, feat_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        n, d = cfg.n_tokens, cfg.latent_dim
+        self.feat_dim = feat_dim
+        self.latent_shape = (n, d)
+        # encoder: 2n learned distribution tokens (MLD: n mu tokens, then n logvar tokens)
+        self.dist_tokens = nn.Parameter(torch.randn(2 * n, d))
+        self.skel_embedding = nn.Linear(feat_dim, d)
+        # note: MLD's learned positions start uniform in [0, 1), not centred on zero
+        self.enc_pos = nn.Parameter(torch.rand(cfg.max_len + 2 * n, d))
+        self.encoder = SkipTransformer(cfg.n_layers, d, cfg.n_heads, cfg.ff_dim, cfg.dropout,
+                                       cfg.activation)
+        # decoder: one query per frame, zeros + learned positions, cross-attending to z
+        self.dec_pos = nn.Parameter(torch.rand(cfg.max_len, d))
+        self.decoder = SkipTransformer(cfg.n_layers, d, cfg.n_heads, cfg.ff_dim, cfg.dropout,
+                                       cfg.activation, cross_attention=True)
+        self.final_layer = nn.Linear(d, feat_dim)
+
+    def _check_lengths(self, lengths, device) -> torch.Tensor:
+        lengths = torch.as_tensor(lengths, device=device)
+        assert lengths.dim() == 1, f"lengths is (B,), got shape {tuple(lengths.shape)}"
+        if int(lengths.max()) > self.cfg.max_len or int(lengths.min()) < 1:
+            raise ValueError(f"motion lengths must lie in 1..max_len={self.cfg.max_len} "
+                             f"(the learned positional table), got {lengths.tolist()}")
+        return lengths
+
+    def encode(self, motion: torch.Tensor, lengths, sample: bool = True):
+        """motion (B, T, D) normalised, lengths (B,) -> (z, mu, logvar), each (B, n, d).
+
+        z is drawn from the posterior by reparameterisation (sample=True, as MLD does in both
+        training stages) or is the posterior mean mu (sample=False)."""
+        B, T, D = motion.shape
+        assert D == self.feat_dim, f"this VAE was built for {self.feat_dim}-d features, got {D}"
+        assert T <= self.cfg.max_len, (f"{T} frames exceed max_len={self.cfg.max_len}; crop the "
+                                       f"padding to max(lengths) or raise max_len")
+        lengths = self._check_lengths(lengths, motion.device)
+        assert int(lengths.max()) <= T, f"lengths {lengths.tolist()} exceed the {T} frames given"
+        n, d = self.latent_shape
+        x = self.skel_embedding(motion)                                          # (B, T, d)
+        dist = self.dist_tokens.expand(B, 2 * n, d)                              # (B, 2n, d)
+        x = torch.cat([dist, x], dim=1) + self.enc_pos[: 2 * n + T]             # (B, 2n+T, d)
+        # the distribution tokens are never padding; frames past each length are
+        valid = torch.cat([torch.ones(B, 2 * n, dtype=torch.bool, device=motion.device),
+                           lengths_to_mask(lengths, T)], dim=1)                  # (B, 2n+T)
+        out = self.encoder(x, key_padding_mask=~valid)[:, : 2 * n]              # (B, 2n, d)
+        mu, logvar = out[:, :n], out[:, n:]                                      # (B, n, d) each
+        if not sample:
+            return mu, mu, logvar
+        # reparameterisation: z = mu + sigma * noise, sigma = exp(logvar / 2)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return z, mu, logvar
+
+    def decode(self, z: torch.Tensor, lengths) -> torch.Tensor:
+        """z (B, n, d), lengths (B,) -> motion (B, max(lengths), D), zero on padded frames."""
+        B = z.shape[0]
+        assert tuple(z.shape[1:]) == self.latent_shape, \
+            f"z must be (B, {self.latent_shape[0]}, {self.latent_shape[1]}), got {tuple(z.shape)}"
+        lengths = self._check_lengths(lengths, z.device)
+        T = int(lengths.max())
+        valid = lengths_to_mask(lengths, T)                                      # (B, T)
+        queries = self.dec_pos[:T].expand(B, T, -1)                  # zeros + positions, (B, T, d)
+        # note: with one latent token (MLD's 1 x 256) every cross-attention weight is 1, so each
+        # layer adds the same projection of z to all frames; frames differ by their positions
+        out = self.decoder(queries, key_padding_mask=~valid, memory=z)           # (B, T, d)
+        out = self.final_layer(out)                                              # (B, T, D)
+        return out.masked_fill(~valid[..., None], 0.0)
+
+    def forward(self, motion: torch.Tensor, lengths, sample: bool = True):
+        """Reconstruction: -> (motion_hat (B, max(lengths), D), mu, logvar)."""
+        z, mu, logvar = self.encode(motion, lengths, sample=sample)
+        return self.decode(z, lengths), mu, logvar
+
+
+# ----------------------------------------------------------------------------
+# Loss
+
+
+def vae_loss(pred: torch.Tensor, target: torch.Tensor, lengths, mu: torch.Tensor,
+             logvar: torch.Tensor, mean, std, lambda_kl: float = 1e-4):
+    """MLD's VAE objective -> (total, {"feat", "joint", "kl"}).
+
+    pred, target: (B, T, D) normalised features; lengths (B,); mu, logvar (B, n, d);
+    mean, std (D,) the dataset statistics (tensor or numpy) used to de-normalise before
+    recovering joints. Reconstruction terms average over valid frames only.
+    """
+    B, T, D = pred.shape
+    assert target.shape == pred.shape, f"pred {tuple(pred.shape)} vs target {tuple(target.shape)}"
+    assert (D + 1) % 12 == 0, (f"HumanML3D-style features have 12 J - 1 dims (263 for 22 joints, "
+                               f"251 for 21), got {D}")
+    lengths = torch.as_tensor(lengths, device=pred.device)
+    valid = lengths_to_mask(lengths, T)                                          # (B, T)
+    mean = torch.as_tensor(mean, dtype=pred.dtype, device=pred.device)
+    std = torch.as_tensor(std, dtype=pred.dtype, device=pred.device)
+    # SmoothL1 on the normalised features of valid frames
+    feat = F.smooth_l1_loss(pred[valid], target[valid])
+    # SmoothL1 on the joints (metres) recovered from de-normalised features, valid frames only
+    joints_pred = features_to_joints(pred * std + mean, n_joints=(D + 1) // 12)  # (B, T, J, 3)
+    joints_true = features_to_joints(target * std + mean, n_joints=(D + 1) // 12)
+    joint = F.smooth_l1_loss(joints_pred[valid], joints_true[valid])
+    # KL(N(mu, sigma^2) || N(0, I)), mean over batch, tokens and latent dimensions (MLD)
+    kl = kl_to_standard_normal(mu, logvar)
+    total = feat + joint + lambda_kl * kl
+    return total, {"feat": feat, "joint": joint, "kl": kl}
