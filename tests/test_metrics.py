@@ -154,6 +154,14 @@ def test_retrieval_recall_hand_case_both_directions():
     assert got == pytest.approx({"T2M R@1": 2 / 3, "T2M R@2": 1.0, "M2T R@1": 1.0, "M2T R@2": 1.0})
 
 
+def test_nearest_neighbour_accuracy_hand_case():
+    """1-d points 0, 1, 5, 6, 10 labelled a, a, b, a, b: nearest neighbours (leaving each
+    point out) are 1, 0, 6, 5, 6 with labels a, a, a, b, a: points 0, 1 right, 5, 6, 10
+    wrong: accuracy 2/5."""
+    emb = np.array([[0.0], [1.0], [5.0], [6.0], [10.0]])
+    assert metrics.nearest_neighbour_accuracy(emb, ["a", "a", "b", "a", "b"]) == pytest.approx(2 / 5)
+
+
 def test_mean_ci_hand_case():
     """(1, 2, 3): mean 2, population std sqrt(2/3), CI 1.96 sqrt(2/3) / sqrt(3) = 1.96 sqrt(2) / 3."""
     mean, ci = mean_ci([1.0, 2.0, 3.0])

@@ -1,0 +1,63 @@
+"""Benchmark: the LEAD recipe end to end with the tiny preset on this machine.
+
+    python bench/bench_recipe.py [--out runs/bench] [--keep]
+
+Runs `train.py --stage all` into a fresh run folder (the embedded dataset is reused if it
+already exists in data/synthetic), then prints each stage's wall time (from STAGE.json), the
+VAE's validation joint error, the time to sample 32 motions with 50 DDIM steps and guidance,
+and the results table. Targets (issues 5 and 6): VAE <= 4 min reaching <= 5 cm, diffusion
+<= 3 min, sampling 32 motions <= 10 s, the whole recipe <= 15 min.
+"""
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    p.add_argument("--keep", action="store_true", help="reuse an existing run folder (--resume)")
+    args = p.parse_args()
+    if args.out.exists() and not args.keep:
+        shutil.rmtree(args.out)
+    start = time.time()
+    code = train.main(["--stage", "all", "--out", str(args.out)] + (["--resume"] if args.keep else []))
+    total = time.time() - start
+    if code != 0:
+        sys.exit(code)
+
+    print("\n== stage wall times (tiny preset) ==")
+    for stage in train.ALL_ORDER:
+        figures = json.loads((args.out / f"{stage}.json").read_text())
+        print(f"  {stage:10s} {figures['wall_time_s']:8.1f} s")
+    print(f"  {'total':10s} {total:8.1f} s  (this process, including imports and loading)")
+    vae_fig = json.loads((args.out / "vae.json").read_text())
+    print(f"  VAE validation mean per-joint position error: {100 * vae_fig['val_joint_error_m']:.2f} cm "
+          f"(root-relative {100 * vae_fig['val_root_relative_error_m']:.2f} cm)")
+
+    run = train.Run(cfg=train.build_config("tiny", []), out=args.out, data_root=Path("data/synthetic"),
+                    synthetic=True, device=train.pick_device("auto"), clip=None, resume=False,
+                    args=argparse.Namespace(ablations=False))
+    pipe = train.Pipeline(run)
+    realigner = train.load_projector(run)
+    test = train.open_split(run, "test")
+    items = [test[i] for i in range(32)]
+    captions, lengths = [it["caption"] for it in items], torch.tensor([it["length"] for it in items])
+    pipe.generate(captions[:2], lengths[:2], realigner)  # warm-up
+    for name, r in (("MLD", None), ("LEAD", realigner)):
+        t0 = time.perf_counter()
+        pipe.generate(captions, lengths, r)
+        print(f"  sampling 32 motions ({name}, 50 DDIM steps, guidance 7.5): {time.perf_counter() - t0:.2f} s")
+    print("\n" + (args.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""One end-to-end smoke run of `train.py --stage all` with a few steps per stage and tiny models.
+
+The numbers it produces are meaningless (5 training steps); what it checks is the plumbing a
+user relies on: every stage runs in order on a freshly generated dataset, each writes its
+checkpoint and STAGE.json, eval writes the results table with the Real, MLD and LEAD rows,
+sample writes motions, `--resume` skips finished stages, and `--no-realign` gives MLD samples.
+"""
+import json
+
+import numpy as np
+import pytest
+
+import train
+
+SMOKE = [
+    "data.synthetic_motions=300",
+    "text.num_layers=1", "text.hidden_size=32", "text.intermediate_size=64", "text.projection_dim=32",
+    "evaluator.word_dim=16", "evaluator.text_hidden=16", "evaluator.movement_hidden=16",
+    "evaluator.movement_dim=16", "evaluator.motion_hidden=16", "evaluator.embed_dim=16",
+    "vae.n_layers=1", "vae.latent_dim=16", "vae.ff_dim=32",
+    "diffusion.n_layers=1", "diffusion.ff_dim=32", "diffusion.sample_steps=3",
+    "projector.n_layers=1", "projector.ff_dim=32",
+    "evaluator_train.steps=3", "vae_train.steps=3", "diffusion_train.steps=3", "projector_train.steps=3",
+    "evaluator_train.batch_size=8", "vae_train.batch_size=8", "diffusion_train.batch_size=8",
+    "projector_train.batch_size=8",
+    "eval.replications=1", "eval.mm_num_texts=2", "eval.mm_num_gens=10", "eval.timing_prompts=1",
+    "eval.diversity_times=10",
+]
+
+
+def smoke_args(tmp_path, *extra):
+    args = ["--out", str(tmp_path / "run"), "--synthetic-dir", str(tmp_path / "synthetic"),
+            "--device", "cpu", *extra]
+    for item in SMOKE:
+        args += ["--set", item]
+    return args
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    code = train.main(["--stage", "all", "--ablations", *smoke_args(tmp_path)])
+    assert code == 0
+    return tmp_path
+
+
+def test_every_stage_wrote_its_outputs(smoke_run):
+    run = smoke_run / "run"
+    for stage in train.ALL_ORDER:
+        figures = json.loads((run / f"{stage}.json").read_text())
+        assert figures["wall_time_s"] >= 0
+    for name in ("vae", "diffusion", "projector", "evaluator", "alignment", *train.PROJECTOR_ABLATIONS):
+        state = train.load_checkpoint(run / f"{name}.pt", name)
+        assert state["done"] and state["step"] == 3
+    assert (run / "text_encoder" / "vocab.json").exists()
+
+
+def test_results_table_has_the_papers_rows(smoke_run):
+    results = json.loads((smoke_run / "run" / "results.json").read_text())
+    rows = results["t2m"]["rows"]
+    assert list(rows)[:3] == ["Real", "MLD", "LEAD"]
+    assert "LEAD w/o L_align" in rows and "LEAD (mlp)" in rows
+    assert "MModality" in rows["LEAD"] and "MModality" not in rows["Real"]
+    assert set(results["timing"]["rows"]) == {"MLD", "LEAD"}
+    assert "latent_structure" in results
+    md = (smoke_run / "run" / "results.md").read_text()
+    assert "| Real |" in md and "| LEAD |" in md
+
+
+def test_samples_are_written_as_features_joints_and_gifs(smoke_run):
+    files = sorted((smoke_run / "run" / "samples").iterdir())
+    joints = [f for f in files if f.name.endswith("_joints.npy")]
+    assert len(joints) == len(train.DEFAULT_PROMPTS)
+    motion = np.load(joints[0])
+    assert motion.shape == (120, 22, 3) and np.isfinite(motion).all()
+    features = np.load(str(joints[0]).replace("_joints", "_features"))
+    assert features.shape == (120, 263)
+    pytest.importorskip("matplotlib")
+    assert len([f for f in files if f.suffix == ".gif"]) == len(train.DEFAULT_PROMPTS)
+
+
+def test_resume_skips_finished_stages(smoke_run, capsys):
+    code = train.main(["--stage", "all", "--resume", *smoke_args(smoke_run)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert all(f"[{stage}] already finished" in out for stage in train.ALL_ORDER)
+
+
+def test_sample_without_realignment(smoke_run):
+    code = train.main(["--stage", "sample", "--no-realign", "--text", "a person jumps", "--num", "2",
+                       "--length", "60", *smoke_args(smoke_run)])
+    assert code == 0
+    out = smoke_run / "run" / "samples"
+    assert np.load(out / "00_a_person_jumps_1_joints.npy").shape == (60, 22, 3)
+
+
+def test_missing_checkpoint_names_the_stage(smoke_run, tmp_path, capsys):
+    args = smoke_args(smoke_run)
+    args[args.index("--out") + 1] = str(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "text_encoder").symlink_to(smoke_run / "run" / "text_encoder")
+    assert train.main(["--stage", "diffusion", *args]) == 2
+    assert "--stage vae" in capsys.readouterr().err
