@@ -25,6 +25,7 @@ This file stays importable: nothing runs at import time, so tests call `main([..
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -35,13 +36,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import atm_losses
 import data
 import diffusion
+import inversion
 import metrics
 import projector
 import vae
+from atm_losses import ATMConfig
 from clip import ClipConfig, TextEncoder
 from diffusion import DiffusionConfig
+from inversion import InversionConfig
 from metrics import EmbedderConfig
 from projector import ProjectorConfig
 from vae import VAEConfig
@@ -93,6 +98,8 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    atm: ATMConfig = field(default_factory=ATMConfig)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
     # Schedules for the paper preset are ours where the papers give epochs on HumanML3D; raise
     # them for a faithful reproduction (MLD trains both stages for thousands of epochs).
     evaluator_train: Schedule = field(default_factory=lambda: Schedule(50_000, 32, 1e-4))
@@ -100,6 +107,9 @@ class RunConfig:
     diffusion_train: Schedule = field(default_factory=lambda: Schedule(200_000, 128, 1e-4))  # MLD lr
     # LEAD Sec. 5.2: batch 1024, lr 1e-4, 200 epochs (~ 4,600 steps over HumanML3D's ~23k pairs)
     projector_train: Schedule = field(default_factory=lambda: Schedule(4_600, 1024, 1e-4))
+    # ATM Sec. 4.1: MDM+ATM trains from scratch, 400k steps of batch 64, lr 1e-4 (MDM's);
+    # we fine-tune diffusion.pt (ours: a tenth of those steps)
+    atm_train: Schedule = field(default_factory=lambda: Schedule(40_000, 64, 1e-4))
 
 
 # A preset is nothing but a set of overrides on the defaults (the defaults are the papers').
@@ -120,6 +130,9 @@ PRESETS: dict[str, dict[str, object]] = {
         "projector.n_layers": 3, "projector.ff_dim": 256, "projector.dropout": 0.0,
         "projector_train.steps": 1500, "projector_train.batch_size": 256, "projector_train.lr": 1e-4,
         "eval.replications": 3, "eval.mm_num_texts": 20, "eval.mm_num_gens": 10,
+        "atm_train.steps": 40, "atm_train.batch_size": 16, "atm_train.lr": 5e-4, "atm_train.log_every": 10,
+        # inversion: 16 test motions (the paper: 100) x 3 objectives + 5 styles x 3 objectives
+        "inversion.test_motions": 16, "inversion.generations": 2, "inversion.render": ("lead+proj",),
     },
 }
 
@@ -319,8 +332,9 @@ def encode_latents(motion_vae: vae.MotionVAE, dataset, device, batch_size: int =
 
 
 def latent_batches(dataset, mu: torch.Tensor, logvar: torch.Tensor, batch_size: int, seed: int):
-    """An endless stream of {"z", "caption"}: z drawn from each item's cached posterior (as MLD
-    samples it, not its mean), with one of the item's captions drawn at random."""
+    """An endless stream of {"z", "caption", "index"}: z drawn from each item's cached posterior
+    (as MLD samples it, not its mean), with one of the item's captions drawn at random, and the
+    items' indices in `dataset` (B,) for stages that cached more per item (ATM)."""
     if len(dataset) < batch_size:
         raise ValueError(f"the {dataset.split!r} split has {len(dataset)} usable items, fewer than "
                          f"one batch of {batch_size}: lower the batch size or add data")
@@ -333,7 +347,7 @@ def latent_batches(dataset, mu: torch.Tensor, logvar: torch.Tensor, batch_size: 
             captions = [dataset.items[i][2][rng.integers(len(dataset.items[i][2]))] for i in idx]
             idx = torch.as_tensor(idx, device=mu.device)
             noise = torch.randn(mu[idx].shape, generator=generator, device=mu.device)
-            yield {"z": mu[idx] + torch.exp(0.5 * logvar[idx]) * noise, "caption": captions}
+            yield {"z": mu[idx] + torch.exp(0.5 * logvar[idx]) * noise, "caption": captions, "index": idx}
 
 
 def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -434,8 +448,11 @@ def load_vae(run: Run) -> vae.MotionVAE:
                       lambda cfg, meta: vae.MotionVAE(vae.VAEConfig(**cfg), meta["feat_dim"]))
 
 
+DENOISER_STAGES = {"diffusion": "diffusion", "diffusion_atm": "atm"}  # checkpoint -> the stage writing it
+
+
 def load_denoiser(run: Run, name: str = "diffusion") -> diffusion.Denoiser:
-    return load_model(run, name, "diffusion" if name == "diffusion" else name,
+    return load_model(run, name, DENOISER_STAGES.get(name, name),
                       lambda cfg, meta: diffusion.Denoiser(diffusion.DiffusionConfig(**cfg),
                                                            tuple(meta["latent_shape"]), meta["text_dim"]))
 
@@ -609,6 +626,81 @@ def stage_projector(run: Run) -> dict:
     return figures
 
 
+# ----------------------------------------------------------------------------
+# ATM (atm_losses.py): fine-tuning the denoiser with inter/intra-motion alignment
+
+
+@torch.no_grad()
+def alignment_text(run: Run, embedder: metrics.TextMotionEmbedder, tokenizer,
+                   captions: list[str]) -> torch.Tensor:
+    """The captions' embeddings t (B, E) in the alignment space, each distinct caption embedded
+    once per process (kept in run.cache, like the text encoder's encode_cached)."""
+    cache = run.cache.setdefault("alignment_text", {})  # caption -> (E,)
+    missing = list(dict.fromkeys(c for c in captions if c not in cache))
+    if missing:
+        cache.update(zip(missing, embedder.encode_text(tokenizer(missing).to(run.device))))  # (m, E)
+    return torch.stack([cache[c] for c in captions])
+
+
+@torch.no_grad()
+def encode_atm_targets(motion_vae: vae.MotionVAE, embedder: metrics.TextMotionEmbedder, dataset,
+                       cfg: ATMConfig, device, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """What ATM reads about the real training motions, computed once (ATM Sec. 4.1), from one
+    crop of each item: "mu", "logvar" (N, n, d) the VAE posterior (as encode_latents), "lengths"
+    (N,), and in the alignment space "motion_emb" (N, E), "clip_emb" (N, K, E), "clip_mask"
+    (N, K), K the clips of the longest motion. Items go through in order of length, so that
+    little of each batch is padding, and come back in dataset order."""
+    clip_len, min_clip = atm_losses.clip_frames(cfg, dataset.skeleton.fps)
+    n_clips = math.ceil(motion_vae.cfg.max_len / clip_len)
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset.items[i][1]))
+    parts = {key: [] for key in ("mu", "logvar", "lengths", "motion_emb", "clip_emb", "clip_mask")}
+    for start in range(0, len(order), batch_size):
+        batch = data.collate([dataset[i] for i in order[start:start + batch_size]])
+        x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
+        _, mu, logvar = motion_vae.encode(x, lengths)                                  # (b, n, d) each
+        seq, clips, mask = atm_losses.embed_motions(embedder, x, lengths, clip_len, min_clip, n_clips)
+        for key, value in zip(parts, (mu, logvar, lengths, seq, clips, mask)):
+            parts[key].append(value)
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(order))  # dataset index -> row of the sorted pass
+    return {key: torch.cat(values)[back.to(device)] for key, values in parts.items()}
+
+
+def stage_atm(run: Run) -> dict:
+    """ATM (issue 8): fine-tune the trained denoiser with L_mse + lambda (L_inter + L_intra)
+    (ATM Eq. 8) on z0^ = F(eps) (LEAD Eq. 10) decoded by the frozen VAE and embedded by the
+    frozen `alignment` embedder (never the evaluator). Writes diffusion_atm.pt."""
+    train = open_split(run, "train")
+    text, motion_vae = text_encoder(run), load_vae(run)
+    embedder = load_embedder(run, "alignment")
+    cfg, sched, seed = run.cfg.atm, run.cfg.atm_train, run.cfg.run.seed
+    # fine-tuning starts from the finished diffusion stage (ATM trains from scratch)
+    denoiser = load_denoiser(run).requires_grad_(True)
+    schedule = diffusion.GaussianDiffusion(denoiser.cfg).to(run.device)
+    c_uncond = text.encode_cached([""])[0]                                            # (W,)
+    # texts are embedded (and kept) as batches draw them; the motions all at once, here
+    print(f"[atm] caching the posterior, motion and clip embeddings of {len(train)} training motions once")
+    real = encode_atm_targets(motion_vae, embedder, train, cfg, run.device)
+    torch.manual_seed(seed)
+
+    def loss_fn(batch):
+        idx = batch["index"]                                                          # (B,)
+        atm_batch = {"z": batch["z"], "c": text.encode_cached(batch["caption"]),
+                     "text_emb": alignment_text(run, embedder, text.tokenizer, batch["caption"]),  # (B, E)
+                     **{key: real[key][idx] for key in ("lengths", "motion_emb", "clip_emb", "clip_mask")}}
+        return atm_losses.diffusion_atm_loss(schedule, denoiser, motion_vae, embedder, atm_batch, c_uncond,
+                                             cfg, fps=train.skeleton.fps)
+
+    stream = latent_batches(train, real["mu"], real["logvar"], sched.batch_size, seed)
+    meta = {"latent_shape": list(motion_vae.latent_shape), "text_dim": text.dim}
+    losses = fit(run, "diffusion_atm", denoiser, denoiser.cfg, loss_fn, stream, sched, meta)
+    return {"final_losses": losses}
+
+
+# ----------------------------------------------------------------------------
+# Evaluation and sampling
+
+
 class Pipeline:
     """The frozen models of a finished LEAD run, and text -> motion with or without realignment."""
 
@@ -664,6 +756,20 @@ def latent_structure(pipe: Pipeline, realigner: projector.Projector, dataset) ->
             "projected_space": metrics.nearest_neighbour_accuracy(proj_all, labels)}
 
 
+def atm_eval_rows(run: Run, realigner: projector.Projector, evaluate) -> dict:
+    """The MLD+ATM and LEAD+ATM rows of the Tab. 1 analogue: the ATM-fine-tuned denoiser,
+    sampled without and with the LEAD row's projector; {} (and a note) before `--stage atm`."""
+    if not (run.out / "diffusion_atm.pt").exists():
+        print("[eval] no diffusion_atm.pt yet: run `--stage atm`, then `--stage eval` again, "
+              "for the MLD+ATM and LEAD+ATM rows")
+        return {}
+    pipe, rows = Pipeline(run, "diffusion_atm"), {}
+    for name, r in (("MLD+ATM", None), ("LEAD+ATM", realigner)):
+        print(f"[eval] {name}")
+        rows[name] = evaluate(lambda captions, lengths, r=r: pipe.generate(captions, lengths, r))
+    return rows
+
+
 def stage_eval(run: Run) -> dict:
     """The Tab. 1 analogue on the test split: Real, MLD (no realignment) and LEAD, from the same
     checkpoints; per-prompt inference time; latent structure; `--ablations`: Tab. 6 rows."""
@@ -685,6 +791,7 @@ def stage_eval(run: Run) -> dict:
     for name, realigner in methods.items():
         print(f"[eval] {name}")
         rows[name] = evaluate(lambda captions, lengths, r=realigner: pipe.generate(captions, lengths, r))
+    rows.update(atm_eval_rows(run, methods["LEAD"], evaluate))
     note = (f"{len(test)} test motions of {dataset_name(run)}, mean ± 1.96 std / sqrt(R) over "
             f"R = {cfg.replications} replications; MModality over {cfg.mm_num_texts} texts x "
             f"{cfg.mm_num_gens} generations. Metrics in the space of this run's `evaluator` "
@@ -725,6 +832,9 @@ def stage_sample(run: Run) -> dict:
         raise ValueError(f"--length {args.length}: the models were trained on "
                          f"{run.cfg.data.min_len}..{run.cfg.data.max_len} frames")
     pipe = Pipeline(run)
+    learned = inversion.load_tokens(pipe.text, run.out / "tokens", texts)  # words of --stage inversion
+    if learned:
+        print(f"[sample] learned words from {run.out / 'tokens'}: {', '.join(learned)}")
     realigner = None if args.no_realign else load_projector(run)
     folder = run.out / "samples"
     lengths = torch.full((args.num,), args.length, dtype=torch.long)
@@ -734,7 +844,7 @@ def stage_sample(run: Run) -> dict:
         motion = pipe.generate([text] * args.num, lengths, realigner).cpu()      # (N, T, D)
         features = stats.denormalize(motion.numpy())                              # (N, T, D)
         joints = data.features_to_joints(torch.from_numpy(features)).numpy()     # (N, T, J, 3)
-        slug = "_".join(text.lower().split())[:60].replace("/", "-")
+        slug = "_".join(text.lower().split())[:60].replace("/", "-").replace("<", "").replace(">", "")
         for k in range(args.num):
             stem = folder / f"{i:02d}_{slug}_{k}"
             stem.parent.mkdir(parents=True, exist_ok=True)
@@ -754,6 +864,261 @@ def stage_sample(run: Run) -> dict:
     return {"texts": texts, "realigned": realigner is not None, "files": written}
 
 
+# ----------------------------------------------------------------------------
+# Motion textual inversion (LEAD Sec. 4.2, Sec. 5.5, Tab. 3; inversion.py)
+
+
+def inversion_models(run: Run) -> inversion.FrozenModels:
+    """The frozen models of a finished LEAD run, with a text encoder of the stage's own, so the
+    words learned here never reach the shared one (run.cache["text"]) that later stages use."""
+    text_encoder(run)  # the prerequisite check and its message
+    text = TextEncoder.from_pretrained(run.clip or run.out / "text_encoder").to(run.device)
+    motion_vae, denoiser = load_vae(run), load_denoiser(run)
+    schedule = diffusion.GaussianDiffusion(denoiser.cfg).to(run.device)
+    return inversion.FrozenModels(text, motion_vae, denoiser, schedule, load_projector(run))
+
+
+def tagged_caption(root: Path, name: str, caption: str) -> str:
+    """The "word/POS ..." field of `caption` in texts/NAME.txt (HumanML3D layout), or ""."""
+    path = root / "texts" / f"{name}.txt"
+    if not path.exists():  # a sub-span item is named NAME_start_end
+        path = root / "texts" / f"{name.rsplit('_', 2)[0]}.txt"
+    if not path.exists():
+        return ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.strip().split("#")
+        if len(parts) == 4 and parts[0].strip() == caption:
+            return parts[1]
+    return ""
+
+
+@torch.no_grad()
+def generate_and_embed(models: inversion.FrozenModels, evaluator, prompts: list[str],
+                       lengths: torch.Tensor, seed: int, chunk: int = 64) -> dict:
+    """Generate one motion per prompt, decoded without and with realignment from the same latents
+    -> {False: (embeddings (N, E), [motion (T_i, D)]), True: (...)}, motions normalized, on the CPU.
+    The same seed gives every call the same noise, so methods are compared on paired samples."""
+    generator = torch.Generator(device=models.device).manual_seed(seed)
+    out = {False: ([], []), True: ([], [])}
+    for start in range(0, len(prompts), chunk):
+        span = lengths[start:start + chunk].to(models.device)                     # (b,)
+        motions = inversion.generate(models, prompts[start:start + chunk], span, realign=(False, True),
+                                     generator=generator)
+        for project, motion in zip((False, True), motions):                       # (b, T, D) each
+            out[project][0].append(evaluator.encode_motion(motion, span))
+            out[project][1].extend(motion[b, :span[b]].cpu() for b in range(len(span)))
+    return {p: (torch.cat(emb).double().cpu().numpy(), motions) for p, (emb, motions) in out.items()}
+
+
+@torch.no_grad()
+def embed_examples(evaluator, examples: list[torch.Tensor], lengths: list[int], device) -> np.ndarray:
+    """Evaluator embeddings (N, E) of normalized example motions, each cut to its length."""
+    batch = data.collate([{"motion": x[:n], "length": n, "caption": "", "name": ""}
+                          for x, n in zip(examples, lengths)])
+    return evaluator.encode_motion(batch["motion"].to(device), batch["lengths"].to(device)).double().cpu().numpy()
+
+
+def mti_row(emb: np.ndarray, owner: np.ndarray, text_emb: np.ndarray, real_emb: np.ndarray | None,
+            diversity_times: int, seed: int) -> dict:
+    """Tab. 3 columns for motions emb (N, E) whose captions are rows `owner` of text_emb."""
+    hits = inversion.caption_r_precision(emb, owner, text_emb, seed=seed)     # (N, 3)
+    row = {"R-precision top-3": metrics.mean_ci(hits[:, 2]),
+           # Eq. (12) as computed: the distance of each motion to its own caption
+           "MMdist": metrics.mean_ci(np.linalg.norm(emb - text_emb[owner], axis=1)),
+           "Diversity": (metrics.diversity(emb, min(diversity_times, len(emb)), seed=seed), 0.0)}
+    if real_emb is not None:
+        row["FID"] = (metrics.fid(real_emb, emb), 0.0)
+    return row
+
+
+MTI_LABELS = {"feat": "MTI_feat", "mld": "MTI_mld", "lead": "MTI_lead"}
+
+
+def inversion_table(run: Run, models: inversion.FrozenModels) -> dict:
+    """The Tab. 3 analogue: one word per test motion (a fixed random subset) and objective, then
+    generations from "a person <word>" with and without realignment, against the examples."""
+    cfg, seed, unit = run.cfg.inversion, run.cfg.run.seed, run.cfg.data.unit
+    test, tokenizer = open_split(run, "test"), text_encoder(run).tokenizer
+    evaluator = load_embedder(run, "evaluator")
+    picks = np.sort(np.random.default_rng(seed).choice(len(test), min(cfg.test_motions, len(test)), replace=False))
+    is_one_token = lambda word: len(tokenizer.encode(word)) == 1  # noqa: E731
+    examples, lengths, inits = [], [], []
+    for i in picks:
+        name, raw, captions = test.items[i]
+        examples.append(torch.from_numpy(test.normalize(raw)))                  # (T, D)
+        lengths.append(min(len(raw), models.vae.cfg.max_len) // unit * unit)
+        inits.append(inversion.coarse_descriptor(captions[0], tagged_caption(test.root, name, captions[0]),
+                                                 is_one_token, cfg.init_word))
+    # 1. one word per motion and objective (Sec. 5.2: 20 Adam steps on 4 segments of the motion)
+    start, words = time.time(), {objective: [] for objective in inversion.OBJECTIVES}
+    for objective in inversion.OBJECTIVES:
+        for k, (example, init) in enumerate(zip(examples, inits)):
+            word = f"<mti_{objective}_{k}>"
+            inversion.invert(models, [example], word, init, cfg, objective, seed=seed + k)
+            words[objective].append(word)
+        print(f"[inversion] {len(picks)} words with MTI_{objective} ({time.time() - start:.0f} s)")
+    # 2. the ground truth: each test motion's first caption; the examples themselves (Real)
+    all_captions = [captions[0] for _, _, captions in test.items]
+    with torch.no_grad():
+        text_emb = torch.cat([evaluator.encode_text(tokenizer(all_captions[s:s + 256]).to(run.device))
+                              for s in range(0, len(all_captions), 256)]).double().cpu().numpy()  # (M, E)
+    real_emb = embed_examples(evaluator, examples, lengths, run.device)    # (N, E)
+    times = run.cfg.eval.diversity_times
+    rows = {"Real": mti_row(real_emb, picks, text_emb, None, times, seed)}
+    # 3. G generations per word, the same noise for every objective
+    G = cfg.generations
+    owner, gen_lengths = np.repeat(picks, G), torch.tensor(lengths).repeat_interleave(G)
+    for objective in inversion.OBJECTIVES:
+        prompts = [cfg.prompt.replace(inversion.PLACEHOLDER, w) for w in words[objective] for _ in range(G)]
+        sets = generate_and_embed(models, evaluator, prompts, gen_lengths, seed)
+        for project in (False, True):
+            label = MTI_LABELS[objective] + (" w/ project" if project else "")
+            rows[label] = mti_row(sets[project][0], owner, text_emb, real_emb, times, seed)
+    note = (f"{len(picks)} test motions of {dataset_name(run)} (a fixed random subset; the paper: 100), one "
+            f"word per motion and objective ({cfg.steps} Adam steps, batch {cfg.batch_size} segments, lr "
+            f"{cfg.lr}, initialised from the first single-token verb of the motion's first caption, else "
+            f"'{cfg.init_word}'), {G} generations per word from \"{cfg.prompt}\" at the motion's length; "
+            "'w/ project' decodes the same diffused latents after D_proj(E_proj(.)). Real: the example "
+            "motions. R-precision top-3: for each motion, is its example's first caption among the 3 "
+            "closest of 32 (itself + 31 captions of other test motions); MMdist: mean distance to that "
+            "caption; FID: generated vs example motions; Diversity: mean distance over min(300, N) random "
+            "pairs. CIs: 1.96 std / sqrt(N) over motions for R-precision and MMdist; FID and Diversity are "
+            "set-level (no CI, shown as ± 0). Metrics in this run's `evaluator` space.")
+    metrics.write_results(run.out, "mti", rows, "Motion textual inversion (LEAD Tab. 3 analogue)", note)
+    return {"test_motions": [test.items[i][0] for i in picks], "inits": inits,
+            "rows": {n: {k: list(v) for k, v in r.items()} for n, r in rows.items()}}
+
+
+def save_motion(stem: Path, motion: torch.Tensor, dataset, title: str, gif: bool) -> list[str]:
+    """A normalized motion (T, D) -> STEM_features.npy (de-normalized), STEM_joints.npy (T, J, 3),
+    and STEM.gif when asked (matplotlib optional: a missing one is reported, not fatal)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    features = dataset.denormalize(motion.numpy())                               # (T, D)
+    joints = data.features_to_joints(torch.from_numpy(features), dataset.skeleton.n_joints).numpy()
+    np.save(f"{stem}_features.npy", features)
+    np.save(f"{stem}_joints.npy", joints)
+    written = [f"{stem}_joints.npy"]
+    if gif:
+        try:
+            import render
+            written.append(str(render.render_gif(joints, f"{stem}.gif", title=title, skeleton=dataset.skeleton)))
+        except ImportError as err:
+            print(f"[inversion] no animation: {err}")
+    return written
+
+
+def inversion_styles(run: Run, models: inversion.FrozenModels) -> dict | None:
+    """The out-of-distribution case (the paper's 100STYLE experiment, Fig. 7): one word per
+    held-out synthetic style and objective, learned from the style's first example motion;
+    generated motions are scored by their evaluator-space distance to the style's examples."""
+    cfg, seed, unit = run.cfg.inversion, run.cfg.run.seed, run.cfg.data.unit
+    root = dataset_root(run)
+    if not (root / "styles.txt").exists() or not (root / "segments.json").exists():
+        print(f"[inversion] {root} has no styles.txt / segments.json (only the embedded synthetic "
+              f"dataset holds held-out styles): the out-of-distribution part is skipped")
+        return None
+    methods = ["init", "init+proj"] + [f"{o}{p}" for o in inversion.OBJECTIVES for p in ("", "+proj")]
+    unknown = set(cfg.render) - set(methods) - {"example"}
+    if unknown:
+        raise ValueError(f"inversion.render: unknown {sorted(unknown)}; choose from example, {', '.join(methods)}")
+    split, segments = open_split(run, "styles"), data.load_segments(root)
+    evaluator = load_embedder(run, "evaluator")
+    by_style = {}  # style -> indices into split.items
+    for i, (name, _, _) in enumerate(split.items):
+        style = segments.get(name, {}).get("style")
+        if style:
+            by_style.setdefault(style, []).append(i)
+    styles = [s for s in data.STYLES if s in by_style][:cfg.styles]
+    examples = {s: [torch.from_numpy(split.normalize(split.items[i][1])) for i in by_style[s]] for s in styles}
+    lengths = {s: [min(len(x), models.vae.cfg.max_len) // unit * unit for x in examples[s]] for s in styles}
+    example_emb = {s: embed_examples(evaluator, examples[s], lengths[s], run.device) for s in styles}
+    centroids = np.stack([example_emb[s].mean(0) for s in styles])              # (S, E)
+    folder, G, start = run.out / "inversion", cfg.generations, time.time()
+    results, files = {m: {} for m in methods}, []
+    for si, style in enumerate(styles):
+        slug = style.replace(" ", "_")
+        prompts = {"init": [cfg.prompt.replace(inversion.PLACEHOLDER, cfg.init_word)] * G}
+        for objective in inversion.OBJECTIVES:
+            word = f"<{slug}_{objective}>"
+            v = inversion.invert(models, examples[style][:1], word, cfg.init_word, cfg, objective, seed=seed)
+            inversion.save_token(run.out / "tokens" / f"{slug}_{objective}.pt", word, cfg.init_word, v, objective)
+            prompts[objective] = [cfg.prompt.replace(inversion.PLACEHOLDER, word)] * G
+        gen_lengths = torch.full((G,), lengths[style][0], dtype=torch.long)
+        files += save_motion(folder / slug / "example", examples[style][0][:lengths[style][0]], split,
+                             f"{style}: example", "example" in cfg.render)
+        for key, texts in prompts.items():
+            sets = generate_and_embed(models, evaluator, texts, gen_lengths, seed)
+            for project in (False, True):
+                method = key + ("+proj" if project else "")
+                emb, motions = sets[project]
+                dist = np.linalg.norm(emb[:, None] - example_emb[style][None], axis=-1).mean(1)  # (G,)
+                nearest = np.linalg.norm(emb[:, None] - centroids[None], axis=-1).argmin(1)    # (G,)
+                results[method][style] = (dist, nearest == si)
+                for k, motion in enumerate(motions):
+                    files += save_motion(folder / slug / f"{method}_{k}", motion, split, f"{style}: {texts[0]}"
+                                         + (" (realigned)" if project else ""), k == 0 and method in cfg.render)
+        print(f"[inversion] style {style}: {len(examples[style])} examples, words saved to "
+              f"{run.out / 'tokens'} ({time.time() - start:.0f} s)")
+    labels = {"init": f"'{cfg.init_word}' (no inversion)", **MTI_LABELS}
+    rows = {}
+    spread = {}
+    for s in styles:
+        if len(example_emb[s]) >= 2:
+            d = np.linalg.norm(example_emb[s][:, None] - example_emb[s][None], axis=-1)
+            spread[s] = d[~np.eye(len(d), dtype=bool)]
+    rows["Real"] = {f"dist. {s}": metrics.mean_ci(spread[s]) for s in spread}
+    for method, per_style in results.items():
+        key, _, project = method.partition("+")
+        label = labels[key] + (" w/ project" if project else "")
+        rows[label] = {f"dist. {s}": metrics.mean_ci(d) for s, (d, _) in per_style.items()}
+        rows[label]["dist. mean"] = metrics.mean_ci(np.concatenate([d for d, _ in per_style.values()]))
+        rows[label]["nearest style"] = metrics.mean_ci(np.concatenate([hit for _, hit in per_style.values()]))
+    note = (f"One word per held-out style of {dataset_name(run)} (styles.txt; never in a training caption) and "
+            f"objective, learned from the style's first example motion, initialised from '{cfg.init_word}'. "
+            f"'dist. STYLE': mean evaluator-space distance between each of {G} motions generated from "
+            f"\"{cfg.prompt}\" and every example of the style (↓; Real: distinct examples of the style among "
+            "themselves); 'nearest style': share of generated motions whose nearest style centroid of example "
+            f"embeddings is their own (↑, chance 1/{len(styles)}). ± 1.96 std / sqrt(n) over generated motions "
+            f"(Real: example pairs). Motions and GIFs in {folder}.")
+    metrics.write_results(run.out, "mti_styles", rows, "Motion textual inversion, held-out styles "
+                          "(stand-in for LEAD's 100STYLE, Fig. 7)", note)
+    return {"styles": {s: len(examples[s]) for s in styles}, "files": len(files),
+            "rows": {n: {k: list(v) for k, v in r.items()} for n, r in rows.items()}}
+
+
+def learn_user_word(run: Run) -> dict:
+    """`--motion FILE.npy [--motion ...] --word NAME --init WORD`: learn <NAME> from the user's
+    example motions and save it to run.out/tokens/NAME.pt for `--stage sample`."""
+    args, cfg = run.args, run.cfg.inversion
+    if not args.word or not args.init:
+        raise ValueError("--motion needs --word NAME (prompts then say <NAME>) and --init WORD "
+                         "(a coarse one-word descriptor to start from, e.g. walk)")
+    word = inversion.token_word(args.word)
+    stats = open_split(run, "train")
+    examples = [inversion.load_example_motion(path, stats.mean, stats.std, stats.skeleton, run.cfg.data.min_len)
+                for path in args.motion]
+    models = inversion_models(run)
+    embedding = inversion.invert(models, examples, word, args.init, cfg, seed=run.cfg.run.seed, log=print)
+    path = inversion.save_token(run.out / "tokens" / f"{word[1:-1]}.pt", word, args.init, embedding, cfg.objective)
+    print(f"[inversion] learned {word} (MTI_{cfg.objective}) from {len(examples)} motion(s) -> {path}\n"
+          f"  use it: python train.py --stage sample --out {run.out} --text \"a person {word}\"")
+    return {"word": word, "init": args.init, "objective": cfg.objective,
+            "motions": [str(p) for p in args.motion], "token": str(path)}
+
+
+def stage_inversion(run: Run) -> dict:
+    """Motion textual inversion (LEAD Sec. 4.2). With --motion: learn one word from the user's
+    examples. Otherwise: the Tab. 3 analogue on test motions and the held-out styles."""
+    if run.args.motion:
+        return learn_user_word(run)
+    if run.args.word or run.args.init:
+        raise ValueError("--word and --init name a word learned from --motion FILE.npy: give the motion(s) too")
+    models = inversion_models(run)
+    figures = {"tab3": inversion_table(run, models), "styles": inversion_styles(run, models)}
+    print((run.out / "results.md").read_text())
+    return figures
+
+
 def not_implemented(stage: str):
     def stage_fn(run: Run) -> dict:
         raise NotImplementedError(f"--stage {stage} is not implemented yet")
@@ -768,9 +1133,12 @@ STAGE_FUNCTIONS = {
     "projector": stage_projector,
     "eval": stage_eval,
     "sample": stage_sample,
-    **{s: not_implemented(s) for s in ("inversion", "atm", "mate", "lamp")},
+    "atm": stage_atm,
+    "inversion": stage_inversion,
+    **{s: not_implemented(s) for s in ("mate", "lamp")},
 }
-ALL_ORDER = ["data", "evaluator", "vae", "diffusion", "projector", "eval", "sample"]
+# eval comes after every stage that adds a row to its table
+ALL_ORDER = ["data", "evaluator", "vae", "diffusion", "projector", "atm", "eval", "sample", "inversion"]
 
 
 def run_stage(run: Run, stage: str) -> dict:
@@ -813,6 +1181,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num", type=int, default=1, help="sample: motions per prompt")
     p.add_argument("--no-realign", action="store_true",
                    help="sample: skip the projector, i.e. the MLD baseline from the same checkpoints")
+    p.add_argument("--motion", type=Path, action="append", default=[],
+                   help="inversion: an example motion to learn a new word from (repeatable): "
+                        "(T, 263) features as --stage sample writes them, or (T, 22, 3) joints")
+    p.add_argument("--word", default=None,
+                   help="inversion: NAME of the learned word; prompts then say <NAME>")
+    p.add_argument("--init", default=None,
+                   help="inversion: a coarse one-word descriptor to start from (e.g. walk)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field (repeatable)")
     return p.parse_args(argv)

@@ -1,9 +1,10 @@
 """One end-to-end smoke run of `train.py --stage all` with a few steps per stage and tiny models.
 
-The numbers it produces are meaningless (5 training steps); what it checks is the plumbing a
+The numbers it produces are meaningless (3 training steps); what it checks is the plumbing a
 user relies on: every stage runs in order on a freshly generated dataset, each writes its
-checkpoint and STAGE.json, eval writes the results table with the Real, MLD and LEAD rows,
-sample writes motions, `--resume` skips finished stages, and `--no-realign` gives MLD samples.
+checkpoint and STAGE.json, eval writes the results table with the Real, MLD, LEAD, ablation and
+ATM rows, inversion adds its tables and saves words, sample writes motions, `--resume` skips
+finished stages, and `--no-realign` gives MLD samples.
 """
 import json
 
@@ -25,6 +26,8 @@ SMOKE = [
     "projector_train.batch_size=8",
     "eval.replications=1", "eval.mm_num_texts=2", "eval.mm_num_gens=10", "eval.timing_prompts=1",
     "eval.diversity_times=10",
+    "atm_train.steps=3", "atm_train.batch_size=8",
+    "inversion.test_motions=2", "inversion.generations=2", "inversion.styles=1", "inversion.steps=2",
 ]
 
 
@@ -49,7 +52,8 @@ def test_every_stage_wrote_its_outputs(smoke_run):
     for stage in train.ALL_ORDER:
         figures = json.loads((run / f"{stage}.json").read_text())
         assert figures["wall_time_s"] >= 0
-    for name in ("vae", "diffusion", "projector", "evaluator", "alignment", *train.PROJECTOR_ABLATIONS):
+    for name in ("vae", "diffusion", "projector", "evaluator", "alignment", "diffusion_atm",
+                 *train.PROJECTOR_ABLATIONS):
         state = train.load_checkpoint(run / f"{name}.pt", name)
         assert state["done"] and state["step"] == 3
     assert (run / "text_encoder" / "vocab.json").exists()
@@ -60,6 +64,9 @@ def test_results_table_has_the_papers_rows(smoke_run):
     rows = results["t2m"]["rows"]
     assert list(rows)[:3] == ["Real", "MLD", "LEAD"]
     assert "LEAD w/o L_align" in rows and "LEAD (mlp)" in rows
+    assert "MLD+ATM" in rows and "LEAD+ATM" in rows
+    assert {"Real", "MTI_lead", "MTI_lead w/ project"} <= set(results["mti"]["rows"])
+    assert "mti_styles" in results
     assert "MModality" in rows["LEAD"] and "MModality" not in rows["Real"]
     assert set(results["timing"]["rows"]) == {"MLD", "LEAD"}
     assert "latent_structure" in results
@@ -69,6 +76,7 @@ def test_results_table_has_the_papers_rows(smoke_run):
 
 def test_samples_are_written_as_features_joints_and_gifs(smoke_run):
     files = sorted((smoke_run / "run" / "samples").iterdir())
+    assert list((smoke_run / "run" / "tokens").glob("*_lead.pt")), "inversion saves its style words"
     joints = [f for f in files if f.name.endswith("_joints.npy")]
     assert len(joints) == len(train.DEFAULT_PROMPTS)
     motion = np.load(joints[0])
