@@ -1,0 +1,750 @@
+"""LaMP: language-motion pretraining (motion tokenizer, query transformer, four objectives).
+
+Paper: LaMP: Language-Motion Pretraining for Motion Generation, Retrieval, and Captioning
+(Li et al., ICLR 2025, arXiv 2410.07093; ../shared/seeds/003_d88d83113f8fa35c.txt). Implements
+
+    Sec. 3.1.1, A.3.1  the motion tokenizer: a 1D-convolutional VQ-VAE (temporal downsampling 4),
+                       nearest-code quantisation Eq. (5), the VQ objective Eq. (6) with an EMA
+                       codebook and Code Reset, reconstruction + velocity Eq. (7)
+    Sec. 3.1.2, A.3.2  the LaMP model: learnable query tokens; a motion transformer and a text
+                       transformer (BERT, transformers' classes) sharing their self-attention
+                       layers, the motion side cross-attending to the frozen motion encoder
+    Sec. 3.1.3         the four objectives, each with its attention mask over [queries | text]:
+                       motion-text contrastive (unimodal), motion-text matching (bidirectional,
+                       hard negatives), motion-grounded text generation (causal) and
+                       text-grounded motion generation, Eq. (1)
+    Sec. 3.2, A.3.3    LaMP text features as the condition of a motion generator
+                       (`LaMPTextEncoder`, a drop-in for clip.TextEncoder)
+    Sec. 3.3, Tabs. 2-3  retrieval features and the LaMP evaluator (`LaMPEvaluator`, a drop-in
+                       for metrics.TextMotionEmbedder)
+
+Left out: LaMP-T2M, the masked autoregressive token generator (Secs. 3.2.1-3.2.2, 3.5,
+Eqs. 2-4): here LaMP's text features condition the project's latent diffusion model instead;
+and LaMP-M2T, the LoRA-finetuned OPT-2.7b captioner (Sec. 3.4) with LaMP-BertScore.
+
+The attention masks (True = may attend) over the sequence [q_1 .. q_Q | t_1 .. t_L]:
+
+    unimodal (contrastive)     bidirectional (matching)    causal (text generation)
+          q    t                     q    t                      q    t
+      q [ 1    0 ]               q [ 1    1 ]                q [ 1    0 ]
+      t [ 0    1 ]               t [ 1    1 ]                t [ 1   tril ]
+
+Text keys after the first end token (padding) are masked in every case. Queries cross-attend
+to the motion encoder's features in the first three objectives; in text-grounded motion
+generation the queries see no motion: they attend to each other causally (query i predicts
+code b_i, "autoregressive", Sec. 3.1.3) and cross-attend to the text transformer's output.
+
+"LaMP code" below is the authors' release (github.com/gentlefress/LaMP, models/lamp/
+motiongpm_lamp.py), which follows BLIP-2's Q-Former (github.com/salesforce/LAVIS).
+
+Notation (code -> paper):
+    z, feats       m_{1:n}     motion encoder output (B, n, d), n = T / 4
+    codebook       C, z_s      S codes of width d;  codes: b_i = Q(m_i), the indices
+    query_tokens   q           (Q, H) learnable queries
+    f_m, f_t       f_m, f_t    normalised query features (B, Q, E) and text feature (B, E)
+    motion_head    F           Eq. (1) classifier over the S codes
+
+Differences from the paper:
+- Text ids come from the project's CLIP tokenizer (clip.Tokenizer), not BERT's WordPiece: the
+  start token plays [CLS]; two ids above the tokenizer's, [ENC] and [DEC], replace it for
+  matching (as BLIP) and generation (as BLIP-2). With `--bert` the BERT-base layers are loaded
+  but the word-embedding table is new (the ids differ), as is the LM head's transform.
+- A single codebook (Sec. 2, A.3.1 "vanilla VQ-VAE"), not the 6-layer residual VQ that A.3.1
+  also mentions. L_emb of Eq. (6) is replaced by the EMA codebook update A.3.1 names
+  (T2M-GPT's QuantizeEMAReset); norms of Eqs. (6)-(7) are element means, Eq. (7) uses
+  SmoothL1 on all features (T2M-GPT). Whole padded clips are tokenised (losses and codebook
+  statistics masked past each length) instead of T2M-GPT's 64-frame windows.
+- The queries are 49 (A.3.2; BLIP-2 uses 32), one per motion token of a 196-frame clip, so
+  query i predicts code b_i in Eq. (1); Eq. (1)'s sum is taken as a mean over valid tokens.
+  The official code predicts all codes with bidirectional query attention; the paper's
+  "autoregressive" is read here as a causal mask among the queries.
+- The frozen motion features pass a LayerNorm (BLIP-2's ln_vision) and get a learned position
+  embedding before cross-attention (the LaMP code: a projection only, so cross-attention could
+  not tell where in the clip a feature comes from).
+- The temperature is BLIP-2's (learned, divides the similarity, clamped to [0.001, 0.5]); the
+  LaMP code multiplies by a learned log(1/0.07) instead. `init_std` (BERT's 0.02) is a field
+  because narrow CPU-sized models learn far faster with a larger one (tiny preset: 0.1).
+- train.fit's constant-rate AdamW; the paper warms up to 2e-4 over 2,000 iterations (Sec. 4.1).
+- Pairs with the same caption are not negatives of each other (contrastive softmax, hard
+  negative sampling); the synthetic captions repeat.
+- One vector per motion for the evaluator (metrics.evaluate needs one): the normalised mean of
+  f_m over the queries, as the official evaluator wrapper; training and the Tab. 3 analogue
+  also use the best-query similarity of Sec. 3.1.3 (`similarity_recall`).
+- The diffusion condition is the mean over queries of the text-grounded query states
+  (A.3.3, Fig. A2 right; the official LaMP-T2M `cond_vector`).
+
+Glossary: B batch, T frames, D feature width, n motion tokens (T / 4), d code width, S codes,
+Q queries, L text tokens, H transformer width, E embedding width, V vocabulary.
+"""
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import BertConfig, BertModel
+from transformers.models.bert.modeling_bert import (BertAttention, BertIntermediate, BertOutput,
+                                                    BertPredictionHeadTransform)
+
+IGNORE = -100  # target index that F.cross_entropy skips
+
+
+# ----------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class LaMPConfig:
+    # motion tokenizer (Sec. 3.1.1, A.3.1, which follows T2M-GPT)
+    vq_codes: int = 512            # A.3.1: "512 512-dimensional codes" (S)
+    vq_code_dim: int = 512         # A.3.1 (d)
+    vq_width: int = 512            # T2M-GPT / MoMask encoder and decoder channels
+    vq_depth: int = 3              # T2M-GPT: residual blocks per resolution
+    vq_dilation_growth: int = 3    # T2M-GPT: dilations 9, 3, 1
+    vq_down: int = 2               # A.3.1 "downscale factor of 4": two stride-2 convolutions
+    vq_ema: float = 0.99           # A.3.1 lambda of the EMA codebook (T2M-GPT mu)
+    vq_commit: float = 0.02        # Eq. (6) beta (T2M-GPT commit)
+    vq_velocity: float = 0.5       # Eq. (7) alpha (T2M-GPT loss_vel)
+    vq_reset_below: float = 1.0    # Code Reset: EMA usage count under which a code is dead (T2M-GPT)
+    # LaMP transformer (Sec. 3.1.2, A.3.2): initialised from BERT-base
+    hidden_size: int = 768         # BERT-base; A.3.2 "dimensionality of 768" (H)
+    n_layers: int = 12             # BERT-base
+    n_heads: int = 12              # BERT-base
+    ff_dim: int = 3072             # BERT-base intermediate size
+    max_positions: int = 512       # BERT-base position table (text needs 77)
+    dropout: float = 0.1           # BERT-base hidden and attention dropout
+    init_std: float = 0.02         # BERT-base initializer_range (~0.55 / sqrt(768): small for narrow models)
+    n_queries: int = 49            # A.3.2 "sequence length of queries as 49" (BLIP-2: 32) (Q)
+    cross_attention_every: int = 2  # BLIP-2 / LaMP code cross_attention_freq
+    embed_dim: int = 512           # LaMP code text_proj / motion_proj width (BLIP-2: 256) (E)
+    temperature: float = 0.07      # BLIP-2 initial contrastive temperature (learned)
+    label_smoothing: float = 0.1   # BLIP-2 code (contrastive, LM); LaMP code (contrastive, Eq. 1)
+
+
+# ----------------------------------------------------------------------------
+# Motion tokenizer: 1D-convolutional VQ-VAE (Sec. 3.1.1, A.3.1)
+
+
+class ResBlock1D(nn.Module):
+    """T2M-GPT's ResConv1DBlock: x + Conv1x1(ReLU(DilatedConv3(ReLU(x))))."""
+
+    def __init__(self, width: int, dilation: int):
+        super().__init__()
+        self.conv = nn.Conv1d(width, width, 3, padding=dilation, dilation=dilation)
+        self.mix = nn.Conv1d(width, width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mix(F.relu(self.conv(F.relu(x))))                    # (B, W, T)
+
+
+def _res_stack(cfg: LaMPConfig) -> nn.Sequential:
+    """`vq_depth` residual blocks with dilations growth^(depth-1) .. 1 (T2M-GPT: 9, 3, 1)."""
+    dilations = [cfg.vq_dilation_growth ** k for k in reversed(range(cfg.vq_depth))]
+    return nn.Sequential(*[ResBlock1D(cfg.vq_width, d) for d in dilations])
+
+
+def motion_encoder(cfg: LaMPConfig, feat_dim: int) -> nn.Sequential:
+    """E of Sec. 3.1.1: (B, D, T) -> (B, d, T / 4); stride-2 convolutions downsample (A.3.1)."""
+    W = cfg.vq_width
+    layers = [nn.Conv1d(feat_dim, W, 3, padding=1), nn.ReLU()]
+    for _ in range(cfg.vq_down):
+        layers += [nn.Conv1d(W, W, 4, stride=2, padding=1), _res_stack(cfg)]
+    return nn.Sequential(*layers, nn.Conv1d(W, cfg.vq_code_dim, 3, padding=1))
+
+
+def motion_decoder(cfg: LaMPConfig, feat_dim: int) -> nn.Sequential:
+    """D of Sec. 3.1.1: (B, d, T / 4) -> (B, D, T); nearest-neighbour upsampling (A.3.1)."""
+    W = cfg.vq_width
+    layers = [nn.Conv1d(cfg.vq_code_dim, W, 3, padding=1), nn.ReLU()]
+    for _ in range(cfg.vq_down):
+        layers += [_res_stack(cfg), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv1d(W, W, 3, padding=1)]
+    return nn.Sequential(*layers, nn.Conv1d(W, W, 3, padding=1), nn.ReLU(), nn.Conv1d(W, feat_dim, 3, padding=1))
+
+
+class Quantizer(nn.Module):
+    """The codebook C (S, d): nearest-code lookup, straight-through gradient, commitment term,
+    EMA update and Code Reset (A.3.1 "Optimization strategy"; T2M-GPT's QuantizeEMAReset).
+
+    The codebook is a buffer, not a parameter: it moves by the EMA of the encoder outputs
+    assigned to each code (which replaces L_emb of Eq. 6), so no optimizer touches it.
+    """
+
+    def __init__(self, n_codes: int, code_dim: int, ema: float, reset_below: float):
+        super().__init__()
+        self.n_codes, self.ema, self.reset_below = n_codes, ema, reset_below
+        self.register_buffer("codebook", torch.zeros(n_codes, code_dim))       # (S, d)
+        self.register_buffer("code_sum", torch.zeros(n_codes, code_dim))       # (S, d) EMA of sums
+        self.register_buffer("code_count", torch.zeros(n_codes))               # (S,) EMA of counts
+        self.register_buffer("initialised", torch.tensor(False))
+
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Eq. (5): s = argmin_j ||z_j - m_i||_2 for z (..., d) -> indices (...)."""
+        flat = z.reshape(-1, z.shape[-1])                                      # (N, d)
+        # ||m - z_j||^2 = ||m||^2 - 2 m.z_j + ||z_j||^2; ||m||^2 does not change the argmin
+        dist = -2.0 * flat @ self.codebook.T + (self.codebook ** 2).sum(1)[None, :]  # (N, S)
+        return dist.argmin(1).reshape(z.shape[:-1])
+
+    def _random_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """S rows drawn from x (N, d), x repeated when N < S (T2M-GPT `_tile`, without its noise)."""
+        repeats = -(-self.n_codes // len(x))
+        pool = x.repeat(repeats, 1)
+        return pool[torch.randperm(len(pool), device=x.device)[: self.n_codes]]   # (S, d)
+
+    @torch.no_grad()
+    def initialise(self, x: torch.Tensor) -> None:
+        """T2M-GPT: the first training batch's encoder outputs x (N, d) seed the codebook."""
+        self.codebook.copy_(self._random_rows(x))
+        self.code_sum.copy_(self.codebook)
+        self.code_count.fill_(1.0)
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, idx: torch.Tensor) -> None:
+        """EMA step and Code Reset from the valid encoder outputs x (N, d) and their codes (N,):
+
+            sum_s   <- lambda sum_s   + (1 - lambda) sum_{i: s_i = s} m_i
+            count_s <- lambda count_s + (1 - lambda) |{i: s_i = s}|
+            z_s     <- sum_s / count_s          if count_s >= reset_below, else a random m_i
+        """
+        onehot = F.one_hot(idx, self.n_codes).to(x.dtype)                      # (N, S)
+        self.code_sum.mul_(self.ema).add_((1 - self.ema) * onehot.T @ x)
+        self.code_count.mul_(self.ema).add_((1 - self.ema) * onehot.sum(0))
+        alive = (self.code_count >= self.reset_below)[:, None]                 # (S, 1)
+        centres = self.code_sum / self.code_count.clamp_min(1e-12)[:, None]
+        self.codebook.copy_(torch.where(alive, centres, self._random_rows(x)))
+
+    def forward(self, z: torch.Tensor, valid: torch.Tensor):
+        """z (B, n, d), valid (B, n) -> (quantised z with straight-through gradient (B, n, d),
+        codes (B, n), commitment ||m - sg[z_s]||^2 averaged over valid tokens). In training
+        mode the codebook then takes its EMA / reset step (T2M-GPT's order)."""
+        assert z.shape[:2] == valid.shape, f"valid must be (B, n) = {tuple(z.shape[:2])}, got {tuple(valid.shape)}"
+        if self.training and not bool(self.initialised):
+            self.initialise(z[valid].detach())
+        assert bool(self.initialised), "the codebook is empty: train the VQ-VAE first (train mode seeds it)"
+        codes = self.nearest(z.detach())                                       # (B, n)
+        q = self.codebook[codes]                                               # (B, n, d), a copy
+        if self.training:
+            self.update(z[valid].detach(), codes[valid])
+        # Eq. (6), L_com: ||m_i - sg[z_s]||^2 (element mean over valid tokens)
+        commit = ((z - q) ** 2)[valid].mean()
+        # straight-through: the forward pass sees z_s, the gradient flows to m_i unchanged
+        return z + (q - z).detach(), codes, commit
+
+
+def frames_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, T) True on the first lengths[b] steps."""
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class MotionVQVAE(nn.Module):
+    """motion (B, T, D) normalised -> codes (B, T / 4) -> motion (B, T, D)."""
+
+    def __init__(self, cfg: LaMPConfig, feat_dim: int):
+        super().__init__()
+        self.cfg, self.feat_dim, self.down = cfg, feat_dim, 2 ** cfg.vq_down
+        self.encoder = motion_encoder(cfg, feat_dim)
+        self.quantizer = Quantizer(cfg.vq_codes, cfg.vq_code_dim, cfg.vq_ema, cfg.vq_reset_below)
+        self.decoder = motion_decoder(cfg, feat_dim)
+
+    def encode(self, motion: torch.Tensor, lengths: torch.Tensor):
+        """-> z (B, n, d) before quantisation, valid (B, n); n = ceil(T / 4), token k valid
+        when it lies inside the clip (k < length // 4)."""
+        B, T, D = motion.shape
+        assert D == self.feat_dim, f"the VQ-VAE was built for {self.feat_dim}-d features, got {D}"
+        lengths = torch.as_tensor(lengths, device=motion.device).long()
+        x = motion * frames_mask(lengths, T)[..., None]                        # zero past each length
+        x = F.pad(x, (0, 0, 0, (-T) % self.down))                              # (B, T', D), T' % 4 == 0
+        z = self.encoder(x.transpose(1, 2)).transpose(1, 2)                    # (B, n, d)
+        return z, frames_mask(lengths // self.down, z.shape[1])
+
+    def tokenize(self, motion: torch.Tensor, lengths: torch.Tensor):
+        """-> (z (B, n, d), codes (B, n), valid (B, n)): LaMP's motion features and Eq. (1)'s labels."""
+        z, valid = self.encode(motion, lengths)
+        return z, self.quantizer.nearest(z), valid
+
+    def forward(self, motion: torch.Tensor, lengths: torch.Tensor):
+        """-> (reconstruction (B, T, D), commitment, codes (B, n))."""
+        z, valid = self.encode(motion, lengths)
+        q, codes, commit = self.quantizer(z, valid)
+        x_hat = self.decoder(q.transpose(1, 2)).transpose(1, 2)               # (B, T', D)
+        return x_hat[:, : motion.shape[1]], commit, codes
+
+
+def vq_loss(x_hat: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor, commit: torch.Tensor,
+            cfg: LaMPConfig):
+    """Eqs. (6)-(7) on valid frames -> (loss, {"recon", "velocity", "commit"}).
+
+        L_vq = L_recon + beta L_com,   L_recon = |m - m_hat|_1 + alpha |V(m) - V(m_hat)|_1
+    with SmoothL1 for |.|_1 (T2M-GPT) and V(m)_i = m_{i+1} - m_i."""
+    assert x_hat.shape == x.shape, f"{tuple(x_hat.shape)} vs {tuple(x.shape)}"
+    valid = frames_mask(lengths.to(x.device), x.shape[1])                      # (B, T)
+    recon = F.smooth_l1_loss(x_hat[valid], x[valid])
+    # V(m): frame differences; the pair (i, i+1) is valid when frame i+1 is
+    vel_valid = valid[:, 1:]
+    velocity = F.smooth_l1_loss((x_hat[:, 1:] - x_hat[:, :-1])[vel_valid], (x[:, 1:] - x[:, :-1])[vel_valid])
+    # Eq. (6) with Eq. (7): L_recon + beta L_com (L_emb is the EMA update)
+    loss = recon + cfg.vq_velocity * velocity + cfg.vq_commit * commit
+    return loss, {"recon": recon.detach(), "velocity": velocity.detach(), "commit": commit.detach()}
+
+
+def codebook_usage(codes: torch.Tensor, n_codes: int) -> dict[str, float]:
+    """Share of the S codes used by `codes` (any shape) and the perplexity exp(H(p)) of their
+    frequencies p (S for uniform use, 1 for a collapsed codebook)."""
+    counts = torch.bincount(codes.reshape(-1).cpu(), minlength=n_codes).double()  # (S,)
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"used": float((counts > 0).double().mean()), "perplexity": float(entropy.exp()),
+            "codes": n_codes}
+
+
+# ----------------------------------------------------------------------------
+# Attention masks over [queries | text] (Sec. 3.1.3). True = the row may attend to the column.
+
+
+def _query_columns(n_queries: int, text_valid: torch.Tensor):
+    """(N,) True on query positions, and (B, N) True on keys that exist (queries, text up to
+    its end token), N = Q + L."""
+    B, L = text_valid.shape
+    is_query = torch.arange(n_queries + L, device=text_valid.device) < n_queries
+    keys = torch.cat([text_valid.new_ones(B, n_queries), text_valid], dim=1)
+    return is_query, keys
+
+
+def unimodal_mask(n_queries: int, text_valid: torch.Tensor) -> torch.Tensor:
+    """Contrastive: queries see queries, text sees text (no leak between them). (B, N, N)."""
+    is_query, keys = _query_columns(n_queries, text_valid)
+    same_side = is_query[:, None] == is_query[None, :]                         # (N, N)
+    return same_side[None] & keys[:, None, :]
+
+
+def bidirectional_mask(n_queries: int, text_valid: torch.Tensor) -> torch.Tensor:
+    """Matching: every position sees every query and every text token. (B, N, N)."""
+    is_query, keys = _query_columns(n_queries, text_valid)
+    N = len(is_query)
+    return keys[:, None, :].expand(-1, N, N)
+
+
+def causal_mask(n_queries: int, text_valid: torch.Tensor) -> torch.Tensor:
+    """Text generation: queries see queries; text token j sees all queries and text tokens
+    0..j (so it cannot read the words it has to predict). (B, N, N)."""
+    is_query, keys = _query_columns(n_queries, text_valid)
+    pos = torch.arange(len(is_query), device=text_valid.device)
+    text_rule = is_query[None, :] | (pos[None, :] <= pos[:, None])             # (N, N)
+    rule = torch.where(is_query[:, None], is_query[None, :].expand_as(text_rule), text_rule)
+    return rule[None] & keys[:, None, :]
+
+
+def autoregressive_query_mask(n_queries: int, batch: int, device=None) -> torch.Tensor:
+    """Text-grounded motion generation: query i sees queries 0..i (no text in the sequence; the
+    text arrives through cross-attention). (B, Q, Q)."""
+    return torch.ones(n_queries, n_queries, dtype=torch.bool, device=device).tril().expand(batch, -1, -1)
+
+
+def extended_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean (B, rows, keys) -> the additive (B, 1, rows, keys) mask BERT's attention adds
+    to its scores: 0 where attending is allowed, the most negative float elsewhere."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~mask, torch.finfo(dtype).min)[:, None]
+
+
+# ----------------------------------------------------------------------------
+# The LaMP model (Sec. 3.1.2, A.3.2): BLIP-2's Q-Former over motion
+
+
+def _init_bert_style(module: nn.Module, std: float) -> None:
+    """BERT's initialisation: Linear/Embedding weights N(0, std), biases 0, LayerNorm (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def bert_config(cfg: LaMPConfig, vocab_size: int) -> BertConfig:
+    return BertConfig(vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.n_layers,
+                      num_attention_heads=cfg.n_heads, intermediate_size=cfg.ff_dim,
+                      max_position_embeddings=cfg.max_positions, hidden_dropout_prob=cfg.dropout,
+                      attention_probs_dropout_prob=cfg.dropout, initializer_range=cfg.init_std,
+                      pad_token_id=None)  # note: padding repeats the end token, whose embedding must train
+
+
+class LaMP(nn.Module):
+    """Queries and text in one BERT stack. Layer k, over x = [queries (B, Q, H) | text (B, L, H)]:
+
+        h = SelfAttention_k(x, mask)           shared by the motion and the text transformer
+        h_q = CrossAttention_k(h_q, memory)    queries only, every `cross_attention_every` layers
+        x = [QueryFFN_k(h_q) | TextFFN_k(h_t)]
+
+    The text transformer is a transformers BertModel (embeddings, self-attention, text FFN);
+    the motion transformer adds the queries, the cross-attention and the query FFN (BERT
+    classes too), as BLIP-2's Q-Former. `memory` is the motion encoder's output projected to H
+    (or, for text-grounded motion generation, the text transformer's output).
+    """
+
+    def __init__(self, cfg: LaMPConfig, vocab_size: int, eot_id: int):
+        super().__init__()
+        assert cfg.max_positions >= 77, "the text holds the tokenizer's 77 positions"
+        self.cfg, self.vocab_size, self.eot_id = cfg, vocab_size, eot_id
+        # [ENC] and [DEC] replace the start token for matching and for generation
+        self.enc_id, self.dec_id = vocab_size, vocab_size + 1
+        config = bert_config(cfg, vocab_size + 2)
+        H, std = cfg.hidden_size, config.initializer_range
+        self.bert = BertModel(config, add_pooling_layer=False)                 # the text transformer
+        self.query_tokens = nn.Parameter(torch.randn(cfg.n_queries, H) * std)  # q (Q, H)
+        self.cross_attention = nn.ModuleDict({
+            str(k): BertAttention(config, is_cross_attention=True)
+            for k in range(cfg.n_layers) if k % cfg.cross_attention_every == 0})
+        self.query_intermediate = nn.ModuleList([BertIntermediate(config) for _ in range(cfg.n_layers)])
+        self.query_output = nn.ModuleList([BertOutput(config) for _ in range(cfg.n_layers)])
+        self.motion_norm = nn.LayerNorm(cfg.vq_code_dim)     # BLIP-2's ln_vision on the frozen features
+        self.motion_in = nn.Linear(cfg.vq_code_dim, H)       # motion features -> cross-attention width
+        self.motion_pos = nn.Parameter(torch.randn(cfg.n_queries, H) * std)    # (Q, H), one per motion token
+        self.text_in = nn.Linear(H, H)                       # text states -> cross-attention (Eq. 1 path)
+        self.text_proj = nn.Linear(H, cfg.embed_dim)         # f_t
+        self.motion_proj = nn.Linear(H, cfg.embed_dim)       # f_m
+        self.match_head = nn.Linear(H, 2)                    # matched / unmatched
+        self.lm_transform = BertPredictionHeadTransform(config)  # LM head, decoder tied to the word table
+        self.lm_bias = nn.Parameter(torch.zeros(vocab_size + 2))
+        self.motion_head = nn.Linear(H, cfg.vq_codes)        # F of Eq. (1)
+        for part in (self.cross_attention, self.query_intermediate, self.query_output, self.motion_norm,
+                     self.motion_in, self.text_in, self.text_proj, self.motion_proj, self.match_head,
+                     self.lm_transform, self.motion_head):
+            _init_bert_style(part, std)
+        self.temp = nn.Parameter(torch.tensor(cfg.temperature))
+        self.copy_text_ffn_to_queries()
+
+    @torch.no_grad()
+    def copy_text_ffn_to_queries(self) -> None:
+        """BLIP-2 starts each query FFN as a copy of the text FFN of its layer."""
+        for k, layer in enumerate(self.bert.encoder.layer):
+            self.query_intermediate[k].load_state_dict(layer.intermediate.state_dict())
+            self.query_output[k].load_state_dict(layer.output.state_dict())
+
+    @classmethod
+    def from_bert(cls, folder, cfg: LaMPConfig, vocab_size: int, eot_id: int, log=print) -> "LaMP":
+        """LaMP initialised from a local BERT checkpoint (A.3.2: BERT-base): embeddings (but the
+        word table), self-attention and FFN of every layer; the transformer sizes are the
+        checkpoint's. Cross-attention, queries and heads start random (as BLIP-2)."""
+        folder = Path(folder)
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"--bert {folder}: expected a BERT folder with config.json and weights "
+                                    "(save_pretrained layout); nothing is downloaded")
+        ref = BertConfig.from_pretrained(folder)
+        cfg = dataclasses.replace(cfg, hidden_size=ref.hidden_size, n_layers=ref.num_hidden_layers,
+                                  n_heads=ref.num_attention_heads, ff_dim=ref.intermediate_size,
+                                  max_positions=ref.max_position_embeddings, init_std=ref.initializer_range)
+        log(f"[lamp] text transformer from {folder}: {cfg.n_layers} layers of width {cfg.hidden_size}; "
+            f"new word table for the project's {vocab_size} + 2 ids")
+        model = cls(cfg, vocab_size, eot_id)
+        pretrained = BertModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=False)
+        state = {k: v for k, v in pretrained.state_dict().items() if k != "embeddings.word_embeddings.weight"}
+        missing, unexpected = model.bert.load_state_dict(state, strict=False)
+        assert missing == ["embeddings.word_embeddings.weight"] and not unexpected, (missing, unexpected)
+        model.copy_text_ffn_to_queries()
+        return model
+
+    # --- the shared stack
+
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) -> word + position embeddings, LayerNorm, dropout (B, L, H)."""
+        assert int(ids.max()) < self.vocab_size + 2, "an id is outside LaMP's vocabulary (tokenizer changed?)"
+        return self.bert.embeddings(input_ids=ids)
+
+    def embed_queries(self, batch: int) -> torch.Tensor:
+        """q through the embeddings' LayerNorm and dropout, as BLIP-2: (B, Q, H)."""
+        emb = self.bert.embeddings
+        return emb.dropout(emb.LayerNorm(self.query_tokens).expand(batch, -1, -1))
+
+    def motion_memory(self, feats: torch.Tensor) -> torch.Tensor:
+        """Motion encoder output (B, n, d) -> cross-attention memory (B, n, H)."""
+        n = feats.shape[1]
+        assert n <= self.cfg.n_queries, (f"{n} motion tokens but {self.cfg.n_queries} queries/positions: "
+                                         f"clips may be at most {4 * self.cfg.n_queries} frames")
+        return self.motion_in(self.motion_norm(feats)) + self.motion_pos[:n]
+
+    def run_layers(self, queries, text, mask, memory=None, memory_valid=None):
+        """queries (B, Q, H), text (B, L, H), mask (B, Q+L, Q+L) bool, memory (B, M, H) with
+        memory_valid (B, M) -> (query states (B, Q, H), text states (B, L, H))."""
+        B, Q, _ = queries.shape
+        x = torch.cat([queries, text], dim=1)                                  # (B, Q+L, H)
+        assert mask.shape == (B, x.shape[1], x.shape[1]), f"mask {tuple(mask.shape)} for {x.shape[1]} positions"
+        self_mask = extended_mask(mask, x.dtype)                               # (B, 1, Q+L, Q+L)
+        cross_mask = None if memory is None else extended_mask(memory_valid[:, None, :], x.dtype)  # (B, 1, 1, M)
+        for k, layer in enumerate(self.bert.encoder.layer):
+            h, _ = layer.attention(x, attention_mask=self_mask)                # shared self-attention
+            h_q, h_t = h[:, :Q], h[:, Q:]
+            if memory is not None and str(k) in self.cross_attention:
+                h_q, _ = self.cross_attention[str(k)](h_q, None, memory, cross_mask)  # (B, Q, H)
+            h_q = self.query_output[k](self.query_intermediate[k](h_q), h_q)   # query FFN
+            h_t = layer.output(layer.intermediate(h_t), h_t)                   # text FFN
+            x = torch.cat([h_q, h_t], dim=1)
+        return x[:, :Q], x[:, Q:]
+
+    # --- text handling
+
+    def text_valid(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) True up to and including the first end token (clip.Tokenizer pads with it)."""
+        is_end = ids == self.eot_id
+        assert bool(is_end.any(1).all()), f"every row of ids needs the end token {self.eot_id}"
+        return torch.arange(ids.shape[1], device=ids.device)[None, :] <= is_end.int().argmax(1)[:, None]
+
+    def trim(self, ids: torch.Tensor) -> torch.Tensor:
+        """Cut (B, 77) ids after the batch's last first-end-token: the masks hide what follows,
+        so the result is the same for less work."""
+        return ids[:, : int(self.text_valid(ids).sum(1).max())]
+
+    def _text_only(self, ids: torch.Tensor) -> torch.Tensor:
+        """The text transformer alone (no queries): (B, L, H)."""
+        empty = self.query_tokens.new_zeros(len(ids), 0, self.cfg.hidden_size)
+        return self.run_layers(empty, self.embed_text(ids), unimodal_mask(0, self.text_valid(ids)))[1]
+
+    def _text_grounded_queries(self, text_states: torch.Tensor, text_valid: torch.Tensor) -> torch.Tensor:
+        """Queries (causal among themselves) cross-attending to the text: g (B, Q, H)."""
+        B = len(text_states)
+        empty = text_states.new_zeros(B, 0, self.cfg.hidden_size)
+        mask = autoregressive_query_mask(self.cfg.n_queries, B, text_states.device)
+        return self.run_layers(self.embed_queries(B), empty, mask, self.text_in(text_states), text_valid)[0]
+
+    # --- features (retrieval, evaluator, diffusion condition)
+
+    def text_embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        """f_t: the start token's state, projected and L2-normalised (B, E)."""
+        ids = self.trim(ids)
+        return F.normalize(self.text_proj(self._text_only(ids)[:, 0]), dim=-1)
+
+    def query_features(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """f_m: the queries after attending to the motion, projected, normalised (B, Q, E)."""
+        B = len(feats)
+        empty = feats.new_zeros(B, 0, self.cfg.hidden_size)
+        mask = unimodal_mask(self.cfg.n_queries, valid.new_ones(B, 0))
+        q, _ = self.run_layers(self.embed_queries(B), empty, mask, self.motion_memory(feats), valid)
+        return F.normalize(self.motion_proj(q), dim=-1)
+
+    def motion_embedding(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """One vector per motion: the normalised mean of f_m over the queries (B, E)."""
+        return F.normalize(self.query_features(feats, valid).mean(1), dim=-1)
+
+    def text_condition(self, ids: torch.Tensor) -> torch.Tensor:
+        """The condition for a motion generator (A.3.3): mean over the queries of the
+        text-grounded query states (B, H)."""
+        ids = self.trim(ids)
+        return self._text_grounded_queries(self._text_only(ids), self.text_valid(ids)).mean(1)
+
+    # --- the four objectives (Sec. 3.1.3)
+
+    def loss(self, feats: torch.Tensor, motion_valid: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor):
+        """feats (B, n, d) from the frozen motion encoder, motion_valid (B, n), ids (B, 77) of the
+        captions, codes (B, n) their VQ indices -> (sum of the four losses, parts)."""
+        B, Q = len(feats), self.cfg.n_queries
+        with torch.no_grad():
+            self.temp.clamp_(0.001, 0.5)  # BLIP-2 keeps the learned temperature in range
+        ids = self.trim(ids)
+        valid = self.text_valid(ids)                                           # (B, L)
+        same = (ids[:, None, :] == ids[None, :, :]).all(-1)                    # (B, B) identical captions
+        memory, queries = self.motion_memory(feats), self.embed_queries(B)
+        eps = self.cfg.label_smoothing
+
+        # 1. contrastive: [queries | text] with the unimodal mask
+        q, t = self.run_layers(queries, self.embed_text(ids), unimodal_mask(Q, valid), memory, motion_valid)
+        f_m = F.normalize(self.motion_proj(q), dim=-1)                         # (B, Q, E)
+        f_t = F.normalize(self.text_proj(t[:, 0]), dim=-1)                     # (B, E)
+        logits = query_text_similarity(f_m, f_t) / self.temp                   # (B motions, B texts)
+        mtc = contrastive_loss(logits, same, eps)
+
+        # 2. matching: (motion, text), (hard negative motion, text), (motion, hard negative text)
+        neg_motion, neg_text = sample_hard_negatives(logits.detach(), same)
+        enc = ids.clone()
+        enc[:, 0] = self.enc_id
+        ids3, valid3 = torch.cat([enc, enc, enc[neg_text]]), torch.cat([valid, valid, valid[neg_text]])
+        memory3 = torch.cat([memory, memory[neg_motion], memory])
+        motion_valid3 = torch.cat([motion_valid, motion_valid[neg_motion], motion_valid])
+        q3, _ = self.run_layers(self.embed_queries(3 * B), self.embed_text(ids3), bidirectional_mask(Q, valid3),
+                                memory3, motion_valid3)
+        mtm = matching_loss(self.match_head(q3).mean(1))                       # logits averaged over queries
+
+        # 3. motion-grounded text generation: [queries | [DEC] text] with the causal mask
+        dec = ids.clone()
+        dec[:, 0] = self.dec_id
+        _, t_dec = self.run_layers(queries, self.embed_text(dec), causal_mask(Q, valid), memory, motion_valid)
+        word_table = self.bert.embeddings.word_embeddings.weight              # (V, H), tied decoder
+        lm_logits = F.linear(self.lm_transform(t_dec), word_table, self.lm_bias)  # (B, L, V)
+        mgt = text_generation_loss(lm_logits, ids, valid, eps)
+
+        # 4. text-grounded motion generation, Eq. (1): queries read the text transformer's output
+        g = self._text_grounded_queries(t, valid)                              # (B, Q, H)
+        tgm = motion_generation_loss(self.motion_head(g), codes, motion_valid, eps)
+
+        total = mtc + mtm + mgt + tgm  # LaMP code: the plain sum
+        return total, {"mtc": mtc.detach(), "mtm": mtm.detach(), "mgt": mgt.detach(), "tgm": tgm.detach(),
+                       "temp": self.temp.detach()}
+
+
+# ----------------------------------------------------------------------------
+# The losses as plain functions
+
+
+def query_text_similarity(f_m: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """sim[i, j] = max_q <f_m[i, q], f_t[j]>: the best of motion i's queries for text j (B, B)."""
+    assert f_m.dim() == 3 and f_t.dim() == 2 and f_m.shape[-1] == f_t.shape[-1], \
+        f"expected f_m (B, Q, E) and f_t (B, E), got {tuple(f_m.shape)}, {tuple(f_t.shape)}"
+    return (f_m @ f_t.T).max(dim=1).values                                     # (B, Q, B) -> (B, B)
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, allowed: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy of rows of logits (N, N) with target i for row i, against
+    (1 - eps) onehot_i + eps uniform over the allowed columns; disallowed columns are out of
+    the softmax. With every column allowed this is F.cross_entropy(label_smoothing=eps)."""
+    N = len(logits)
+    logp = F.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=1)  # (N, N)
+    uniform = allowed / allowed.sum(1, keepdim=True)                           # (N, N)
+    target = (1 - smoothing) * torch.eye(N, device=logits.device) + smoothing * uniform
+    return -(target * logp.masked_fill(~allowed, 0.0)).sum(1).mean()
+
+
+def contrastive_loss(logits: torch.Tensor, same: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Motion-text contrastive loss on logits[i, j] = sim(motion i, text j) / temperature:
+
+        L = 1/2 [ CE(row i of logits, i) + CE(column j of logits, j) ]
+
+    Pairs with identical captions (same[i, j], off the diagonal) are not negatives."""
+    B = len(logits)
+    assert logits.shape == same.shape == (B, B), f"expected (B, B) logits and mask, got {tuple(logits.shape)}"
+    allowed = ~same | torch.eye(B, dtype=torch.bool, device=logits.device)
+    m2t = smoothed_cross_entropy(logits, allowed, smoothing)                   # each motion picks its text
+    t2m = smoothed_cross_entropy(logits.T, allowed.T, smoothing)               # each text picks its motion
+    return 0.5 * (m2t + t2m)
+
+
+def similarity_recall(sim: torch.Tensor, ks=(1, 2, 3, 5, 10)) -> dict[str, float]:
+    """Retrieval recall from a similarity matrix sim[i, j] = sim(motion i, text j), pairs on the
+    diagonal (LaMP Tab. 3 with the best-query similarity, which no single vector represents).
+    Same keys and tie rule as metrics.retrieval_recall: "T2M R@k" is the share of texts whose
+    motion is among their k most similar motions, "M2T R@k" the converse."""
+    N = len(sim)
+    assert sim.shape == (N, N), f"expected a square (motions, texts) matrix, got {tuple(sim.shape)}"
+    true = sim.diagonal()                                                      # (N,)
+    rank_t2m = (sim > true[None, :]).sum(0)                                    # motions beating text j's own
+    rank_m2t = (sim > true[:, None]).sum(1)                                    # texts beating motion i's own
+    out = {f"T2M R@{k}": float((rank_t2m < k).float().mean()) for k in ks}
+    out.update({f"M2T R@{k}": float((rank_m2t < k).float().mean()) for k in ks})
+    return out
+
+
+def sample_hard_negatives(logits: torch.Tensor, same: torch.Tensor, generator: torch.Generator | None = None):
+    """BLIP-2's hard negatives for matching, from logits[i, j] = sim(motion i, text j) / temp:
+    for each text j a motion drawn with probability softmax_i(logits[i, j]) over i != j, for
+    each motion i a text drawn with softmax_j(logits[i, j]) over j != i. Pairs with identical
+    captions are never drawn (unless a row has nothing else). -> (neg_motion (B,), neg_text (B,))."""
+    B = len(logits)
+    assert B >= 2, "hard negatives need a batch of at least two pairs"
+    eye = torch.eye(B, dtype=torch.bool, device=logits.device)
+    allowed = ~same & ~eye
+    allowed = torch.where(allowed.any(1, keepdim=True), allowed, ~eye)         # a row of duplicates
+    allowed_t = torch.where(allowed.T.any(1, keepdim=True), allowed.T, ~eye)
+    text_weights = F.softmax(logits.masked_fill(~allowed, float("-inf")), dim=1)       # (B motions, B texts)
+    motion_weights = F.softmax(logits.T.masked_fill(~allowed_t, float("-inf")), dim=1)  # (B texts, B motions)
+    neg_text = torch.multinomial(text_weights, 1, generator=generator)[:, 0]
+    neg_motion = torch.multinomial(motion_weights, 1, generator=generator)[:, 0]
+    return neg_motion, neg_text
+
+
+def matching_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy over (3B, 2) logits ordered [B matched | 2B unmatched] pairs
+    (class 1 = matched)."""
+    assert logits.dim() == 2 and logits.shape[1] == 2 and len(logits) % 3 == 0, \
+        f"expected (3B, 2) logits, got {tuple(logits.shape)}"
+    B = len(logits) // 3
+    labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(logits.device)
+    return F.cross_entropy(logits, labels)
+
+
+def text_generation_loss(logits: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor,
+                         smoothing: float) -> torch.Tensor:
+    """Motion-grounded text generation: position j predicts token j + 1, for every token up to
+    and including the end token; mean cross-entropy over those targets."""
+    B, L, V = logits.shape
+    assert ids.shape == valid.shape == (B, L), f"ids and valid must be (B, L) = ({B}, {L})"
+    targets = ids[:, 1:].masked_fill(~valid[:, 1:], IGNORE)                    # (B, L-1)
+    return F.cross_entropy(logits[:, :-1].reshape(-1, V), targets.reshape(-1), ignore_index=IGNORE,
+                           label_smoothing=smoothing)
+
+
+def motion_generation_loss(logits: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor,
+                           smoothing: float) -> torch.Tensor:
+    """Eq. (1): L_tgm = sum_i CE(F(g_i), b_i), query i against code i, as a mean over the valid
+    codes of the batch (LaMP code: CrossEntropyLoss mean). logits (B, Q, S), codes (B, n)."""
+    B, Q, S = logits.shape
+    n = codes.shape[1]
+    assert n <= Q and valid.shape == codes.shape, f"{n} codes for {Q} queries, valid {tuple(valid.shape)}"
+    targets = codes.new_full((B, Q), IGNORE)
+    targets[:, :n] = codes.masked_fill(~valid, IGNORE)
+    # Eq. (1): Cross-Entropy(F(g_i), b_i)
+    return F.cross_entropy(logits.reshape(-1, S), targets.reshape(-1), ignore_index=IGNORE,
+                           label_smoothing=smoothing)
+
+
+# ----------------------------------------------------------------------------
+# LaMP in the rest of the project
+
+
+class LaMPTextEncoder(nn.Module):
+    """`--text-encoder lamp` (Sec. 3.2): the interface the diffusion stage uses of
+    clip.TextEncoder - `encode_cached(texts) -> (B, D)`, `.dim`, `.tokenizer` - with D = H and
+    the condition of `LaMP.text_condition`. Frozen."""
+
+    def __init__(self, model: LaMP, tokenizer):
+        super().__init__()
+        if len(tokenizer) != model.vocab_size:
+            raise ValueError(f"LaMP was trained on {model.vocab_size} token ids, the tokenizer has "
+                             f"{len(tokenizer)}: use the tokenizer of the run that trained it")
+        self.model = model.requires_grad_(False).eval()
+        self.tokenizer = tokenizer
+        self.cache: dict[str, torch.Tensor] = {}  # caption -> condition (H,)
+
+    @property
+    def dim(self) -> int:
+        return self.model.cfg.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.query_tokens.device
+
+    def train(self, mode: bool = True) -> "LaMPTextEncoder":
+        return super().train(False)  # note: stays in eval mode (no dropout): it is frozen
+
+    @torch.no_grad()
+    def encode_cached(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """(B,) captions -> (B, H); each distinct caption is encoded once."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start:start + batch_size]
+            self.cache.update(zip(chunk, self.model.text_condition(self.tokenizer(chunk).to(self.device))))
+        return torch.stack([self.cache[t] for t in texts]).to(self.device)
+
+
+class LaMPEvaluator(nn.Module):
+    """`--evaluator lamp` (Tab. 2) and LaMP retrieval (Tab. 3): the interface of
+    metrics.TextMotionEmbedder over the frozen VQ encoder and LaMP. Embeddings are
+    L2-normalised, so Euclidean ranking is LaMP's cosine ranking."""
+
+    def __init__(self, vq: MotionVQVAE, model: LaMP):
+        super().__init__()
+        self.vq, self.model = vq.requires_grad_(False).eval(), model.requires_grad_(False).eval()
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, 77) from clip.Tokenizer -> (B, E)."""
+        return self.model.text_embedding(ids.to(self.model.query_tokens.device))
+
+    def encode_motion(self, motion: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """motion (B, T, D) normalised, lengths (B,) -> (B, E)."""
+        z, valid = self.vq.encode(motion, lengths)
+        return self.model.motion_embedding(z, valid)
+
+    def query_features(self, motion: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """f_m of every query, for the best-query similarity of Sec. 3.1.3: (B, Q, E)."""
+        z, valid = self.vq.encode(motion, lengths)
+        return self.model.query_features(z, valid)
