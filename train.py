@@ -24,6 +24,7 @@ This file stays importable: nothing runs at import time, so tests call `main([..
 """
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -827,6 +828,24 @@ DEFAULT_PROMPTS = ["a person walks forward", "a person jumps then waves with the
                    "someone walks in a circle clockwise"]
 
 
+def save_motion(stem: Path, motion: torch.Tensor, dataset, title: str, gif: bool) -> list[str]:
+    """A normalized motion (T, D) -> STEM_features.npy (de-normalized), STEM_joints.npy (T, J, 3),
+    and STEM.gif when asked (matplotlib optional: a missing one is reported, not fatal)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    features = dataset.denormalize(motion.numpy())                               # (T, D)
+    joints = data.features_to_joints(torch.from_numpy(features), dataset.skeleton.n_joints).numpy()
+    np.save(f"{stem}_features.npy", features)
+    np.save(f"{stem}_joints.npy", joints)
+    written = [f"{stem}_joints.npy"]
+    if gif:
+        try:
+            import render
+            written.append(str(render.render_gif(joints, f"{stem}.gif", title=title, skeleton=dataset.skeleton)))
+        except ImportError as err:
+            print(f"no animation: {err}")
+    return written
+
+
 def stage_sample(run: Run) -> dict:
     """Text -> motion files: features (T, D) and joints (T, J, 3) as .npy, and a GIF."""
     args = run.args
@@ -840,31 +859,20 @@ def stage_sample(run: Run) -> dict:
     if learned:
         print(f"[sample] learned words from {run.out / 'tokens'}: {', '.join(learned)}")
     realigner = None if args.no_realign else load_projector(run)
-    folder = run.out / "samples"
+    gif = importlib.util.find_spec("matplotlib") is not None
+    if not gif:
+        print("[sample] matplotlib is not installed: writing .npy files only "
+              "(`pip install matplotlib` for stick-figure GIFs)")
     lengths = torch.full((args.num,), args.length, dtype=torch.long)
-    written, render_note = [], None
+    written = []
     for i, text in enumerate(texts):
         torch.manual_seed(run.cfg.run.seed + i)
         motion = pipe.generate([text] * args.num, lengths, realigner).cpu()      # (N, T, D)
-        features = stats.denormalize(motion.numpy())                              # (N, T, D)
-        joints = data.features_to_joints(torch.from_numpy(features)).numpy()     # (N, T, J, 3)
         slug = "_".join(text.lower().split())[:60].replace("/", "-").replace("<", "").replace(">", "")
         for k in range(args.num):
-            stem = folder / f"{i:02d}_{slug}_{k}"
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            np.save(f"{stem}_features.npy", features[k])
-            np.save(f"{stem}_joints.npy", joints[k])
-            written.append(f"{stem}_joints.npy")
-            try:
-                import render
-                written.append(str(render.render_gif(joints[k], f"{stem}.gif", title=text,
-                                                     skeleton=stats.skeleton)))
-            except ImportError as err:
-                render_note = str(err)
+            written += save_motion(run.out / "samples" / f"{i:02d}_{slug}_{k}", motion[k], stats, text, gif)
     for path in written:
         print(f"[sample] wrote {path}")
-    if render_note:
-        print(f"[sample] no animations: {render_note}")
     return {"texts": texts, "realigned": realigner is not None, "files": written}
 
 
@@ -991,24 +999,6 @@ def inversion_table(run: Run, models: inversion.FrozenModels) -> dict:
     metrics.write_results(run.out, "mti", rows, "Motion textual inversion (LEAD Tab. 3 analogue)", note)
     return {"test_motions": [test.items[i][0] for i in picks], "inits": inits,
             "rows": {n: {k: list(v) for k, v in r.items()} for n, r in rows.items()}}
-
-
-def save_motion(stem: Path, motion: torch.Tensor, dataset, title: str, gif: bool) -> list[str]:
-    """A normalized motion (T, D) -> STEM_features.npy (de-normalized), STEM_joints.npy (T, J, 3),
-    and STEM.gif when asked (matplotlib optional: a missing one is reported, not fatal)."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    features = dataset.denormalize(motion.numpy())                               # (T, D)
-    joints = data.features_to_joints(torch.from_numpy(features), dataset.skeleton.n_joints).numpy()
-    np.save(f"{stem}_features.npy", features)
-    np.save(f"{stem}_joints.npy", joints)
-    written = [f"{stem}_joints.npy"]
-    if gif:
-        try:
-            import render
-            written.append(str(render.render_gif(joints, f"{stem}.gif", title=title, skeleton=dataset.skeleton)))
-        except ImportError as err:
-            print(f"[inversion] no animation: {err}")
-    return written
 
 
 def inversion_styles(run: Run, models: inversion.FrozenModels) -> dict | None:
