@@ -41,6 +41,7 @@ import atm_losses
 import data
 import diffusion
 import inversion
+import lamp
 import metrics
 import projector
 import vae
@@ -48,6 +49,7 @@ from atm_losses import ATMConfig
 from clip import ClipConfig, TextEncoder
 from diffusion import DiffusionConfig
 from inversion import InversionConfig
+from lamp import LaMPConfig
 from metrics import EmbedderConfig
 from projector import ProjectorConfig
 from vae import VAEConfig
@@ -109,6 +111,11 @@ class RunConfig:
     diffusion_train: Schedule = field(default_factory=lambda: Schedule(200_000, 128, 1e-4))  # MLD lr
     # LEAD Sec. 5.2: batch 1024, lr 1e-4, 200 epochs (~ 4,600 steps over HumanML3D's ~23k pairs)
     projector_train: Schedule = field(default_factory=lambda: Schedule(4_600, 1024, 1e-4))
+    lamp: LaMPConfig = field(default_factory=LaMPConfig)
+    # MoMask's VQ-VAE: batch 256, lr 2e-4, 50 epochs (~4,600 steps over HumanML3D's ~23k clips)
+    lamp_vq_train: Schedule = field(default_factory=lambda: Schedule(4_600, 256, 2e-4))
+    # LaMP code (options/lamp_option.py): batch 128, lr 2e-4, 200 epochs (~36,600 steps)
+    lamp_train: Schedule = field(default_factory=lambda: Schedule(36_600, 128, 2e-4))
     # ATM Sec. 4.1: MDM+ATM trains from scratch, 400k steps of batch 64, lr 1e-4 (MDM's);
     # we fine-tune diffusion.pt (ours: a tenth of those steps)
     atm_train: Schedule = field(default_factory=lambda: Schedule(40_000, 64, 1e-4))
@@ -138,6 +145,13 @@ PRESETS: dict[str, dict[str, object]] = {
         "atm_train.steps": 40, "atm_train.batch_size": 16, "atm_train.lr": 5e-4, "atm_train.log_every": 10,
         # inversion: 16 test motions (the paper: 100) x 3 objectives + 5 styles x 3 objectives
         "inversion.test_motions": 16, "inversion.generations": 2, "inversion.render": ("lead+proj",),
+        # LaMP: the stage takes about 3 minutes on this 2-core machine (one torch thread)
+        "lamp.vq_codes": 128, "lamp.vq_code_dim": 64, "lamp.vq_width": 64, "lamp.vq_depth": 2,
+        "lamp.hidden_size": 64, "lamp.n_layers": 2, "lamp.n_heads": 2, "lamp.ff_dim": 128,
+        "lamp.max_positions": 77, "lamp.embed_dim": 64, "lamp.init_std": 0.1, "lamp.dropout": 0.0,
+        "lamp_vq_train.steps": 300, "lamp_vq_train.batch_size": 32, "lamp_vq_train.lr": 1e-3,
+        "lamp_vq_train.log_every": 50,
+        "lamp_train.steps": 500, "lamp_train.batch_size": 32, "lamp_train.lr": 1e-3, "lamp_train.log_every": 50,
     },
 }
 
@@ -431,7 +445,7 @@ def load_model(run: Run, name: str, stage: str, build) -> torch.nn.Module:
     return model.to(run.device).eval().requires_grad_(False)
 
 
-def text_encoder(run: Run) -> TextEncoder:
+def clip_text_encoder(run: Run) -> TextEncoder:
     """The frozen text encoder: real CLIP with --clip, else the offline one of --stage data."""
     if run.cache.get("text") is None:
         if run.clip:
@@ -448,22 +462,89 @@ def text_encoder(run: Run) -> TextEncoder:
     return run.cache["text"]
 
 
+def text_encoder(run: Run):
+    """The frozen text condition of the diffusion pipeline: CLIP (clip.TextEncoder), or with
+    --text-encoder lamp LaMP's text features (lamp.LaMPTextEncoder, the same interface)."""
+    if run.args.text_encoder == "clip":
+        return clip_text_encoder(run)
+    if run.cache.get("lamp_text") is None:
+        run.cache["lamp_text"] = lamp.LaMPTextEncoder(load_lamp(run), clip_text_encoder(run).tokenizer).to(run.device)
+    return run.cache["lamp_text"]
+
+
+def conditioned(run: Run, name: str) -> str:
+    """Checkpoint / results name for the run's text condition: `diffusion` with CLIP,
+    `diffusion_lamp` with --text-encoder lamp, so both live side by side in one --out."""
+    return name if run.args.text_encoder == "clip" else f"{name}_{run.args.text_encoder}"
+
+
+def load_lamp_vq(run: Run) -> lamp.MotionVQVAE:
+    return load_model(run, "lamp_vq", "lamp", lambda cfg, meta: lamp.MotionVQVAE(LaMPConfig(**cfg), meta["feat_dim"]))
+
+
+def load_lamp(run: Run) -> lamp.LaMP:
+    return load_model(run, "lamp", "lamp",
+                      lambda cfg, meta: lamp.LaMP(LaMPConfig(**cfg), meta["vocab_size"], meta["eot_id"]))
+
+
+def eval_embedder(run: Run):
+    """The embedder the eval metrics are computed in: `evaluator`, or LaMP (Tab. 2)."""
+    if run.args.evaluator == "lamp":
+        return lamp.LaMPEvaluator(load_lamp_vq(run), load_lamp(run))
+    return load_embedder(run, "evaluator")
+
+
+# 6. Names of the results sections and STAGE.json records
+
+
+def eval_section(run: Run) -> str:
+    """The t2m table's section: `t2m`, `t2m_lamp` (LaMP-conditioned models), with
+    `_lamp_evaluator` appended when the metrics are LaMP's (--evaluator lamp)."""
+    return conditioned(run, "t2m") + ("_lamp_evaluator" if run.args.evaluator == "lamp" else "")
+
+
+def eval_title(run: Run) -> str:
+    title = ("Text-to-motion, LaMP evaluator (LaMP Tab. 2 analogue: LaMP-R-precision, LaMP-MMdist)"
+             if run.args.evaluator == "lamp" else "Text-to-motion (LEAD Tab. 1 analogue)")
+    return title + ("; LaMP text condition (LaMP Sec. 3.2)" if run.args.text_encoder == "lamp" else "")
+
+
+def eval_note_space(run: Run) -> str:
+    if run.args.evaluator == "lamp":
+        return ("Metrics in the space of this run's LaMP (L2-normalised features, so MMdist lies in "
+                "[0, 2]; not the paper's checkpoint)")
+    return "Metrics in the space of this run's `evaluator` embedder (not Guo et al.'s)"
+
+
+CONDITIONED_STAGES = ("diffusion", "projector", "atm", "eval", "sample")  # their models read the condition
+
+
+def record_name(run: Run, stage: str) -> str:
+    """Name of a stage's STAGE.json: `diffusion_lamp` with --text-encoder lamp,
+    `eval_lamp_evaluator` with --evaluator lamp, so no record overwrites another."""
+    name = conditioned(run, stage) if stage in CONDITIONED_STAGES else stage
+    return name + ("_lamp_evaluator" if stage == "eval" and run.args.evaluator == "lamp" else "")
+
+
+
+
 def load_vae(run: Run) -> vae.MotionVAE:
     return load_model(run, "vae", "vae",
                       lambda cfg, meta: vae.MotionVAE(vae.VAEConfig(**cfg), meta["feat_dim"]))
 
 
-DENOISER_STAGES = {"diffusion": "diffusion", "diffusion_atm": "atm"}  # checkpoint -> the stage writing it
+DENOISER_STAGES = {"diffusion": "diffusion", "diffusion_atm": "atm", "diffusion_lamp": "diffusion", "diffusion_atm_lamp": "atm"}  # checkpoint -> the stage writing it
 
 
-def load_denoiser(run: Run, name: str = "diffusion") -> diffusion.Denoiser:
+def load_denoiser(run: Run, name: str | None = None) -> diffusion.Denoiser:
+    name = name or conditioned(run, "diffusion")
     return load_model(run, name, DENOISER_STAGES.get(name, name),
                       lambda cfg, meta: diffusion.Denoiser(diffusion.DiffusionConfig(**cfg),
                                                            tuple(meta["latent_shape"]), meta["text_dim"]))
 
 
-def load_projector(run: Run, name: str = "projector") -> projector.Projector:
-    return load_model(run, name, "projector",
+def load_projector(run: Run, name: str | None = None) -> projector.Projector:
+    return load_model(run, name or conditioned(run, "projector"), "projector",
                       lambda cfg, meta: projector.Projector(projector.ProjectorConfig(**cfg),
                                                             tuple(meta["latent_shape"]), meta["text_dim"]))
 
@@ -508,7 +589,7 @@ def stage_evaluator(run: Run) -> dict:
     """Two independently seeded text-motion embedders (metrics.py): `evaluator` scores every
     method; `alignment` is the training signal of ATM and MATE, so no method is scored by it."""
     train, test = open_split(run, "train"), open_split(run, "test")
-    tokenizer = text_encoder(run).tokenizer
+    tokenizer = clip_text_encoder(run).tokenizer
     sched, figures = run.cfg.evaluator_train, {}
     meta = {"feat_dim": train.mean.shape[0], "vocab_size": len(tokenizer), "eot_id": tokenizer.eot_id}
     for offset, name in enumerate(("evaluator", "alignment")):
@@ -591,7 +672,7 @@ def stage_diffusion(run: Run) -> dict:
         return schedule.loss(model, batch["z"], text.encode_cached(batch["caption"]), c_uncond)
 
     stream = latent_batches(train, mu, logvar, sched.batch_size, run.cfg.run.seed)
-    losses = fit(run, "diffusion", model, cfg, loss_fn, stream, sched,
+    losses = fit(run, conditioned(run, "diffusion"), model, cfg, loss_fn, stream, sched,
                  {"latent_shape": list(motion_vae.latent_shape), "text_dim": text.dim})
     return {"final_losses": losses}
 
@@ -614,7 +695,7 @@ def stage_projector(run: Run) -> dict:
     text.encode_cached(train.captions())
     mu, logvar = encode_latents(motion_vae, train, run.device)
     sched = run.cfg.projector_train
-    variants = {"projector": {}, **(PROJECTOR_ABLATIONS if run.args.ablations else {})}
+    variants = {conditioned(run, "projector"): {}, **({conditioned(run, n): o for n, o in PROJECTOR_ABLATIONS.items()} if run.args.ablations else {})}
     figures = {}
     for name, overrides in variants.items():
         cfg = dataclasses.replace(run.cfg.projector, **overrides)
@@ -698,7 +779,7 @@ def stage_atm(run: Run) -> dict:
 
     stream = latent_batches(train, real["mu"], real["logvar"], sched.batch_size, seed)
     meta = {"latent_shape": list(motion_vae.latent_shape), "text_dim": text.dim}
-    losses = fit(run, "diffusion_atm", denoiser, denoiser.cfg, loss_fn, stream, sched, meta)
+    losses = fit(run, conditioned(run, "diffusion_atm"), denoiser, denoiser.cfg, loss_fn, stream, sched, meta)
     return {"final_losses": losses}
 
 
@@ -706,10 +787,96 @@ def stage_atm(run: Run) -> dict:
 # Evaluation and sampling
 
 
+@torch.no_grad()
+def retrieval_rows(lamp_embedder: lamp.LaMPEvaluator, evaluator, dataset, tokenizer, device,
+                   batch_size: int = 64) -> dict:
+    """LaMP Tab. 3: both models encode the same batches (one random caption per clip), then
+    text-to-motion and motion-to-text R@1, 2, 3, 5, 10 over the whole split; LaMP both with its
+    training similarity (the best query, Sec. 3.1.3) and with one vector per motion (what
+    `--evaluator lamp` uses)."""
+    feats = {"text": [], "queries": [], "lamp_text": [], "motion": []}
+    for start in range(0, len(dataset), batch_size):
+        batch = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        ids = tokenizer(batch["caption"]).to(device)                              # (B, 77)
+        motion, lengths = batch["motion"].to(device), batch["lengths"].to(device)
+        feats["lamp_text"].append(lamp_embedder.encode_text(ids))                 # (B, E)
+        feats["queries"].append(lamp_embedder.query_features(motion, lengths))    # (B, Q, E)
+        feats["text"].append(evaluator.encode_text(ids))                          # (B, E')
+        feats["motion"].append(evaluator.encode_motion(motion, lengths))          # (B, E')
+    feats = {k: torch.cat(v) for k, v in feats.items()}
+    mean_query = torch.nn.functional.normalize(feats["queries"].mean(1), dim=-1)  # = LaMPEvaluator.encode_motion
+    recalls = {
+        "LaMP (best query)": lamp.similarity_recall(lamp.query_text_similarity(feats["queries"], feats["lamp_text"])),
+        "LaMP (mean of queries)": metrics.retrieval_recall(feats["lamp_text"], mean_query),
+        "evaluator": metrics.retrieval_recall(feats["text"], feats["motion"]),
+    }
+    return {name: {k: (v, 0.0) for k, v in r.items()} for name, r in recalls.items()}
+
+
+def stage_lamp(run: Run) -> dict:
+    """LaMP (Sec. 3.1): the motion VQ-VAE (3.1.1), then LaMP over its frozen encoder with the
+    four objectives (3.1.3); the Tab. 3 analogue on the test split beside the `evaluator`."""
+    train, val, test = (open_split(run, split) for split in ("train", "val", "test"))
+    tokenizer = clip_text_encoder(run).tokenizer   # the project's tokenizer (offline BPE or CLIP's)
+    cfg, feat_dim, seed = run.cfg.lamp, train.mean.shape[0], run.cfg.run.seed
+    if run.cfg.data.max_len > 4 * cfg.n_queries:
+        raise ValueError(f"lamp.n_queries={cfg.n_queries} covers clips of {4 * cfg.n_queries} frames, but "
+                         f"data.max_len={run.cfg.data.max_len}: query i predicts motion token i (Eq. 1)")
+    # 1. the motion tokenizer
+    torch.manual_seed(seed)
+    vq = lamp.MotionVQVAE(cfg, feat_dim).to(run.device)
+
+    def vq_loss_fn(batch):
+        x, lengths = batch["motion"].to(run.device), batch["lengths"].to(run.device)
+        x_hat, commit, _ = vq(x, lengths)
+        return lamp.vq_loss(x_hat, x, lengths, commit, cfg)
+
+    sched = run.cfg.lamp_vq_train
+    vq_losses = fit(run, "lamp_vq", vq, cfg, vq_loss_fn, batches(train, sched.batch_size, seed), sched,
+                    {"feat_dim": feat_dim})
+    vq.requires_grad_(False).eval()
+    val_codes = []
+    for start in range(0, len(val), 64):
+        batch = data.collate([val[i] for i in range(start, min(start + 64, len(val)))])
+        _, codes, valid = vq.tokenize(batch["motion"].to(run.device), batch["lengths"].to(run.device))
+        val_codes.append(codes[valid])
+    usage = lamp.codebook_usage(torch.cat(val_codes), cfg.vq_codes)
+    print(f"[lamp_vq] codebook usage on val: {100 * usage['used']:.1f}% of {cfg.vq_codes} codes, "
+          f"perplexity {usage['perplexity']:.1f}")
+    # 2. LaMP over the frozen motion encoder
+    torch.manual_seed(seed)
+    meta = {"vocab_size": len(tokenizer), "eot_id": tokenizer.eot_id}
+    model = lamp.LaMP.from_bert(run.args.bert, cfg, **meta) if run.args.bert else lamp.LaMP(cfg, **meta)
+    if not run.args.bert:
+        print("[lamp] random initialisation (the paper starts from BERT-base: --bert DIR)")
+    model = model.to(run.device)
+
+    def loss_fn(batch):
+        with torch.no_grad():
+            z, codes, valid = vq.tokenize(batch["motion"].to(run.device), batch["lengths"].to(run.device))
+        return model.loss(z, valid, tokenizer(batch["caption"]).to(run.device), codes)
+
+    sched = run.cfg.lamp_train
+    losses = fit(run, "lamp", model, model.cfg, loss_fn, batches(train, sched.batch_size, seed + 1), sched, meta)
+    # 3. Tab. 3: retrieval on the test split, LaMP beside the plain evaluator
+    rows = retrieval_rows(lamp.LaMPEvaluator(vq, model), load_embedder(run, "evaluator"), test, tokenizer,
+                          run.device)
+    note = (f"{len(test)} test clips of {dataset_name(run)}, one caption each, ranked against the whole "
+            f"split (the paper: TMR's test protocol); recall as a fraction (the paper: %). LaMP ranks by "
+            f"cosine (best query: max over its queries), the evaluator by Euclidean distance. Codebook: "
+            f"{100 * usage['used']:.1f}% of {cfg.vq_codes} codes used on val, perplexity {usage['perplexity']:.1f}.")
+    metrics.write_results(run.out, "lamp_retrieval", rows, "Text-motion retrieval (LaMP Tab. 3 analogue)", note)
+    print((run.out / "results.md").read_text())
+    return {"vq_final_losses": vq_losses, "codebook_usage_val": usage, "final_losses": losses,
+            "retrieval": {name: {k: v[0] for k, v in r.items()} for name, r in rows.items()}}
+
+
+
+
 class Pipeline:
     """The frozen models of a finished LEAD run, and text -> motion with or without realignment."""
 
-    def __init__(self, run: Run, denoiser_name: str = "diffusion"):
+    def __init__(self, run: Run, denoiser_name: str | None = None):
         self.run = run
         self.text = text_encoder(run)
         self.vae = load_vae(run)
@@ -764,11 +931,12 @@ def latent_structure(pipe: Pipeline, realigner: projector.Projector, dataset) ->
 def atm_eval_rows(run: Run, realigner: projector.Projector, evaluate) -> dict:
     """The MLD+ATM and LEAD+ATM rows of the Tab. 1 analogue: the ATM-fine-tuned denoiser,
     sampled without and with the LEAD row's projector; {} (and a note) before `--stage atm`."""
-    if not (run.out / "diffusion_atm.pt").exists():
+    name = conditioned(run, "diffusion_atm")
+    if not (run.out / f"{name}.pt").exists():
         print("[eval] no diffusion_atm.pt yet: run `--stage atm`, then `--stage eval` again, "
               "for the MLD+ATM and LEAD+ATM rows")
         return {}
-    pipe, rows = Pipeline(run, "diffusion_atm"), {}
+    pipe, rows = Pipeline(run, name), {}
     for name, r in (("MLD+ATM", None), ("LEAD+ATM", realigner)):
         print(f"[eval] {name}")
         rows[name] = evaluate(lambda captions, lengths, r=r: pipe.generate(captions, lengths, r))
@@ -780,13 +948,13 @@ def stage_eval(run: Run) -> dict:
     checkpoints; per-prompt inference time; latent structure; `--ablations`: Tab. 6 rows."""
     test = open_split(run, "test")
     pipe = Pipeline(run)
-    evaluator, tokenizer = load_embedder(run, "evaluator"), pipe.text.tokenizer
+    evaluator, tokenizer = eval_embedder(run), pipe.text.tokenizer
     cfg = run.cfg.eval
     methods = {"MLD": None, "LEAD": load_projector(run)}
     if run.args.ablations:
         labels = {"projector_no_align": "LEAD w/o L_align", "projector_no_rec": "LEAD w/o L_rec",
                   "projector_no_var": "LEAD w/o L_var", "projector_mlp": "LEAD (mlp)"}
-        methods.update({label: load_projector(run, name) for name, label in labels.items()})
+        methods.update({label: load_projector(run, conditioned(run, name)) for name, label in labels.items()})
     evaluate = lambda generate_fn: metrics.evaluate(  # noqa: E731
         generate_fn, test, evaluator, tokenizer, replications=cfg.replications,
         mm_num_texts=cfg.mm_num_texts, mm_num_gens=cfg.mm_num_gens,
@@ -799,17 +967,16 @@ def stage_eval(run: Run) -> dict:
     rows.update(atm_eval_rows(run, methods["LEAD"], evaluate))
     note = (f"{len(test)} test motions of {dataset_name(run)}, mean ± 1.96 std / sqrt(R) over "
             f"R = {cfg.replications} replications; MModality over {cfg.mm_num_texts} texts x "
-            f"{cfg.mm_num_gens} generations. Metrics in the space of this run's `evaluator` "
-            f"embedder (not Guo et al.'s), so they compare methods within this run only.")
-    metrics.write_results(run.out, "t2m", rows, "Text-to-motion (LEAD Tab. 1 analogue)", note)
+            f"{cfg.mm_num_gens} generations. " + eval_note_space(run) + ", so they compare methods within this run only.")
+    metrics.write_results(run.out, eval_section(run), rows, eval_title(run), note)
     timing = {name: {"s / prompt": seconds_per_prompt(pipe, test, methods[name], cfg.timing_prompts)}
               for name in ("MLD", "LEAD")}
-    metrics.write_results(run.out, "timing", timing, "Inference time per prompt",
+    metrics.write_results(run.out, conditioned(run, "timing"), timing, "Inference time per prompt",
                           f"{cfg.timing_prompts} prompts, batch of 1, on {run.device.type}; "
                           "the paper: MLD 0.236 s, LEAD 0.245 s on an RTX 3090")
     structure = latent_structure(pipe, methods["LEAD"], test)
     if structure:
-        metrics.write_results(run.out, "latent_structure", {
+        metrics.write_results(run.out, conditioned(run, "latent_structure"), {
             "VAE latent z_vae": {"1-NN action accuracy": (structure["vae_space"], 0.0)},
             "projected E_proj(z_vae)": {"1-NN action accuracy": (structure["projected_space"], 0.0)}},
             "Latent structure (stand-in for LEAD Fig. 3, t-SNE)",
@@ -863,6 +1030,7 @@ def stage_sample(run: Run) -> dict:
     if not gif:
         print("[sample] matplotlib is not installed: writing .npy files only "
               "(`pip install matplotlib` for stick-figure GIFs)")
+    folder = run.out / conditioned(run, "samples")
     lengths = torch.full((args.num,), args.length, dtype=torch.long)
     written = []
     for i, text in enumerate(texts):
@@ -870,7 +1038,7 @@ def stage_sample(run: Run) -> dict:
         motion = pipe.generate([text] * args.num, lengths, realigner).cpu()      # (N, T, D)
         slug = "_".join(text.lower().split())[:60].replace("/", "-").replace("<", "").replace(">", "")
         for k in range(args.num):
-            written += save_motion(run.out / "samples" / f"{i:02d}_{slug}_{k}", motion[k], stats, text, gif)
+            written += save_motion(folder / f"{i:02d}_{slug}_{k}", motion[k], stats, text, gif)
     for path in written:
         print(f"[sample] wrote {path}")
     return {"texts": texts, "realigned": realigner is not None, "files": written}
@@ -883,6 +1051,8 @@ def stage_sample(run: Run) -> dict:
 def inversion_models(run: Run) -> inversion.FrozenModels:
     """The frozen models of a finished LEAD run, with a text encoder of the stage's own, so the
     words learned here never reach the shared one (run.cache["text"]) that later stages use."""
+    if run.args.text_encoder != "clip":
+        raise ValueError("--stage inversion learns a CLIP word embedding: run it without --text-encoder lamp")
     text_encoder(run)  # the prerequisite check and its message
     text = TextEncoder.from_pretrained(run.clip or run.out / "text_encoder").to(run.device)
     motion_vae, denoiser = load_vae(run), load_denoiser(run)
@@ -1129,10 +1299,11 @@ STAGE_FUNCTIONS = {
     "sample": stage_sample,
     "atm": stage_atm,
     "inversion": stage_inversion,
-    **{s: not_implemented(s) for s in ("mate", "lamp")},
+    "lamp": stage_lamp,
+    **{s: not_implemented(s) for s in ("mate",)},
 }
 # eval comes after every stage that adds a row to its table
-ALL_ORDER = ["data", "evaluator", "vae", "diffusion", "projector", "atm", "eval", "sample", "inversion"]
+ALL_ORDER = ["data", "evaluator", "lamp", "vae", "diffusion", "projector", "atm", "eval", "sample", "inversion"]
 
 
 def run_stage(run: Run, stage: str) -> dict:
@@ -1140,8 +1311,8 @@ def run_stage(run: Run, stage: str) -> dict:
     figures = STAGE_FUNCTIONS[stage](run) or {}
     figures["wall_time_s"] = round(time.time() - start, 2)
     run.out.mkdir(parents=True, exist_ok=True)
-    write_json(run.out / f"{stage}.json", figures)
-    print(f"[{stage}] done in {figures['wall_time_s']:.1f} s -> {run.out / (stage + '.json')}")
+    write_json(run.out / f"{record_name(run, stage)}.json", figures)
+    print(f"[{stage}] done in {figures['wall_time_s']:.1f} s -> {run.out / (record_name(run, stage) + '.json')}")
     return figures
 
 
@@ -1163,6 +1334,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clip", default=None,
                    help="real CLIP weights: a local folder or an already-downloaded name "
                         "(e.g. openai/clip-vit-large-patch14); default: a small offline text encoder")
+    p.add_argument("--bert", default=None,
+                   help="lamp: initialise LaMP from a local BERT folder (the paper: BERT-base); default: random")
+    p.add_argument("--text-encoder", default="clip", choices=["clip", "lamp"],
+                   help="diffusion/projector/eval/sample: condition on CLIP or on LaMP text features "
+                        "(LaMP Sec. 3.2); LaMP models are saved as diffusion_lamp.pt, projector_lamp.pt")
+    p.add_argument("--evaluator", default="evaluator", choices=["evaluator", "lamp"],
+                   help="eval: the embedder the metrics are computed in; lamp gives LaMP-R-precision "
+                        "and LaMP-MMdist (LaMP Tab. 2)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted stage from its last checkpoint; with --stage all, "
@@ -1201,7 +1380,7 @@ def main(argv: list[str] | None = None) -> int:
               resume=args.resume, args=args)
     stages = ALL_ORDER if args.stage == "all" else [args.stage]
     for stage in stages:
-        if args.stage == "all" and args.resume and (run.out / f"{stage}.json").exists():
+        if args.stage == "all" and args.resume and (run.out / f"{record_name(run, stage)}.json").exists():
             print(f"[{stage}] already finished in {run.out}, skipped (--resume)")
             continue
         try:

@@ -28,6 +28,9 @@ SMOKE = [
     "eval.diversity_times=10",
     "atm_train.steps=3", "atm_train.batch_size=8",
     "inversion.test_motions=2", "inversion.generations=2", "inversion.styles=1", "inversion.steps=2",
+    "lamp.vq_codes=16", "lamp.vq_code_dim=8", "lamp.vq_width=16", "lamp.vq_depth=1", "lamp.hidden_size=16",
+    "lamp.n_layers=1", "lamp.n_heads=2", "lamp.ff_dim=32", "lamp.embed_dim=8",
+    "lamp_vq_train.steps=3", "lamp_train.steps=3", "lamp_vq_train.batch_size=8", "lamp_train.batch_size=8",
 ]
 
 
@@ -109,3 +112,22 @@ def test_missing_checkpoint_names_the_stage(smoke_run, tmp_path, capsys):
     (tmp_path / "empty" / "text_encoder").symlink_to(smoke_run / "run" / "text_encoder")
     assert train.main(["--stage", "diffusion", *args]) == 2
     assert "--stage vae" in capsys.readouterr().err
+
+def test_lamp_condition_and_evaluator(smoke_run):
+    """--stage lamp wrote its table; --text-encoder lamp trains and scores LEAD on LaMP features
+    beside the CLIP models; --evaluator lamp adds the LaMP-evaluator table (LaMP Tab. 2)."""
+    run = smoke_run / "run"
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["lamp_retrieval"]["rows"]) == {"LaMP (best query)", "LaMP (mean of queries)", "evaluator"}
+    for stage in ("diffusion", "projector", "atm", "eval", "sample"):
+        assert train.main(["--stage", stage, "--text-encoder", "lamp", *smoke_args(smoke_run)]) == 0
+    assert train.main(["--stage", "eval", "--evaluator", "lamp", *smoke_args(smoke_run)]) == 0
+    assert train.main(["--stage", "inversion", "--text-encoder", "lamp", *smoke_args(smoke_run)]) == 2
+    assert train.load_checkpoint(run / "diffusion_lamp.pt", "diffusion")["meta"]["text_dim"] == 16  # lamp.hidden_size
+    assert train.load_checkpoint(run / "diffusion.pt", "diffusion")["meta"]["text_dim"] == 32       # CLIP's
+    assert all((run / f).exists() for f in ("projector_lamp.pt", "diffusion_atm_lamp.pt", "diffusion_lamp.json"))
+    assert any((run / "samples_lamp").iterdir())
+    results = json.loads((run / "results.json").read_text())
+    assert {"t2m", "t2m_lamp", "t2m_lamp_evaluator"} <= set(results)
+    assert "LEAD+ATM" in results["t2m_lamp"]["rows"]
+    assert list(results["t2m_lamp_evaluator"]["rows"])[:3] == ["Real", "MLD", "LEAD"]

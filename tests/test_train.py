@@ -104,7 +104,7 @@ def test_fit_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint(tmp_p
 
 
 def test_unimplemented_stage_exits_nonzero(tmp_path, capsys):
-    code = train.main(["--stage", "lamp", "--out", str(tmp_path / "run")])
+    code = train.main(["--stage", "mate", "--out", str(tmp_path / "run")])
     assert code != 0
     assert "not implemented" in capsys.readouterr().err
 
