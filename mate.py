@@ -1,0 +1,768 @@
+"""MATE: motion-aligned word embeddings for the text encoder of text-to-motion models.
+
+Paper: Motion-Aligned Word Embeddings for Text-to-Motion Generation (Han, Lyu, Sebe;
+../shared/seeds/004_fcd44ad5e4e1e096.txt). Implements Sec. 3:
+
+    text-motion joint segmentation      min_{s_n, e_n} sum_n 1 - cos(E_t(t^n), E_m(m[s_n:e_n]))   Eq. (1)
+    word-query attention                f_word^m = MultiHead(Q, K, V)                            Eq. (2)
+                                        Q = Proj(WE(w)),  K = (1 + lambda prior) * F^m,  V = F^m   Eq. (3)
+    Gaussian attention prior            prior(t) = exp(-(t - c_n)^2 / (2 sigma_n^2))              Eq. (4)
+    self-disentanglement (prototypes)   L_self                                                    Eq. (5)
+    cross-disentanglement               L_cross = mean_N |cos(f_wi^mi, f_wj^mi)| + |cos(f_wi^mi, f_wi^mj)|
+    word alignment (symmetric InfoNCE)  L_align                                                   Eq. (6)
+                                        L_word = L_self + L_cross + L_align                       Eq. (7)
+    sentence alignment, reconstruction  L_sent (InfoNCE of f^t, f^m),  L_rec (decoder of f^m)
+                                        L_all = L_rec + lambda_1 L_word + lambda_2 L_sent        Eq. (8)
+
+Only the word-embedding table WE of the text encoder is trained (Sec. 3.4, Tab. 4), together
+with MATE's own heads (motion encoder and decoder, Proj, the attention, the prototypes, a text
+head); the rest of the text encoder stays frozen and gradients reach the table through it.
+`bind_word_table` makes the text encoder read its table from `MATE.word_table`; after training,
+`clip.TextEncoder.set_word_embeddings` swaps that table into a fresh encoder, which then
+conditions a diffusion model trained from scratch (Sec. 4.1, "retrain the models").
+
+Reading order: sub-text decomposition, lemmatisation, joint segmentation (Eq. 1; its
+candidate clips are embedded with the work they share done once, `embed_segments`, equal to the
+embedder's own forward and ~20x faster), the attention prior (Eq. 4), the config, the modules
+(Eqs. 2-3), the losses (Eqs. 5-8), the training records and batches, the word-level probe.
+
+Differences from the paper:
+- Sub-texts. The paper asks ChatGPT to split a caption into temporally ordered sub-texts. No
+  language model is available here: `split_caption` is a deterministic rule-based splitter on
+  sequence markers ("then", "and then", "after that", "followed by", "before", "finally", ...,
+  sentence ends), with "X after Y-ing" and a leading "before/after ..., X" reordered. A bare
+  "and" never splits ("bends their knees and squats" is one action), so "walks and sits down"
+  stays one sub-text where ChatGPT might split it.
+- E_t, E_m of Eq. (1) are the run's frozen `alignment` embedder (metrics.TextMotionEmbedder,
+  trained contrastively on Euclidean distances), not HumanTOMATO's retrieval model. The search
+  is exact over boundaries on a grid of `segment_grid` frames with segments of at least
+  `min_segment` frames (dynamic programming over the grid points); the paper searches all
+  partitions without saying at which resolution.
+- WE(w) of a word that BPE splits into several tokens is the mean of their rows (the paper does
+  not say). Prototypes live in Proj's output space and start at Proj(WE(lemma)) of the initial
+  table; the paper says they are "initialised with their word embeddings".
+- The word w is drawn uniformly from the caption's content words: function words (articles,
+  pronouns, plain prepositions, conjunctions, auxiliaries, sequence markers) are not sampled
+  (the paper samples "a word token from t"). Prototypes exist for every lemma (K = vocabulary).
+- Lemmatisation is rule-based (`lemmatize`), checked against the tags of the synthetic
+  dataset's captions; the paper does not name its lemmatiser.
+- The cross queries f_wj^mi use no attention prior: w_j has no segment in m_i.
+- In the InfoNCE losses (Eq. 6 and L_sent), in-batch pairs that share the word's lemma (Eq. 6)
+  or the motion (L_sent) are not used as negatives; L_sent is symmetric like Eq. (6). L_rec is
+  the mean squared error over valid frames. tau, lambda, lambda_1, lambda_2 and the motion
+  encoder/decoder are not given by the paper: see MATEConfig.
+
+Glossary: B batch, T frames, D feature width, L tokens (77), W text width, C text embedding
+width (c), E MATE feature width, K prototypes, N sub-texts, P grid points / word pieces.
+"""
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from metrics import DOWNSAMPLE, FOOT_CONTACT_DIMS, mean_ci
+from projector import sinusoidal_positions
+
+# ----------------------------------------------------------------------------
+# 1. Sub-text decomposition (replaces the paper's ChatGPT step, Sec. 3.2)
+
+# Markers that end one action and start the next, in the caption's order. Longest first, so
+# "and then" is consumed whole; "before" keeps the order too ("X before Y" = X, then Y).
+# "before"/"after" only split when a gerund or a subject follows ("after walking", "before he
+# sits"), so "stands before the door" or "runs after the ball" stay whole.
+_SUBJECT = r"(?:he|she|they|it|someone|somebody|the person|the man|the woman|a person)\b"
+_CLAUSE = rf"(?=\w+ing\b|{_SUBJECT})"
+_SEQUENCE = re.compile(
+    r"\s*,?\s*\b(?:and then|then|and after that|after that|after which|and afterwards|afterwards|"
+    r"followed by|and finally|finally|and lastly|lastly|and next|"
+    rf"before {_CLAUSE})\b\s*,?\s*")
+_AFTER = re.compile(rf"^(.+?)\s*,?\s+after\s+{_CLAUSE}(.+)$")      # "X after Y" -> Y, X
+_LEADING = re.compile(rf"^(before|after)\s+{_CLAUSE}([^,]+),\s*(.+)$")  # "after Y, X" -> Y, X
+_FIRST = re.compile(r"(?<!the )\b(?:at first|first|initially)\b\s*")
+# a piece made only of these words is a subject cut off by a marker ("he then turns")
+_SUBJECT_WORDS = {"he", "she", "they", "it", "someone", "somebody", "person", "man", "woman", "human",
+                  "figure", "the", "a", "an"}
+
+
+def _split_sentence(sentence: str) -> list[str]:
+    sentence = sentence.strip(" ,")
+    if not sentence:
+        return []
+    leading = _LEADING.match(sentence)
+    if leading:  # "before Y, X" -> X, Y ;  "after Y, X" -> Y, X
+        word, clause, main = leading.groups()
+        first, second = (clause, main) if word == "after" else (main, clause)
+        return _split_sentence(first) + _split_sentence(second)
+    pieces = _SEQUENCE.split(sentence)
+    if len(pieces) > 1:
+        return [sub for piece in pieces for sub in _split_sentence(piece)]
+    after = _AFTER.match(sentence)
+    if after:  # "X after Y" -> Y, X
+        return _split_sentence(after.group(2)) + _split_sentence(after.group(1))
+    return [sentence]
+
+
+def split_caption(caption: str) -> list[str]:
+    """A caption -> its temporally ordered sub-texts (lower case, markers removed).
+
+    "a person walks forward, then turns around and then sits down"
+        -> ["a person walks forward", "turns around", "sits down"]
+    "a man sits down after walking forward" -> ["walking forward", "a man sits down"]
+    A caption without markers is one sub-text."""
+    text = re.sub(r"\s+", " ", caption.lower()).strip()
+    pieces = [p for sentence in re.split(r"\s*[.;!?]+\s*", text) for p in _split_sentence(sentence)]
+    merged: list[str] = []
+    for piece in pieces:  # glue a stranded subject to what follows it
+        if merged and set(merged[-1].split()) <= _SUBJECT_WORDS:
+            merged[-1] = f"{merged[-1]} {piece}"
+        else:
+            merged.append(piece)
+    if len(merged) > 1:  # "first" only orders the sub-texts; drop it once they are split
+        merged = [_FIRST.sub("", p).strip() or p for p in merged]
+    return merged or [text]
+
+
+# ----------------------------------------------------------------------------
+# 2. Lemmatisation (the prototypes are per lemma, Sec. 4.1)
+
+_IRREGULAR = {
+    "is": "be", "are": "be", "was": "be", "were": "be", "been": "be", "being": "be", "am": "be",
+    "does": "do", "did": "do", "done": "do", "has": "have", "had": "have", "having": "have",
+    "goes": "go", "went": "go", "gone": "go", "ran": "run", "took": "take", "taken": "take",
+    "made": "make", "sat": "sit", "stood": "stand", "threw": "throw", "thrown": "throw",
+    "got": "get", "came": "come", "spun": "spin", "swung": "swing", "bent": "bend", "fell": "fall",
+    "fallen": "fall", "began": "begin", "leapt": "leap", "knelt": "kneel", "held": "hold",
+    "kept": "keep", "lay": "lie", "lying": "lie", "feet": "foot", "men": "man", "women": "woman",
+    "people": "person", "doing": "do", "going": "go", "using": "use", "lunging": "lunge",
+    "lunged": "lunge", "changing": "change",
+}
+# words whose ending only looks inflected
+_KEEP = {"forwards", "backwards", "sideways", "towards", "afterwards", "always", "downwards",
+         "upwards", "left", "speed", "across", "this", "thus", "his", "its", "bus", "plus",
+         "during", "nothing", "something", "anything", "everything", "ceiling", "evening"}
+_VOWELS = set("aeiou")
+
+
+def _restore_e(stem: str) -> str:
+    """Put back the silent e that -ing/-ed removed: wav(ing) -> wave, rais(ed) -> raise,
+    shuffl(ing) -> shuffle, rotat(ing) -> rotate; walk, wait, turn are left alone."""
+    if len(stem) < 2:
+        return stem
+    a, b = stem[-2], stem[-1]
+    syllables = len(re.findall(r"[aeiou]+", stem))
+    if b in "vcu" or (b == "s" and a in _VOWELS) or (b == "l" and a in "bcdfgkptz"):
+        return stem + "e"
+    if stem.endswith("at") and len(stem) > 2 and stem[-3] not in _VOWELS and syllables > 1:
+        return stem + "e"  # rotat -> rotate, but eat, wait stay
+    # one syllable ending consonant-vowel-consonant was not doubled, so its e was silent:
+    # tak -> take, mak -> make (compare stepp -> step, handled before this)
+    if (syllables == 1 and len(stem) >= 3 and b not in _VOWELS | set("wxy") and a in _VOWELS
+            and stem[-3] not in _VOWELS):
+        return stem + "e"
+    return stem
+
+
+def _strip_suffix(word: str, suffix: str) -> str:
+    stem = word[: -len(suffix)]
+    if len(stem) >= 2 and stem[-1] == stem[-2] and stem[-1] not in _VOWELS | set("lsz"):
+        return stem[:-1]  # running -> run, stepped -> step (but falling, passing keep ll, ss)
+    return _restore_e(stem)
+
+
+def lemmatize(word: str) -> str:
+    """A rule-based English lemmatiser for motion captions: walks, walking, walked -> walk;
+    punches -> punch; knees -> knee; is -> be; feet -> foot. Adverbs and adjectives keep
+    their form (slowly, forwards)."""
+    w = word.lower()
+    if w in _IRREGULAR:
+        return _IRREGULAR[w]
+    if w in _KEEP or len(w) <= 3:
+        return w
+    if w.endswith("ies") and len(w) > 4:
+        return w[:-3] + "y"  # carries -> carry
+    if w.endswith("ied") and len(w) > 4:
+        return w[:-3] + "y"
+    if w.endswith("ing") and len(w) > 5:
+        return _strip_suffix(w, "ing")
+    if w.endswith("ed") and len(w) > 4 and not w.endswith("eed"):
+        return _strip_suffix(w, "ed")
+    if re.search(r"(?:ch|sh|ss|x|zz)es$", w):
+        return w[:-2]  # punches -> punch, boxes -> box
+    if w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        return w[:-1]  # walks -> walk, waves -> wave, knees -> knee
+    return w
+
+
+# Closed-class words: never sampled as the query word w (they carry no motion of their own).
+FUNCTION_WORDS = frozenset(
+    "a an the his her their its my your our this that these those he she they it him them "
+    "someone somebody one be do have and or but so then with of to in on at into onto from by "
+    "for as while first after before afterwards finally next lastly again also".split())
+
+
+def words_of(text: str) -> list[str]:
+    """The words of a caption as CLIP's tokenizer sees them (lower case letter runs)."""
+    return re.findall(r"[a-z]+", text.lower())
+
+
+# ----------------------------------------------------------------------------
+# 3. Text-motion joint segmentation (Sec. 3.2, Eq. 1)
+
+
+def grid_points(T: int, grid: int) -> list[int]:
+    """Candidate boundaries 0, grid, 2 grid, ..., T (T always included)."""
+    return list(range(0, T, grid)) + [T]
+
+
+def best_partition(cost: torch.Tensor, points: list[int]) -> tuple[list[tuple[int, int]], float]:
+    """Exact minimiser of Eq. (1) over contiguous partitions on the grid, by dynamic programming.
+
+    cost (N, P, P): cost[n, a, b] = 1 - cos(E_t(t^n), E_m(m[points[a]:points[b]])), +inf where a
+    segment is not allowed. Segments chain (s_{n+1} = e_n), the first starts at points[0] = 0 and
+    the last ends at points[-1] = T. Returns ([(s_n, e_n)] in frames, the minimal total cost).
+
+        best[0][b] = cost[0, 0, b]
+        best[n][b] = min_a best[n-1][a] + cost[n, a, b]      (a < b)
+    """
+    N, P, _ = cost.shape
+    assert P == len(points), f"cost is over {P} grid points, {len(points)} given"
+    best = cost[0, 0].clone()                                          # (P,) one segment from 0 to b
+    choices = []
+    for n in range(1, N):
+        total = best[:, None] + cost[n]                                # (P a, P b)
+        best, arg = total.min(dim=0)                                   # (P,), (P,)
+        choices.append(arg)
+    if not torch.isfinite(best[-1]):
+        raise ValueError(f"no partition of {points[-1]} frames into {N} allowed segments")
+    ends = [P - 1]
+    for arg in reversed(choices):  # backtrack the start of each segment
+        ends.append(int(arg[ends[-1]]))
+    ends = ends[::-1]                                                  # N grid indices of the ends
+    starts = [0] + ends[:-1]
+    return [(points[a], points[b]) for a, b in zip(starts, ends)], float(best[-1])
+
+
+def candidate_segments(T: int, n_max: int, grid: int, min_len: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """The grid points and the (a, b) index pairs any partition into up to n_max sub-texts uses:
+    with n_max = 2 only segments touching 0 or T, from 3 every pair; each at least min_len long."""
+    points = grid_points(T, grid)
+    P = len(points)
+    pairs = [(a, b) for a in range(P) for b in range(a + 1, P)
+             if points[b] - points[a] >= min_len and (n_max >= 3 or a == 0 or b == P - 1)]
+    return points, pairs
+
+
+def _one_direction(gru: nn.GRU, reverse: bool) -> nn.GRU:
+    """A one-directional GRU holding the forward (or the reverse) weights of a bidirectional one."""
+    one = nn.GRU(gru.input_size, gru.hidden_size, batch_first=True).to(gru.weight_ih_l0)
+    for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+        getattr(one, name).data.copy_(getattr(gru, name + ("_reverse" if reverse else "")))
+    return one
+
+
+def _run(gru: nn.GRU, sequences: list[torch.Tensor]) -> torch.Tensor:
+    """Every step's state of a one-directional GRU over sequences of different lengths (n, K, H)."""
+    packed = nn.utils.rnn.pack_sequence(sequences, enforce_sorted=False)
+    states, _ = nn.utils.rnn.pad_packed_sequence(gru(packed)[0], batch_first=True)
+    return states
+
+
+@torch.no_grad()
+def embed_segments(embedder, motion: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """Unit-norm E_m(m[s:e]) for each span of one motion (T, D) -> (S, E), equal to
+    `embedder.encode_motion(m[s:e])` of metrics.TextMotionEmbedder (a test checks it), with the
+    work that overlapping clips share done once.
+
+    encode_motion runs two convolutions (kernel 4, stride 2, padding 1: one GRU step per 4
+    frames) and a bidirectional GRU. For a clip whose bounds are multiples of 4, step k reads
+    the same frames as step s/4 + k of the whole motion, except that the clip sees zeros where
+    the motion has frames before s or from e on. That changes only its first step (it depends
+    on s alone) and its last step (on e alone). So, per motion:
+      1. the convolutions run once over the whole motion, plus one first-step input per start
+         and one last-step input per end (with the zeros put in);
+      2. the forward GRU runs once per start over the rest of the motion; a clip's forward
+         state is one more GRU step, on its last-step input, from the state at its step K - 2;
+      3. the backward GRU runs once per end, down to frame 0; a clip's backward state is one
+         more step, on its first-step input, from the state after its steps K-1 .. 1;
+      4. the output head on both states, as encode_motion."""
+    assert not embedder.training, "call embedder.eval() (dropout)"
+    T, D = motion.shape
+    step = DOWNSAMPLE  # 4 frames per GRU step
+    assert all(s % step == 0 and e % step == 0 and e - s >= 2 * step for s, e in spans), \
+        f"span bounds must be multiples of {step} frames, spans at least {2 * step} long"
+    conv1, conv2, motion_in = embedder.conv1, embedder.conv2, embedder.motion_in
+    x = motion[:, :D - FOOT_CONTACT_DIMS]                              # (T, D'), as encode_motion
+    frames = F.pad(x, (0, 0, 1, 1))                                    # (T+2, D'): row i is frame i - 1
+    c1 = conv1(x.T[None])[0].T                                         # (T/2, H1) before the activation
+    a1 = F.leaky_relu(c1, 0.2)                                         # (T/2, H1)
+    inner = motion_in(F.leaky_relu(conv2(a1.T[None])[0].T, 0.2))       # (T/4, Hg) GRU inputs, whole motion
+
+    def gru_input(window: torch.Tensor) -> torch.Tensor:               # (n, 4, H1) -> (n, Hg), one step
+        return motion_in(F.leaky_relu(F.conv1d(window.transpose(1, 2), conv2.weight, conv2.bias)[..., 0], 0.2))
+
+    # 1. first-step inputs (first conv output misses frame s - 1) and last-step inputs (misses frame e)
+    starts, ends = sorted({s for s, _ in spans}), sorted({e for _, e in spans})
+    s_, e_ = torch.tensor(starts, device=x.device), torch.tensor(ends, device=x.device)
+    zero = a1.new_zeros(len(starts), a1.shape[1])
+    first = F.leaky_relu(c1[s_ // 2] - frames[s_] @ conv1.weight[:, :, 0].T, 0.2)       # (nS, H1)
+    x_first = gru_input(torch.stack([zero, first, a1[s_ // 2 + 1], a1[s_ // 2 + 2]], 1))  # (nS, Hg)
+    zero = a1.new_zeros(len(ends), a1.shape[1])
+    last = F.leaky_relu(c1[e_ // 2 - 1] - frames[e_ + 1] @ conv1.weight[:, :, 3].T, 0.2)  # (nE, H1)
+    x_last = gru_input(torch.stack([a1[e_ // 2 - 3], a1[e_ // 2 - 2], last, zero], 1))  # (nE, Hg)
+    # 2-3. one GRU run per start (forward) and per end (backward, reversed in time)
+    fwd, bwd = _one_direction(embedder.motion_gru, False), _one_direction(embedder.motion_gru, True)
+    fwd_states = _run(fwd, [torch.cat([x_first[i:i + 1], inner[s // step + 1:]]) for i, s in enumerate(starts)])
+    # fwd_states (nS, K, Hg): state after the clip's steps 0..k
+    bwd_states = _run(bwd, [torch.cat([x_last[i:i + 1], inner[:e // step - 1].flip(0)]) for i, e in enumerate(ends)])
+    # bwd_states (nE, K, Hg): state after the clip's steps K-1 down to K-1-k
+    # each clip: one more step in each direction
+    start_row, end_row = {s: i for i, s in enumerate(starts)}, {e: i for i, e in enumerate(ends)}
+    si = torch.tensor([start_row[s] for s, _ in spans], device=x.device)      # (S,)
+    ei = torch.tensor([end_row[e] for _, e in spans], device=x.device)
+    n = torch.tensor([(e - s) // step for s, e in spans], device=x.device)   # K of each clip
+    h_fwd, _ = fwd(x_last[ei][:, None], fwd_states[si, n - 2][None])   # (S, 1, Hg)
+    h_bwd, _ = bwd(x_first[si][:, None], bwd_states[ei, n - 2][None])
+    # 4. the head of encode_motion on [forward, backward]
+    return F.normalize(embedder.motion_out(torch.cat([h_fwd[:, 0], h_bwd[:, 0]], -1)), dim=-1)
+
+
+@torch.no_grad()
+def joint_segmentation(embedder, tokenizer, motion: torch.Tensor, captions_subtexts: list[list[str]],
+                       grid: int, min_len: int) -> list[list[tuple[int, int]]]:
+    """Eq. (1) for one motion (T, D) and each of its captions (given as sub-text lists) ->
+    per caption [(s_n, e_n)] in frames. Segment embeddings are computed once per motion and
+    shared by its captions; a caption with one sub-text gets the whole motion."""
+    T = len(motion)
+    n_max = max(len(s) for s in captions_subtexts)
+    out = [[(0, T)] for _ in captions_subtexts]
+    if n_max == 1:
+        return out
+    assert grid % DOWNSAMPLE == 0 and T % DOWNSAMPLE == 0, \
+        f"boundaries on the embedder's {DOWNSAMPLE}-frame steps: grid and T must be multiples of {DOWNSAMPLE}"
+    assert n_max <= T // grid, f"{n_max} sub-texts cannot share {T} frames on a grid of {grid}"
+    # a motion too short for n_max segments of min_len gets shorter ones (never below 2 steps)
+    min_len = max(grid, 2 * DOWNSAMPLE, min(min_len, grid * (T // (grid * n_max))))
+    points, pairs = candidate_segments(T, n_max, grid, min_len)
+    seg = embed_segments(embedder, motion, [(points[a], points[b]) for a, b in pairs])   # (S, E)
+    a_idx, b_idx = (torch.tensor(x, device=motion.device) for x in zip(*pairs))
+    texts = [t for subtexts in captions_subtexts for t in subtexts]
+    text = F.normalize(embedder.encode_text(tokenizer(texts).to(motion.device)), dim=-1)   # (sum N, E)
+    offset = 0
+    for k, subtexts in enumerate(captions_subtexts):
+        N, offset = len(subtexts), offset + len(subtexts)
+        if N == 1:
+            continue
+        cost = torch.full((N, len(points), len(points)), math.inf, device=motion.device)
+        # Eq. (1): cost of sub-text n on segment (a, b) = 1 - cos(E_t(t^n), E_m(m[s:e]))
+        cost[:, a_idx, b_idx] = 1.0 - text[offset - N:offset] @ seg.T  # (N, S)
+        out[k], _ = best_partition(cost.cpu(), points)
+    return out
+
+
+# ----------------------------------------------------------------------------
+# 4. The attention prior (Eq. 4)
+
+
+def gaussian_prior(T: int, bounds: torch.Tensor) -> torch.Tensor:
+    """bounds (B, 2) = (s_n, e_n) of the segment holding w -> prior (B, T) over all frames.
+
+    Eq. (4): prior(t) = exp(-(t - c_n)^2 / (2 sigma_n^2)), c_n = (s_n + e_n) / 2,
+    sigma_n = (e_n - s_n) / 2; over 0 <= t < T (Tab. 6: better than inside the segment only)."""
+    s, e = bounds[:, 0:1].float(), bounds[:, 1:2].float()              # (B, 1)
+    assert bool((e > s).all()), "every segment needs e_n > s_n"
+    t = torch.arange(T, device=bounds.device, dtype=torch.float32)[None]  # (1, T)
+    center, sigma = (s + e) / 2, (e - s) / 2
+    # Eq. (4): exp(-(t - c_n)^2 / (2 sigma_n^2))
+    return torch.exp(-((t - center) ** 2) / (2 * sigma ** 2))          # (B, T)
+
+
+# ----------------------------------------------------------------------------
+# 5. Configuration and modules (Eqs. 2-3)
+
+
+@dataclass
+class MATEConfig:
+    # The paper does not describe its motion encoder/decoder; TMR's (Petrovich et al. 2023,
+    # the retrieval family MATE's segmentation model belongs to) sizes are used.
+    latent_dim: int = 256        # TMR latent_dim: E, the width of f^m, F^m and Proj's output
+    n_layers: int = 6            # TMR num_layers (encoder and decoder each)
+    n_heads: int = 4             # TMR num_heads; also the heads of MultiHead in Eq. (2)
+    ff_dim: int = 1024           # TMR ff_size
+    dropout: float = 0.1         # TMR dropout
+    max_len: int = 196           # HumanML3D's longest clip (positions of the decoder)
+    prior_lambda: float = 1.0    # ours: lambda of Eq. (3), not given in the paper
+    temperature: float = 0.1     # TMR's InfoNCE temperature; tau of Eqs. (5)-(6) is not given
+    lambda_word: float = 1.0     # ours: lambda_1 of Eq. (8), not given
+    lambda_sent: float = 1.0     # ours: lambda_2 of Eq. (8), not given
+    segment_grid: int = 4        # ours: Eq. (1) boundaries every 4 frames (HumanML3D's length unit)
+    min_segment: int = 16        # ours: shortest segment, 0.8 s at 20 fps
+    # the probe's word pairs, close in language, apart in motion (Sec. 3.1, Figs. 4-5; issue 9)
+    word_pairs: tuple[str, ...] = ("clockwise:counterclockwise", "left:right", "forward:backward",
+                                   "slowly:quickly")
+    probe_captions: int = 64     # ours: test captions per word pair in the probe (2 motions each)
+
+
+def _masked_transformer(cfg: MATEConfig) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(cfg.latent_dim, cfg.n_heads, cfg.ff_dim, cfg.dropout,
+                                       activation="gelu", batch_first=True)
+    return nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+
+
+class MotionEncoder(nn.Module):
+    """motion (B, T, D) -> sequence feature f^m (B, E) (a learned summary token, as TMR/ACTOR)
+    and frame features F^m (B, T, E)."""
+
+    def __init__(self, cfg: MATEConfig, feat_dim: int):
+        super().__init__()
+        self.embed = nn.Linear(feat_dim, cfg.latent_dim)
+        self.token = nn.Parameter(torch.randn(cfg.latent_dim) * 0.02)
+        self.register_buffer("pos", sinusoidal_positions(cfg.max_len + 1, cfg.latent_dim), persistent=False)
+        self.transformer = _masked_transformer(cfg)
+
+    def forward(self, motion: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, D = motion.shape
+        assert T + 1 <= len(self.pos), f"{T} frames exceed max_len={len(self.pos) - 1}"
+        x = torch.cat([self.token.expand(B, 1, -1), self.embed(motion)], dim=1) + self.pos[:T + 1]  # (B, 1+T, E)
+        mask = torch.cat([valid.new_ones(B, 1), valid], dim=1)         # (B, 1+T)
+        h = self.transformer(x, src_key_padding_mask=~mask)            # (B, 1+T, E)
+        return h[:, 0], h[:, 1:]                                       # (B, E), (B, T, E)
+
+
+class MotionDecoder(nn.Module):
+    """f^m (B, E) -> motion (B, T, D): one query per frame (position + f^m), a transformer, a
+    linear read-out (L_rec keeps f^m informative, Sec. 3.4)."""
+
+    def __init__(self, cfg: MATEConfig, feat_dim: int):
+        super().__init__()
+        self.register_buffer("pos", sinusoidal_positions(cfg.max_len, cfg.latent_dim), persistent=False)
+        self.transformer = _masked_transformer(cfg)
+        self.out = nn.Linear(cfg.latent_dim, feat_dim)
+
+    def forward(self, f_m: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        B, T = valid.shape
+        x = self.pos[:T][None] + f_m[:, None]                          # (B, T, E)
+        return self.out(self.transformer(x, src_key_padding_mask=~valid)) * valid[..., None]  # (B, T, D)
+
+
+class MATE(nn.Module):
+    """The trainable parts of MATE: the word table WE (a copy of the text encoder's, bound to it
+    with `bind_word_table`), Proj, the motion encoder and decoder, the word-query attention,
+    the K prototypes and a text head giving f^t from the text encoder's c."""
+
+    def __init__(self, cfg: MATEConfig, feat_dim: int, word_table: torch.Tensor, text_dim: int,
+                 n_prototypes: int):
+        super().__init__()
+        W, E = word_table.shape[1], cfg.latent_dim
+        self.cfg = cfg
+        self.word_table = nn.Parameter(word_table.detach().clone())    # (V, W) WE, Sec. 3.4
+        self.proj = nn.Linear(W, E)                                    # Proj of Eqs. (3) and (6)
+        self.motion_encoder = MotionEncoder(cfg, feat_dim)
+        self.attention = nn.MultiheadAttention(E, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
+        self.prototypes = nn.Parameter(torch.zeros(n_prototypes, E))   # (K, E) f^p, see init_prototypes
+        self.text_head = nn.Linear(text_dim, E)                        # f^t = text_head(c)
+        self.motion_decoder = MotionDecoder(cfg, feat_dim)
+
+    def word_vectors(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """WE(w): the mean of the table rows of each word's BPE pieces. ids, mask (B, P) -> (B, W)."""
+        rows = self.word_table[ids] * mask[..., None]                  # (B, P, W)
+        return rows.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+
+    @torch.no_grad()
+    def init_prototypes(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        """Prototype k starts at Proj(WE(lemma_k)) (Sec. 4.1: initialised from the word embeddings)."""
+        assert ids.shape[0] == len(self.prototypes), f"{ids.shape[0]} lemmas for {len(self.prototypes)} prototypes"
+        self.prototypes.copy_(self.proj(self.word_vectors(ids, mask)))
+
+    def attend(self, query: torch.Tensor, frames: torch.Tensor, valid: torch.Tensor,
+               prior: torch.Tensor | None) -> torch.Tensor:
+        """Eqs. (2)-(3): query (B, Q, E) over frames F^m (B, T, E) -> (B, Q, E);
+        K = (1 + lambda prior) * F^m, V = F^m; prior (B, T) or None (K = F^m)."""
+        # Eq. (3): K = (1 + lambda AttentionPrior) * F^m, V = F^m
+        keys = frames if prior is None else (1 + self.cfg.prior_lambda * prior[..., None]) * frames  # (B, T, E)
+        # Eq. (2): f_word^m = MultiHead(Q, K, V)
+        out, _ = self.attention(query, keys, frames, key_padding_mask=~valid, need_weights=False)
+        return out
+
+    def forward(self, batch: dict, c: torch.Tensor) -> dict:
+        """batch from `record_batches` (on the model's device), c (B, C) the text encoder's
+        embedding of the captions (computed through the bound table) -> every feature of Sec. 3."""
+        motion, lengths = batch["motion"], batch["lengths"]
+        B, T, D = motion.shape
+        valid = torch.arange(T, device=motion.device)[None] < lengths[:, None]   # (B, T)
+        f_m, frames = self.motion_encoder(motion, valid)               # (B, E), (B, T, E)
+        # Eq. (3): Q = Proj(WE(w)); also f^e of Eq. (6)
+        f_e = self.proj(self.word_vectors(batch["word_ids"], batch["word_mask"]))  # (B, E)
+        prior = gaussian_prior(T, batch["bounds"])                     # (B, T), Eq. (4)
+        f_self = self.attend(f_e[:, None], frames, valid, prior)[:, 0]  # (B, E)  f_{w_i}^{m_i}
+        # every word of the batch queries every motion: f_cross[i, j] = f_{w_j}^{m_i}
+        f_cross = self.attend(f_e[None].expand(B, B, -1), frames, valid, None)   # (B, B, E)
+        return {"f_m": f_m, "f_e": f_e, "f_self": f_self, "f_cross": f_cross,
+                "f_t": self.text_head(c), "motion_hat": self.motion_decoder(f_m, valid)}
+
+
+def bind_word_table(text, model: MATE) -> None:
+    """Make the text encoder (clip.TextEncoder) read its token table from model.word_table, so
+    the gradient of anything computed from text.encode_ids reaches the table; every other
+    parameter of the text encoder stays frozen. Use a text encoder of its own for training."""
+    table = text.word_embeddings
+    assert tuple(table.weight.shape) == tuple(model.word_table.shape), \
+        f"table {tuple(model.word_table.shape)} does not fit the encoder's {tuple(table.weight.shape)}"
+    table.weight = model.word_table
+    text.cache.clear()
+
+
+# ----------------------------------------------------------------------------
+# 6. Losses (Eqs. 5-8), plain functions of tensors
+
+
+def self_loss(f_word: torch.Tensor, prototypes: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
+    """Eq. (5): mean_i -log softmax_k(cos(f_wi^mi, f_wk^p) / tau)[target_i].
+    f_word (B, E), prototypes (K, E), target (B,) prototype index of each w_i."""
+    logits = F.normalize(f_word, dim=-1) @ F.normalize(prototypes, dim=-1).T / tau   # (B, K)
+    # Eq. (5): -log exp(cos(f_wi^mi, f_wi^p)/tau) / sum_k exp(cos(f_wi^mi, f_wk^p)/tau), mean over i
+    return F.cross_entropy(logits, target)
+
+
+def cross_loss(f_self: torch.Tensor, f_cross: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Sec. 3.3: mean over negative pairs (i, j) of |cos(f_wi^mi, f_wj^mi)| + |cos(f_wi^mi, f_wi^mj)|.
+    f_self (B, E); f_cross (B, B, E) with f_cross[i, j] = f_{w_j}^{m_i}; negative (B, B) bool."""
+    if not bool(negative.any()):
+        return f_self.new_zeros(())
+    a = F.normalize(f_self, dim=-1)                                    # (B, E)
+    cross = F.normalize(f_cross, dim=-1)                               # (B, B, E)
+    word_in_motion = (a[:, None] * cross).sum(-1).abs()               # [i, j] = |cos(f_wi^mi, f_wj^mi)|
+    motion_by_word = (a[:, None] * cross.transpose(0, 1)).sum(-1).abs()  # [i, j] = |cos(f_wi^mi, f_wi^mj)|
+    # L_cross = 1/|N| sum_{(i,j) in N} |cos(f_wi^mi, f_wj^mi)| + |cos(f_wi^mi, f_wi^mj)|
+    return (word_in_motion + motion_by_word)[negative].mean()
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float, same: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE on cosine similarities of paired rows a (B, E), b (B, E):
+    1/(2B) sum_i [-log softmax_j(cos(a_i, b_j)/tau)[i] - log softmax_j(cos(b_i, a_j)/tau)[i]]
+    (Eq. 6 with a = f^e, b = f^m_w; L_sent with a = f^t, b = f^m). same (B, B) bool marks
+    off-diagonal pairs that are not negatives (left out of the softmax)."""
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau   # (B, B)
+    if same is not None:
+        eye = torch.eye(len(a), dtype=torch.bool, device=a.device)
+        logits = logits.masked_fill(same & ~eye, float("-inf"))
+    target = torch.arange(len(a), device=a.device)
+    # Eq. (6): 1/(2|V|) sum_i [-log p(b_i | a_i) - log p(a_i | b_i)]
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def rec_loss(pred: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """L_rec: mean squared error over the valid frames of (B, T, D)."""
+    valid = torch.arange(target.shape[1], device=target.device)[None] < lengths[:, None]   # (B, T)
+    return F.mse_loss(pred[valid], target[valid])
+
+
+def mate_loss(out: dict, batch: dict, prototypes: torch.Tensor, cfg: MATEConfig) -> tuple[torch.Tensor, dict]:
+    """Eqs. (5)-(8) from MATE.forward's features -> (L_all, parts)."""
+    tau = cfg.temperature
+    l_self = self_loss(out["f_self"], prototypes, batch["target"], tau)                # Eq. (5)
+    l_cross = cross_loss(out["f_self"], out["f_cross"], batch["negative"])             # Sec. 3.3
+    l_align = info_nce(out["f_e"], out["f_self"], tau, batch["same_word"])             # Eq. (6)
+    # Eq. (7): L_word = L_self + L_cross + L_align
+    l_word = l_self + l_cross + l_align
+    l_sent = info_nce(out["f_t"], out["f_m"], tau, batch["same_motion"])
+    l_rec = rec_loss(out["motion_hat"], batch["motion"], batch["lengths"])
+    # Eq. (8): L_all = L_rec + lambda_1 L_word + lambda_2 L_sent
+    total = l_rec + cfg.lambda_word * l_word + cfg.lambda_sent * l_sent
+    parts = {"self": l_self, "cross": l_cross, "align": l_align, "sent": l_sent, "rec": l_rec}
+    return total, {k: v.detach() for k, v in parts.items()}
+
+
+# ----------------------------------------------------------------------------
+# 7. Training records: (motion, caption, sub-texts, segments, words), and their batches
+
+
+@dataclass
+class Record:
+    name: str
+    motion: torch.Tensor                  # (T, D) normalized, T a multiple of the dataset's unit
+    caption: str
+    bounds: list[tuple[int, int]]         # (s_n, e_n) frames of each sub-text's segment, Eq. (1)
+    words: list[tuple[str, int]]          # (content word, index of its sub-text): candidates for w
+    lemmas: frozenset[str]                # every lemma of the caption (negative pairs, Sec. 3.3)
+
+
+def prepare_records(dataset, embedder, tokenizer, cfg: MATEConfig, device, log=print) -> list[Record]:
+    """One Record per (item, caption) of a data.MotionTextDataset: the caption split into
+    sub-texts and the motion segmented against them by Eq. (1), once (the embedder is frozen).
+    Motions start at frame 0 (bounds are frame indices of the whole clip). Captions without a
+    content word (nothing to query) are left out."""
+    records = []
+    threads = torch.get_num_threads()
+    # note: one motion at a time makes small tensors; on a busy shared CPU, a second intra-op
+    # thread spin-waits more than it computes (measured 10-100x slower with 2 threads there)
+    torch.set_num_threads(1)
+    try:
+        for name, raw, captions in dataset.items:
+            records += _item_records(name, raw, captions, dataset, embedder, tokenizer, cfg, device)
+    finally:
+        torch.set_num_threads(threads)
+    left_out = sum(len(captions) for _, _, captions in dataset.items) - len(records)
+    log(f"[mate] {len(records)} (motion, caption) records from {len(dataset)} motions"
+        + (f", {left_out} captions without a content word left out" if left_out else ""))
+    return records
+
+
+def _item_records(name, raw, captions, dataset, embedder, tokenizer, cfg: MATEConfig, device) -> list[Record]:
+    T = (len(raw) // dataset.unit) * dataset.unit
+    motion = torch.from_numpy(dataset.normalize(raw[:T])).float()      # (T, D)
+    # a caption with more sub-texts than grid cells keeps its tail as one sub-text
+    cells = T // cfg.segment_grid
+    subtexts = [subs[:cells - 1] + [" ".join(subs[cells - 1:])] if len(subs) > cells else subs
+                for subs in (split_caption(c) for c in captions)]
+    bounds = joint_segmentation(embedder, tokenizer, motion.to(device), subtexts, cfg.segment_grid, cfg.min_segment)
+    records = []
+    for caption, subs, b in zip(captions, subtexts, bounds):
+        words = [(w, n) for n, sub in enumerate(subs) for w in words_of(sub) if w not in FUNCTION_WORDS]
+        if words:
+            records.append(Record(name, motion, caption, b, words, frozenset(lemmatize(w) for w in words_of(caption))))
+    return records
+
+
+def segmentation_report(records: list[Record], segments: dict[str, dict]) -> dict:
+    """Eq. (1) against known action boundaries (the synthetic dataset's segments.json, bounds in
+    frames): the share of captions split into as many sub-texts as their motion has actions
+    (cf. the paper's Tab. 7 "text decomposition accuracy"), and over those with at least two
+    actions, the mean |predicted - true| inner boundary in frames (Tab. 7 "segmentation
+    error"), for Eq. (1) and for the even split of the motion into N parts."""
+    matched, errors, even = 0, [], []
+    known = [r for r in records if r.name in segments]
+    for r in known:
+        truth = [e for _, e in segments[r.name]["bounds"][:-1]]       # inner boundaries
+        if len(truth) + 1 != len(r.bounds):
+            continue
+        matched += 1
+        T = len(r.motion)
+        for k, t in enumerate(truth):
+            errors.append(abs(r.bounds[k][1] - t))
+            even.append(abs(round((k + 1) * T / len(r.bounds)) - t))
+    return {"captions": len(known), "decomposition_accuracy": matched / max(len(known), 1),
+            "boundaries": len(errors), "boundary_error_frames": float(np.mean(errors)) if errors else float("nan"),
+            "even_split_error_frames": float(np.mean(even)) if even else float("nan")}
+
+
+def vocabulary(records: list[Record]) -> list[str]:
+    """The lemmas of the training captions, sorted: one prototype each (K = len)."""
+    return sorted({lemma for r in records for lemma in r.lemmas})
+
+
+def word_ids(tokenizer, words: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """BPE ids of each word, padded: ids (N, P) long, mask (N, P) float."""
+    pieces = [tokenizer.encode(w) for w in words]
+    assert all(pieces), "every word needs at least one token"
+    P = max(len(p) for p in pieces)
+    ids = torch.zeros(len(words), P, dtype=torch.long)
+    mask = torch.zeros(len(words), P)
+    for i, p in enumerate(pieces):
+        ids[i, :len(p)], mask[i, :len(p)] = torch.tensor(p), 1.0
+    return ids, mask
+
+
+def collate_records(records: list[Record], tokenizer, lemma_index: dict[str, int],
+                    rng: np.random.Generator) -> dict:
+    """A batch for MATE.forward / mate_loss, with one word w drawn per record."""
+    B = len(records)
+    picks = [r.words[rng.integers(len(r.words))] for r in records]
+    words = [w for w, _ in picks]
+    lemmas = [lemmatize(w) for w in words]
+    lengths = torch.tensor([len(r.motion) for r in records])
+    motion = torch.zeros(B, int(lengths.max()), records[0].motion.shape[1])   # (B, Tmax, D)
+    for i, r in enumerate(records):
+        motion[i, :len(r.motion)] = r.motion
+    ids, mask = word_ids(tokenizer, words)
+    # (i, j) is a negative pair when neither caption holds the other's word (Sec. 3.3)
+    absent = torch.tensor([[lemmas[j] not in records[i].lemmas for j in range(B)] for i in range(B)])
+    same_word = torch.tensor([[a == b for b in lemmas] for a in lemmas])
+    same_motion = torch.tensor([[a.name == b.name for b in records] for a in records])
+    ids_text = tokenizer([r.caption for r in records])                # (B, 77)
+    # note: CLIP's attention is causal, so the tokens after the last end token change nothing
+    # in c: cut them (as clip.TextEncoder.encode_cached does) for a 2-4x cheaper text pass
+    ids_text = ids_text[:, :int((ids_text == tokenizer.eot_id).int().argmax(1).max()) + 1]
+    return {"motion": motion, "lengths": lengths, "ids": ids_text,
+            "word_ids": ids, "word_mask": mask, "target": torch.tensor([lemma_index[l] for l in lemmas]),
+            "bounds": torch.tensor([r.bounds[n] for r, (_, n) in zip(records, picks)]),
+            "negative": absent & absent.T, "same_word": same_word, "same_motion": same_motion,
+            "caption": [r.caption for r in records], "word": words}
+
+
+def record_batches(records: list[Record], batch_size: int, seed: int, tokenizer, lemma_index: dict[str, int]):
+    """An endless stream of batches (collate_records) of similar motion lengths, as
+    train.batches: each pass shuffles the records, sorts windows of 50 batches by length and
+    shuffles the batches, so little of a batch is padding while the order stays random."""
+    if len(records) < batch_size:
+        raise ValueError(f"{len(records)} MATE records, fewer than one batch of {batch_size}")
+    rng = np.random.default_rng(seed)
+    lengths = np.array([len(r.motion) for r in records])
+    window = 50 * batch_size
+    while True:
+        order, groups = rng.permutation(len(records)), []
+        for start in range(0, len(order), window):
+            chunk = order[start:start + window]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            groups += [chunk[i:i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
+        for g in rng.permutation(len(groups)):
+            yield collate_records([records[i] for i in groups[g]], tokenizer, lemma_index, rng)
+
+
+# ----------------------------------------------------------------------------
+# 8. The word-level probe (Sec. 4.4, Figs. 4-5): near-synonyms in language, opposites in motion
+
+
+def parse_pairs(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
+    """("clockwise:counterclockwise", ...) -> [("clockwise", "counterclockwise"), ...]."""
+    out = [tuple(p.split(":")) for p in pairs]
+    bad = [p for p in out if len(p) != 2 or not all(p)]
+    if bad:
+        raise ValueError(f"mate.word_pairs: expected 'word:word' items, got {pairs}")
+    return out
+
+
+def word_cosine(table: torch.Tensor, tokenizer, a: str, b: str) -> float:
+    """cos(WE(a), WE(b)) in a word table (V, W), WE the mean over BPE pieces."""
+    ids, mask = word_ids(tokenizer, [a, b])
+    ids, mask = ids.to(table.device), mask.to(table.device)
+    vec = (table[ids] * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)   # (2, W)
+    return float(F.cosine_similarity(vec[0], vec[1], dim=0))
+
+
+def swap_word(caption: str, a: str, b: str) -> str | None:
+    """The caption with the whole word a replaced by b (None when a is absent)."""
+    pattern = re.compile(rf"\b{re.escape(a)}\b", re.IGNORECASE)
+    return pattern.sub(b, caption) if pattern.search(caption) else None
+
+
+def caption_pairs(captions: list[str], a: str, b: str, limit: int) -> list[tuple[str, str]]:
+    """Up to `limit` (caption, the same caption with a <-> b swapped) pairs, from captions
+    holding a and from captions holding b (half each when both exist)."""
+    found = {w: [(c, swap_word(c, w, o)) for c in dict.fromkeys(captions) if swap_word(c, w, o)]
+             for w, o in ((a, b), (b, a))}
+    half = max(limit // 2, limit - len(found[b]))
+    return (found[a][:half] + found[b])[:limit]
+
+
+@torch.no_grad()
+def pair_accuracy(generate_fn, evaluator, tokenizer, pairs: list[tuple[str, str]],
+                  length: int) -> tuple[float, float]:
+    """How often a motion generated from one caption of a pair lies closer (Euclidean, the
+    evaluator's metric space) to its own caption than to the other one -> (mean, 95% CI half
+    width) over the 2 x len(pairs) motions. generate_fn(captions, lengths (B,)) -> normalized
+    motions (B, T, D). 0.5 = the word makes no difference the evaluator can see."""
+    if not pairs:
+        return float("nan"), float("nan")
+    first, second = [p[0] for p in pairs], [p[1] for p in pairs]
+    captions = first + second
+    lengths = torch.full((len(captions),), length, dtype=torch.long)
+    device = next(evaluator.parameters()).device
+    motion = evaluator.encode_motion(generate_fn(captions, lengths).to(device), lengths.to(device))  # (2M, E)
+    own = evaluator.encode_text(tokenizer(captions).to(device))                          # (2M, E)
+    other = evaluator.encode_text(tokenizer(second + first).to(device))                  # (2M, E)
+    correct = (motion - own).norm(dim=-1) < (motion - other).norm(dim=-1)   # (2M,)
+    return mean_ci(correct.float().cpu().numpy())
