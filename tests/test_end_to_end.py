@@ -31,6 +31,8 @@ SMOKE = [
     "lamp.vq_codes=16", "lamp.vq_code_dim=8", "lamp.vq_width=16", "lamp.vq_depth=1", "lamp.hidden_size=16",
     "lamp.n_layers=1", "lamp.n_heads=2", "lamp.ff_dim=32", "lamp.embed_dim=8",
     "lamp_vq_train.steps=3", "lamp_train.steps=3", "lamp_vq_train.batch_size=8", "lamp_train.batch_size=8",
+    "mate.latent_dim=16", "mate.n_layers=1", "mate.ff_dim=32", "mate_train.steps=3", "mate_train.batch_size=8",
+    "mate.probe_captions=2",
 ]
 
 
@@ -55,7 +57,8 @@ def test_every_stage_wrote_its_outputs(smoke_run):
     for stage in train.ALL_ORDER:
         figures = json.loads((run / f"{stage}.json").read_text())
         assert figures["wall_time_s"] >= 0
-    for name in ("vae", "diffusion", "projector", "evaluator", "alignment", "diffusion_atm",
+    for name in ("vae", "diffusion", "projector", "evaluator", "alignment", "diffusion_atm", "mate",
+                 "diffusion_mate", "projector_mate", "lamp", "lamp_vq",
                  *train.PROJECTOR_ABLATIONS):
         state = train.load_checkpoint(run / f"{name}.pt", name)
         assert state["done"] and state["step"] == 3
@@ -68,6 +71,8 @@ def test_results_table_has_the_papers_rows(smoke_run):
     assert list(rows)[:3] == ["Real", "MLD", "LEAD"]
     assert "LEAD w/o L_align" in rows and "LEAD (mlp)" in rows
     assert "MLD+ATM" in rows and "LEAD+ATM" in rows
+    assert "MLD+MATE" in rows and "LEAD+MATE" in rows
+    assert "mate_probe" in results and "mate_segmentation" in results
     assert {"Real", "MTI_lead", "MTI_lead w/ project"} <= set(results["mti"]["rows"])
     assert "mti_styles" in results
     assert "MModality" in rows["LEAD"] and "MModality" not in rows["Real"]
