@@ -687,8 +687,6 @@ def stage_vae(run: Run) -> dict:
             "val_root_relative_error_m": round(relative, 5)}
 
 
-
-
 def train_denoiser(run: Run, name: str, text: TextEncoder, latents: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """The latent denoiser conditioned on `text`'s c, VAE and text encoder frozen (LEAD Sec.
     4.1.2), on latents = (mu, logvar) of the training motions' VAE posteriors (encode_latents),
@@ -727,8 +725,6 @@ PROJECTOR_ABLATIONS = {  # LEAD Tab. 6: run name -> overrides of the projector c
     "projector_no_var": {"lambda_var": 0.0},
     "projector_mlp": {"kind": "mlp"},
 }
-
-
 
 
 def train_projector(run: Run, name: str, text: TextEncoder, latents: tuple[torch.Tensor, torch.Tensor],
@@ -1033,8 +1029,6 @@ def stage_lamp(run: Run) -> dict:
             "retrieval": {name: {k: v[0] for k, v in r.items()} for name, r in rows.items()}}
 
 
-
-
 class Pipeline:
     """The frozen models of a finished LEAD run, and text -> motion with or without realignment."""
 
@@ -1103,7 +1097,6 @@ def atm_eval_rows(run: Run, realigner: projector.Projector, evaluate) -> dict:
         print(f"[eval] {name}")
         rows[name] = evaluate(lambda captions, lengths, r=r: pipe.generate(captions, lengths, r))
     return rows
-
 
 
 def mate_eval_rows(run: Run, evaluate) -> dict:

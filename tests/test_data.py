@@ -1,6 +1,5 @@
 """Tests for data.py: the HumanML3D feature representation, the dataset reader, and the
 embedded synthetic dataset."""
-import json
 import re
 from pathlib import Path
 
