@@ -716,7 +716,8 @@ def stage_diffusion(run: Run) -> dict:
     """Stage 2: the latent denoiser, VAE and text encoder frozen (LEAD Sec. 4.1.2)."""
     train = open_split(run, "train")
     print(f"[diffusion] encoding {len(train)} training motions once")
-    return train_denoiser(run, conditioned(run, "diffusion"), text_encoder(run), encode_latents(load_vae(run), train, run.device))
+    latents = encode_latents(load_vae(run), train, run.device)
+    return train_denoiser(run, conditioned(run, "diffusion"), text_encoder(run), latents)
 
 
 PROJECTOR_ABLATIONS = {  # LEAD Tab. 6: run name -> overrides of the projector config
