@@ -676,7 +676,8 @@ def stage_vae(run: Run) -> dict:
     def loss_fn(batch):
         x, lengths = batch["motion"].to(run.device), batch["lengths"].to(run.device)
         x_hat, mu, logvar = model(x, lengths)
-        return vae.vae_loss(x_hat, x, lengths, mu, logvar, mean, std, lambda_kl=cfg.lambda_kl)
+        return vae.vae_loss(x_hat, x, lengths, mu, logvar, mean, std, lambda_kl=cfg.lambda_kl,
+                            joint_loss=cfg.joint_loss)
 
     losses = fit(run, "vae", model, cfg, loss_fn, batches(train, sched.batch_size, run.cfg.run.seed),
                  sched, {"feat_dim": train.mean.shape[0]})

@@ -113,6 +113,32 @@ def test_padded_frames_do_not_change_the_loss():
     torch.testing.assert_close(parts["joint"], torch.where(diff < 1, 0.5 * diff ** 2, diff - 0.5).mean())
 
 
+def test_root_relative_joint_loss_ignores_the_root_trajectory():
+    """Adding a constant to the root's x/z velocity (features 1:3) moves the whole recovered
+    trajectory: the global joint term changes, the root-relative one does not (root height,
+    feature 3, still counts), and the feature term sees the change either way."""
+    pytest.importorskip("data")
+    torch.manual_seed(0)
+    lengths = torch.tensor([9, 9])
+    target = torch.randn(2, 9, D)
+    mu, logvar = torch.zeros(2, 1, 8), torch.zeros(2, 1, 8)
+    mean, std = torch.zeros(D), torch.ones(D)
+    shifted = target.clone()
+    shifted[..., 1:3] += 0.3
+    _, glob = vae_loss(shifted, target, lengths, mu, logvar, mean, std, joint_loss="global")
+    _, rel = vae_loss(shifted, target, lengths, mu, logvar, mean, std, joint_loss="root_relative")
+    assert glob["joint"] > 1e-3
+    assert rel["joint"] < 1e-10
+    torch.testing.assert_close(glob["feat"], rel["feat"])
+    lifted = target.clone()
+    lifted[..., 3] += 0.3  # root height: only the root joint's y moves
+    _, rel = vae_loss(lifted, target, lengths, mu, logvar, mean, std, joint_loss="root_relative")
+    # SmoothL1 of one coordinate of 22 x 3 off by 0.3: 0.5 * 0.09 / 66 = 6.8e-4
+    torch.testing.assert_close(rel["joint"], torch.tensor(0.5 * 0.09 / 66), rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="joint_loss"):
+        vae_loss(shifted, target, lengths, mu, logvar, mean, std, joint_loss="relative")
+
+
 @pytest.mark.parametrize("cfg", [VAEConfig(), tiny_cfg(n_tokens=2, n_layers=5)],
                          ids=["paper-1x256", "tiny-2x32"])
 def test_shapes(cfg):
