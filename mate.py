@@ -65,7 +65,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from metrics import DOWNSAMPLE, FOOT_CONTACT_DIMS, mean_ci
-from projector import sinusoidal_positions
+from vae import sinusoidal_positions
 
 # ----------------------------------------------------------------------------
 # 1. Sub-text decomposition (replaces the paper's ChatGPT step, Sec. 3.2)

@@ -31,27 +31,13 @@ Differences from the paper:
 - L_rec (Eq. 5) is written as a squared L2 norm; we take its element mean (MSE), so its scale
   does not depend on the latent size. L_align is averaged over the batch.
 """
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-# ----------------------------------------------------------------------------
-# Building blocks
-
-
-def sinusoidal_positions(n: int, width: int) -> torch.Tensor:
-    """The fixed sinusoidal encoding of Vaswani et al.: (n, width)."""
-    assert width % 2 == 0, f"sinusoidal positions need an even width, got {width}"
-    pos = torch.arange(n, dtype=torch.float32)[:, None]                       # (n, 1)
-    freq = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
-    table = torch.zeros(n, width)
-    table[:, 0::2] = torch.sin(pos * freq)
-    table[:, 1::2] = torch.cos(pos * freq)
-    return table
+from vae import sinusoidal_positions
 
 
 @dataclass

@@ -80,6 +80,16 @@ class Schedule:
     lr: float
     log_every: int = 100   # progress line every this many steps
     ckpt_every: int = 500  # checkpoint (for --resume) every this many steps
+    cosine: bool = False   # ours: decay lr to 0 over `steps` by a half cosine (MLD: constant)
+
+
+def learning_rate(sched: Schedule, step: int) -> float:
+    """The rate for the update that follows `step` completed steps (0-based): constant, or
+    lr * (1 + cos(pi * step / steps)) / 2 with `cosine` (SGDR without restarts, Loshchilov &
+    Hutter 2017), which helps the few-hundred-step CPU runs finish near a minimum."""
+    if not sched.cosine:
+        return sched.lr
+    return sched.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, sched.steps) / sched.steps))
 
 
 @dataclass
@@ -143,8 +153,13 @@ PRESETS: dict[str, dict[str, object]] = {
         "evaluator.movement_dim": 128, "evaluator.motion_hidden": 128, "evaluator.embed_dim": 64,
         "evaluator_train.steps": 400, "evaluator_train.batch_size": 64, "evaluator_train.lr": 1e-3,
         # note: dropout off on CPU: attention dropout forces PyTorch's slow attention path
+        # VAE: not MLD's 1 x 256 post-norm recipe, which needs far more steps than a CPU has
+        # in minutes (vae.py, "Differences from the paper"; bench/bench_vae.py)
         "vae.latent_dim": 128, "vae.n_layers": 3, "vae.ff_dim": 256, "vae.dropout": 0.0,
-        "vae_train.steps": 500, "vae_train.batch_size": 32, "vae_train.lr": 1e-3,
+        "vae.n_tokens": 4, "vae.norm_first": True, "vae.position_init": "sinusoidal",
+        "vae.joint_loss": "root_relative",
+        "vae_train.steps": 800, "vae_train.batch_size": 16, "vae_train.lr": 5e-4,
+        "vae_train.cosine": True,
         "diffusion.n_layers": 5, "diffusion.ff_dim": 256, "diffusion.dropout": 0.0,
         "diffusion_train.steps": 3000, "diffusion_train.batch_size": 64, "diffusion_train.lr": 5e-4,
         "projector.n_layers": 3, "projector.ff_dim": 256, "projector.dropout": 0.0,
@@ -416,6 +431,8 @@ def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sc
     model.train()
     running, start, start_step = {}, time.time(), step
     while step < sched.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(sched, step)
         loss, parts = loss_fn(next(stream))
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"[{name}] the loss became {loss.item()} at step {step + 1}; "

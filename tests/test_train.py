@@ -87,6 +87,48 @@ def test_fit_resumes_from_the_last_checkpoint(tmp_path, capsys):
     assert calls["n"] == 6 + 6, "resumed run should do exactly the 6 remaining steps"
 
 
+def test_cosine_learning_rate_by_hand():
+    """lr (1 + cos(pi s / S)) / 2 with S = 100, lr = 1e-3: 1e-3 at s = 0, 5e-4 at s = 50,
+    (1 + cos(pi / 4)) / 2 * 1e-3 = 8.5355e-4 at s = 25, 0 at s = 100; constant without `cosine`."""
+    sched = train.Schedule(steps=100, batch_size=8, lr=1e-3, cosine=True)
+    assert train.learning_rate(sched, 0) == pytest.approx(1e-3)
+    assert train.learning_rate(sched, 25) == pytest.approx(8.535534e-4, rel=1e-6)
+    assert train.learning_rate(sched, 50) == pytest.approx(5e-4)
+    assert train.learning_rate(sched, 100) == pytest.approx(0.0, abs=1e-12)
+    assert train.learning_rate(dataclasses.replace(sched, cosine=False), 50) == 1e-3
+
+
+def test_fit_follows_the_cosine_schedule_across_a_resume(tmp_path, monkeypatch):
+    """The rate is a function of the step, so a resumed run uses the same rates as an
+    uninterrupted one: record the rate each update uses in both and compare."""
+    optimizers = []
+    real_adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: optimizers.append(real_adamw(*a, **k)) or optimizers[-1])
+    sched = train.Schedule(steps=8, batch_size=8, lr=1e-2, log_every=4, ckpt_every=2, cosine=True)
+
+    def rates(out, interrupt_at):
+        model, seen, calls = torch.nn.Linear(3, 1), [], {"n": 0}
+
+        def loss_fn(batch):
+            calls["n"] += 1
+            if calls["n"] == interrupt_at:
+                raise KeyboardInterrupt
+            seen.append(optimizers[-1].param_groups[0]["lr"])
+            return ((model(batch["x"]) - batch["y"]) ** 2).mean(), {}
+
+        out.mkdir()
+        try:
+            train.fit(_toy_run(out, False), "toy", model, ToyConfig(), loss_fn, _toy_stream(), sched, {})
+        except KeyboardInterrupt:
+            train.fit(_toy_run(out, True), "toy", model, ToyConfig(), loss_fn, _toy_stream(), sched, {})
+        return seen
+
+    straight, resumed = rates(tmp_path / "a", None), rates(tmp_path / "b", 6)
+    assert straight == pytest.approx([train.learning_rate(sched, s) for s in range(8)])
+    assert resumed == straight[:5] + straight[4:], \
+        "interrupted in update 6, resumed from the step-4 checkpoint: updates 5..8 again, same rates"
+
+
 def test_fit_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint(tmp_path):
     model = torch.nn.Linear(3, 1)
     calls = {"n": 0}

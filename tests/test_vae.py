@@ -162,3 +162,33 @@ def test_lengths_beyond_the_positional_table_are_rejected():
     vae = MotionVAE(tiny_cfg(max_len=16), D)
     with pytest.raises(ValueError, match="max_len"):
         vae.decode(torch.zeros(1, 1, 32), torch.tensor([17]))
+
+
+def test_sinusoidal_table_matches_the_formula_at_hand_picked_entries():
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d))."""
+    from vae import sinusoidal_positions
+    table = sinusoidal_positions(50, 8)
+    assert table.shape == (50, 8)
+    assert table[0].tolist() == pytest.approx([0, 1, 0, 1, 0, 1, 0, 1], abs=1e-7)
+    assert table[3, 0].item() == pytest.approx(math.sin(3.0), abs=1e-6)
+    assert table[3, 3].item() == pytest.approx(math.cos(3.0 / 10000 ** (2 / 8)), abs=1e-6)
+    assert table[49, 6].item() == pytest.approx(math.sin(49.0 / 10000 ** (6 / 8)), abs=1e-6)
+
+
+def test_position_init_and_norm_first_options():
+    """MLD's defaults (post-norm, positions uniform in [0, 1)) and the tiny preset's options."""
+    from vae import sinusoidal_positions
+    mld = MotionVAE(tiny_cfg(), D)
+    assert 0.0 <= mld.dec_pos.min() and mld.dec_pos.max() < 1.0
+    assert not any(l.norm_first for l in mld.encoder.input_blocks)
+    ours = MotionVAE(tiny_cfg(position_init="sinusoidal", norm_first=True), D)
+    assert torch.equal(ours.dec_pos.detach(), sinusoidal_positions(40, 32))
+    assert torch.equal(ours.enc_pos.detach(), sinusoidal_positions(42, 32))
+    assert ours.enc_pos.requires_grad, "the table is learned, only its start is the sinusoid"
+    blocks = [ours.encoder.middle_block, ours.decoder.middle_block, *ours.decoder.output_blocks]
+    assert all(b.norm_first for b in blocks)
+    # pre-norm still ends in a LayerNorm and keeps padded frames at zero
+    out = ours.decode(torch.randn(2, 1, 32), torch.tensor([10, 16]))
+    assert out.shape == (2, 16, D) and out[0, 10:].abs().max() == 0
+    with pytest.raises(ValueError, match="position_init"):
+        MotionVAE(tiny_cfg(position_init="fourier"), D)

@@ -1,0 +1,120 @@
+"""Train MLD's VAE and the tiny preset's VAE for the same wall time and compare their
+reconstructions on the synthetic validation split.
+
+    python bench/bench_vae.py [--seconds 200] [--data data/synthetic] [--only NAME]
+
+Issue 5's target: the VAE stage in at most 4 minutes, with a validation mean per-joint position
+error (features -> joints) of 5 cm or less. Each variant trains with one torch thread until
+`--seconds` have passed (the steps it reaches are printed), with a cosine decay over the steps
+its first 20 predict. Printed per variant: steps, the running training losses, and on val the
+mean per-joint error on global joints (root trajectory integrated from the velocities),
+root-aligned joints (MPJPE as MLD reports it) and body-frame joints (ric: heading ignored),
+all from the posterior mean; plus, as floors, the same errors when every frame is replaced by
+the dataset mean ("mean motion") and by each clip's own mean frame ("clip mean", an oracle).
+The dataset must exist (`python train.py --stage data` writes it).
+"""
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
+import train  # noqa: E402
+import vae  # noqa: E402
+
+SIZES = dict(latent_dim=128, n_layers=3, ff_dim=256, dropout=0.0)
+VARIANTS = {  # name -> (VAEConfig fields beyond SIZES, batch size)
+    "mld (1 token, post-norm, uniform positions, global joints, batch 32)":
+        (dict(n_tokens=1), 32),
+    "mld + root-relative joint loss":
+        (dict(n_tokens=1, joint_loss="root_relative"), 32),
+    "tiny preset (4 tokens, pre-norm, sinusoidal start, root-relative, batch 16)":
+        (dict(n_tokens=4, norm_first=True, position_init="sinusoidal", joint_loss="root_relative"), 16),
+}
+
+
+def errors(reconstruct, dataset) -> dict:
+    """Mean per-joint position errors (cm) of reconstruct(x, lengths) -> x_hat on `dataset`."""
+    mean, std = (torch.as_tensor(a, dtype=torch.float32) for a in (dataset.mean, dataset.std))
+    sums, count = {"global": 0.0, "root-aligned": 0.0, "body frame": 0.0}, 0
+    for start in range(0, len(dataset), 64):
+        batch = data.collate([dataset[i] for i in range(start, min(start + 64, len(dataset)))])
+        x, lengths = batch["motion"], batch["lengths"]
+        x_hat = reconstruct(x, lengths)
+        valid = vae.lengths_to_mask(lengths, x.shape[1])                           # (B, T)
+        j_hat, j = (data.features_to_joints(f * std + mean) for f in (x_hat, x))   # (B, T, 22, 3)
+        sums["global"] += float((j_hat - j).norm(dim=-1)[valid].sum())
+        sums["root-aligned"] += float(((j_hat - j_hat[..., :1, :]) - (j - j[..., :1, :])).norm(dim=-1)[valid].sum())
+        ric = [(f * std + mean)[..., 4:67].unflatten(-1, (21, 3)) for f in (x_hat, x)]  # (B, T, 21, 3)
+        # the root is at the origin of the body frame: count it as a joint with zero error
+        sums["body frame"] += float((ric[0] - ric[1]).norm(dim=-1)[valid].sum())
+        count += int(valid.sum()) * 22
+    return {k: round(100 * v / count, 2) for k, v in sums.items()}
+
+
+def train_for(seconds: float, fields: dict, batch_size: int, train_set, val_set) -> dict:
+    torch.manual_seed(0)
+    cfg = vae.VAEConfig(**SIZES, **fields)
+    model = vae.MotionVAE(cfg, train_set.mean.shape[0])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    stream = train.batches(train_set, batch_size, 0)
+    running, step, horizon, start = {}, 0, None, time.time()
+    model.train()
+    while time.time() - start < seconds:
+        if step == 20:  # the cosine horizon: the steps the budget allows at the rate so far
+            horizon = int(seconds / ((time.time() - start) / 20))
+        sched = train.Schedule(horizon or 10 ** 9, batch_size, 1e-3, cosine=horizon is not None)
+        for group in optimizer.param_groups:
+            group["lr"] = train.learning_rate(sched, step)
+        batch = next(stream)
+        x, lengths = batch["motion"], batch["lengths"]
+        x_hat, mu, logvar = model(x, lengths)
+        loss, parts = vae.vae_loss(x_hat, x, lengths, mu, logvar, train_set.mean, train_set.std,
+                                   lambda_kl=cfg.lambda_kl, joint_loss=cfg.joint_loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        for key, value in {"loss": loss, **parts}.items():
+            running[key] = 0.98 * running.get(key, float(value)) + 0.02 * float(value)
+    model.eval()
+    with torch.no_grad():
+        val = errors(lambda x, lengths: model.decode(model.encode(x, lengths, sample=False)[0], lengths), val_set)
+        _, _, logvar = model.encode(*(lambda b: (b["motion"], b["lengths"]))(
+            data.collate([val_set[i] for i in range(min(64, len(val_set)))])), sample=False)
+    return {"steps": step, "seconds": round(time.time() - start), **{k: round(v, 4) for k, v in running.items()},
+            "sigma": round(float(torch.exp(0.5 * logvar).mean()), 3), **val}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=200.0)
+    parser.add_argument("--data", type=Path, default=Path("data/synthetic"))
+    parser.add_argument("--only", help="run only the variants whose name contains this")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if not (args.data / "Mean.npy").exists():
+        sys.exit(f"{args.data}: no dataset there; run `python train.py --stage data` first")
+    train_set = data.MotionTextDataset(args.data, "train", seed=0)
+    val_set = data.MotionTextDataset(args.data, "val", seed=0)
+    zero = lambda x, lengths: torch.zeros_like(x)  # noqa: E731  (normalised 0 = the dataset mean)
+
+    def clip_mean(x, lengths):
+        valid = vae.lengths_to_mask(lengths, x.shape[1])[..., None]
+        return ((x * valid).sum(1, keepdim=True) / lengths[:, None, None]).expand_as(x) * valid
+
+    with torch.no_grad():
+        print(f"mean motion: {errors(zero, val_set)}")
+        print(f"clip mean (oracle): {errors(clip_mean, val_set)}")
+    for name, (fields, batch_size) in VARIANTS.items():
+        if args.only and args.only not in name:
+            continue
+        print(f"{name}: {train_for(args.seconds, fields, batch_size, train_set, val_set)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
