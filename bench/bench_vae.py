@@ -27,13 +27,13 @@ import train  # noqa: E402
 import vae  # noqa: E402
 
 SIZES = dict(latent_dim=128, n_layers=3, ff_dim=256, dropout=0.0)
-VARIANTS = {  # name -> (VAEConfig fields beyond SIZES, batch size)
-    "mld (1 token, post-norm, uniform positions, global joints, batch 32)":
-        (dict(n_tokens=1), 32),
+VARIANTS = {  # name -> (VAEConfig fields beyond SIZES, batch size, learning rate)
+    "mld (1 token, post-norm, uniform positions, global joints, batch 32, lr 1e-3)":
+        (dict(n_tokens=1), 32, 1e-3),
     "mld + root-relative joint loss":
-        (dict(n_tokens=1, joint_loss="root_relative"), 32),
-    "tiny preset (4 tokens, pre-norm, sinusoidal start, root-relative, batch 16)":
-        (dict(n_tokens=4, norm_first=True, position_init="sinusoidal", joint_loss="root_relative"), 16),
+        (dict(n_tokens=1, joint_loss="root_relative"), 32, 1e-3),
+    "tiny preset (4 tokens, pre-norm, sinusoidal start, root-relative, batch 16, lr 5e-4)":
+        (dict(n_tokens=4, norm_first=True, position_init="sinusoidal", joint_loss="root_relative"), 16, 5e-4),
 }
 
 
@@ -56,18 +56,18 @@ def errors(reconstruct, dataset) -> dict:
     return {k: round(100 * v / count, 2) for k, v in sums.items()}
 
 
-def train_for(seconds: float, fields: dict, batch_size: int, train_set, val_set) -> dict:
+def train_for(seconds: float, fields: dict, batch_size: int, lr: float, train_set, val_set) -> dict:
     torch.manual_seed(0)
     cfg = vae.VAEConfig(**SIZES, **fields)
     model = vae.MotionVAE(cfg, train_set.mean.shape[0])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     stream = train.batches(train_set, batch_size, 0)
     running, step, horizon, start = {}, 0, None, time.time()
     model.train()
     while time.time() - start < seconds:
         if step == 20:  # the cosine horizon: the steps the budget allows at the rate so far
             horizon = int(seconds / ((time.time() - start) / 20))
-        sched = train.Schedule(horizon or 10 ** 9, batch_size, 1e-3, cosine=horizon is not None)
+        sched = train.Schedule(horizon or 10 ** 9, batch_size, lr, cosine=horizon is not None)
         for group in optimizer.param_groups:
             group["lr"] = train.learning_rate(sched, step)
         batch = next(stream)
@@ -80,7 +80,8 @@ def train_for(seconds: float, fields: dict, batch_size: int, train_set, val_set)
         optimizer.step()
         step += 1
         for key, value in {"loss": loss, **parts}.items():
-            running[key] = 0.98 * running.get(key, float(value)) + 0.02 * float(value)
+            value = float(value.detach())
+            running[key] = 0.98 * running.get(key, value) + 0.02 * value
     model.eval()
     with torch.no_grad():
         val = errors(lambda x, lengths: model.decode(model.encode(x, lengths, sample=False)[0], lengths), val_set)
@@ -110,10 +111,10 @@ def main():
     with torch.no_grad():
         print(f"mean motion: {errors(zero, val_set)}")
         print(f"clip mean (oracle): {errors(clip_mean, val_set)}")
-    for name, (fields, batch_size) in VARIANTS.items():
+    for name, (fields, batch_size, lr) in VARIANTS.items():
         if args.only and args.only not in name:
             continue
-        print(f"{name}: {train_for(args.seconds, fields, batch_size, train_set, val_set)}", flush=True)
+        print(f"{name}: {train_for(args.seconds, fields, batch_size, lr, train_set, val_set)}", flush=True)
 
 
 if __name__ == "__main__":
