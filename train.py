@@ -147,8 +147,10 @@ PRESETS: dict[str, dict[str, object]] = {
         # note: the tiny models' operations are too small to share between threads; on 2 cores
         # 1 thread measured 0.5 s per evaluator step, 2 threads 3.5 s while another job ran
         "run.threads": 1,
+        # c is 512-d (as CLIP ViT-B): at least as wide as the 4 x 128 VAE latent, so that E_proj
+        # maps the latent into a wider space as LEAD's does (1 x 256 -> 768), not a narrower one
         "text.hidden_size": 128, "text.num_layers": 2, "text.intermediate_size": 512,
-        "text.projection_dim": 128,
+        "text.projection_dim": 512,
         "evaluator.word_dim": 64, "evaluator.text_hidden": 128, "evaluator.movement_hidden": 128,
         "evaluator.movement_dim": 128, "evaluator.motion_hidden": 128, "evaluator.embed_dim": 64,
         "evaluator_train.steps": 400, "evaluator_train.batch_size": 64, "evaluator_train.lr": 1e-3,
@@ -702,7 +704,7 @@ def reconstruction_metrics(run: Run, model: vae.MotionVAE, split: str = "test", 
     figures = {}
     for name, motion in (("real", real), ("reconstruction", recon)):
         top = metrics.r_precision(text, motion, top_k=3, seed=run.cfg.run.seed)
-        figures[name] = {"FID": round(metrics.fid(real, motion), 4),
+        figures[name] = {"FID": round(metrics.fid(real, motion), 4) + 0.0,  # + 0.0: no "-0.0"
                          **{f"R-precision top-{k + 1}": round(float(top[k]), 4) for k in range(3)},
                          "MMdist": round(metrics.matching_score(text, motion), 4)}
     return figures

@@ -4,9 +4,10 @@
 
 Runs `train.py --stage all` into a fresh run folder (the embedded dataset is reused if it
 already exists in data/synthetic), then prints each stage's wall time (from STAGE.json), the
-VAE's validation joint error, the time to sample 32 motions with 50 DDIM steps and guidance,
-and the results table. Targets (issues 5 and 6): VAE <= 4 min reaching <= 5 cm, diffusion
-<= 3 min, sampling 32 motions <= 10 s, the whole recipe <= 15 min.
+VAE's validation joint error and how the evaluator scores its test reconstructions, the time
+to sample 32 motions with 50 DDIM steps and guidance, and the results table. Targets (issues
+5 and 6): VAE <= 4 min reaching <= 5 cm, diffusion <= 3 min, sampling 32 motions <= 10 s, the
+LEAD recipe <= 15 min.
 """
 import argparse
 import json
@@ -39,9 +40,15 @@ def main():
         figures = json.loads((args.out / f"{stage}.json").read_text())
         print(f"  {stage:10s} {figures['wall_time_s']:8.1f} s")
     print(f"  {'total':10s} {total:8.1f} s  (this process, including imports and loading)")
+    lead = ["data", "evaluator", "vae", "diffusion", "projector", "eval", "sample"]
+    lead_s = sum(json.loads((args.out / f"{stage}.json").read_text())["wall_time_s"] for stage in lead)
+    print(f"  LEAD recipe ({', '.join(lead)}): {lead_s:.1f} s = {lead_s / 60:.1f} min "
+          f"(eval here also scores the ATM and MATE rows)")
     vae_fig = json.loads((args.out / "vae.json").read_text())
     print(f"  VAE validation mean per-joint position error: {100 * vae_fig['val_joint_error_m']:.2f} cm "
           f"(root-relative {100 * vae_fig['val_root_relative_error_m']:.2f} cm)")
+    for name, row in vae_fig.get("test_reconstruction", {}).items():
+        print(f"  evaluator on test {name}s: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
 
     run = train.Run(cfg=train.build_config("tiny", []), out=args.out, data_root=Path("data/synthetic"),
                     synthetic=True, device=train.pick_device("auto"), clip=None, resume=False,
