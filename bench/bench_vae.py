@@ -62,12 +62,12 @@ def train_for(seconds: float, fields: dict, batch_size: int, lr: float, train_se
     model = vae.MotionVAE(cfg, train_set.mean.shape[0])
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     stream = train.batches(train_set, batch_size, 0)
-    running, step, horizon, start = {}, 0, None, time.time()
+    sched = train.Schedule(steps=1, batch_size=batch_size, lr=lr)  # constant until step 20
+    running, step, start = {}, 0, time.time()
     model.train()
     while time.time() - start < seconds:
         if step == 20:  # the cosine horizon: the steps the budget allows at the rate so far
-            horizon = int(seconds / ((time.time() - start) / 20))
-        sched = train.Schedule(horizon or 10 ** 9, batch_size, lr, cosine=horizon is not None)
+            sched = train.Schedule(int(seconds / ((time.time() - start) / 20)), batch_size, lr, cosine=True)
         for group in optimizer.param_groups:
             group["lr"] = train.learning_rate(sched, step)
         batch = next(stream)
@@ -85,8 +85,8 @@ def train_for(seconds: float, fields: dict, batch_size: int, lr: float, train_se
     model.eval()
     with torch.no_grad():
         val = errors(lambda x, lengths: model.decode(model.encode(x, lengths, sample=False)[0], lengths), val_set)
-        _, _, logvar = model.encode(*(lambda b: (b["motion"], b["lengths"]))(
-            data.collate([val_set[i] for i in range(min(64, len(val_set)))])), sample=False)
+        batch = data.collate([val_set[i] for i in range(min(64, len(val_set)))])
+        _, _, logvar = model.encode(batch["motion"], batch["lengths"], sample=False)
     return {"steps": step, "seconds": round(time.time() - start), **{k: round(v, 4) for k, v in running.items()},
             "sigma": round(float(torch.exp(0.5 * logvar).mean()), 3), **val}
 
