@@ -665,23 +665,35 @@ def stage_evaluator(run: Run) -> dict:
 
 
 @torch.no_grad()
-def joint_error(model: vae.MotionVAE, dataset, device, batch_size: int = 64) -> tuple[float, float]:
-    """Mean per-joint position error (metres) of VAE reconstructions from the posterior mean:
-    on global joints (features -> joints, root trajectory integrated) and root-relative."""
+@torch.no_grad()
+def joint_errors(reconstruct, dataset, device, batch_size: int = 64) -> dict[str, float]:
+    """Mean per-joint position errors (metres) of reconstruct(x, lengths) -> x_hat, both
+    normalised features (B, T, D), over the valid frames of `dataset`:
+      "global"        joints from features, the root trajectory integrated from the velocities;
+      "root-aligned"  the root joint subtracted from both (MPJPE as MLD reports it; the heading
+                      integrated from the root's angular velocity still counts);
+      "body frame"    the root-invariant positions (features 4 : 3J+1), heading ignored; the
+                      root sits at their origin and counts as a joint with zero error."""
     mean, std = (torch.as_tensor(a, dtype=torch.float32, device=device) for a in (dataset.mean, dataset.std))
-    total, relative, count = 0.0, 0.0, 0
+    sums, count = {"global": 0.0, "root-aligned": 0.0, "body frame": 0.0}, 0
     for start in range(0, len(dataset), batch_size):
         batch = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
-        z, _, _ = model.encode(x, lengths, sample=False)
-        joints_hat = data.features_to_joints(model.decode(z, lengths) * std + mean)   # (B, T, J, 3)
-        joints = data.features_to_joints(x * std + mean)
-        valid = vae.lengths_to_mask(lengths, x.shape[1])                              # (B, T)
-        total += float((joints_hat - joints).norm(dim=-1)[valid].sum())
-        rel_hat, rel = joints_hat - joints_hat[..., :1, :], joints - joints[..., :1, :]
-        relative += float((rel_hat - rel).norm(dim=-1)[valid].sum())
-        count += int(valid.sum()) * joints.shape[-2]
-    return total / count, relative / count
+        features = [f * std + mean for f in (reconstruct(x, lengths), x)]        # de-normalised
+        J = (x.shape[-1] + 1) // 12
+        j_hat, j = (data.features_to_joints(f, n_joints=J) for f in features)  # (B, T, J, 3)
+        valid = vae.lengths_to_mask(lengths, x.shape[1])                          # (B, T)
+        sums["global"] += float((j_hat - j).norm(dim=-1)[valid].sum())
+        sums["root-aligned"] += float(((j_hat - j_hat[..., :1, :]) - (j - j[..., :1, :])).norm(dim=-1)[valid].sum())
+        ric_hat, ric = (f[..., 4:4 + 3 * (J - 1)].unflatten(-1, (J - 1, 3)) for f in features)
+        sums["body frame"] += float((ric_hat - ric).norm(dim=-1)[valid].sum())
+        count += int(valid.sum()) * J
+    return {k: v / count for k, v in sums.items()}
+
+
+def vae_reconstruct(model: vae.MotionVAE):
+    """reconstruct(x, lengths) through the posterior mean, for joint_errors."""
+    return lambda x, lengths: model.decode(model.encode(x, lengths, sample=False)[0], lengths)
 
 
 @torch.no_grad()
@@ -727,11 +739,13 @@ def stage_vae(run: Run) -> dict:
 
     losses = fit(run, "vae", model, cfg, loss_fn, batches(train, sched.batch_size, run.cfg.run.seed),
                  sched, {"feat_dim": train.mean.shape[0]})
-    error, relative = joint_error(model, val, run.device)
-    print(f"[vae] validation mean per-joint position error: {100 * error:.2f} cm "
-          f"(root-relative: {100 * relative:.2f} cm)")
-    figures = {"final_losses": losses, "val_joint_error_m": round(error, 5),
-               "val_root_relative_error_m": round(relative, 5)}
+    errors = joint_errors(vae_reconstruct(model), val, run.device)
+    print(f"[vae] validation mean per-joint position error: {100 * errors['global']:.2f} cm "
+          f"(root-aligned: {100 * errors['root-aligned']:.2f} cm, body frame: "
+          f"{100 * errors['body frame']:.2f} cm)")
+    figures = {"final_losses": losses, "val_joint_error_m": round(errors["global"], 5),
+               "val_root_relative_error_m": round(errors["root-aligned"], 5),
+               "val_body_frame_error_m": round(errors["body frame"], 5)}
     if (run.out / "evaluator.pt").exists():
         figures["test_reconstruction"] = recon = reconstruction_metrics(run, model)
         for name, row in recon.items():

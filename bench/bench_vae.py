@@ -42,22 +42,8 @@ VARIANTS = {  # name -> (VAEConfig fields beyond SIZES, batch size, learning rat
 
 
 def errors(reconstruct, dataset) -> dict:
-    """Mean per-joint position errors (cm) of reconstruct(x, lengths) -> x_hat on `dataset`."""
-    mean, std = (torch.as_tensor(a, dtype=torch.float32) for a in (dataset.mean, dataset.std))
-    sums, count = {"global": 0.0, "root-aligned": 0.0, "body frame": 0.0}, 0
-    for start in range(0, len(dataset), 64):
-        batch = data.collate([dataset[i] for i in range(start, min(start + 64, len(dataset)))])
-        x, lengths = batch["motion"], batch["lengths"]
-        x_hat = reconstruct(x, lengths)
-        valid = vae.lengths_to_mask(lengths, x.shape[1])                           # (B, T)
-        j_hat, j = (data.features_to_joints(f * std + mean) for f in (x_hat, x))   # (B, T, 22, 3)
-        sums["global"] += float((j_hat - j).norm(dim=-1)[valid].sum())
-        sums["root-aligned"] += float(((j_hat - j_hat[..., :1, :]) - (j - j[..., :1, :])).norm(dim=-1)[valid].sum())
-        ric = [(f * std + mean)[..., 4:67].unflatten(-1, (21, 3)) for f in (x_hat, x)]  # (B, T, 21, 3)
-        # the root is at the origin of the body frame: count it as a joint with zero error
-        sums["body frame"] += float((ric[0] - ric[1]).norm(dim=-1)[valid].sum())
-        count += int(valid.sum()) * 22
-    return {k: round(100 * v / count, 2) for k, v in sums.items()}
+    """train.joint_errors in centimetres."""
+    return {k: round(100 * v, 2) for k, v in train.joint_errors(reconstruct, dataset, torch.device("cpu")).items()}
 
 
 def dct_basis(lengths: torch.Tensor, frames: int, k: int) -> torch.Tensor:
@@ -120,7 +106,7 @@ def train_for(seconds: float, fields: dict, batch_size: int, lr: float, train_se
             running[key] = 0.98 * running.get(key, value) + 0.02 * value
     model.eval()
     with torch.no_grad():
-        val = errors(lambda x, lengths: model.decode(model.encode(x, lengths, sample=False)[0], lengths), val_set)
+        val = errors(train.vae_reconstruct(model), val_set)
         batch = data.collate([val_set[i] for i in range(min(64, len(val_set)))])
         _, _, logvar = model.encode(batch["motion"], batch["lengths"], sample=False)
     return {"steps": step, "seconds": round(time.time() - start), **{k: round(v, 4) for k, v in running.items()},
