@@ -379,6 +379,19 @@ def encode_latents(motion_vae: vae.MotionVAE, dataset, device, batch_size: int =
     return torch.cat(mus), torch.cat(logvars)
 
 
+def training_latents(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """encode_latents of the train split through the run's VAE, computed once per process and
+    shared by the stages that train on it (diffusion, projector, mate) while vae.pt stays the
+    same file (`--stage all` would otherwise encode the same motions three times)."""
+    path = run.out / "vae.pt"
+    key = (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
+    if key is None or run.cache.get("latents", (None,))[0] != key:
+        motion_vae, train = load_vae(run), open_split(run, "train")  # load_vae: a clear error if missing
+        print(f"[latents] encoding the {len(train)} training motions once with {path}")
+        run.cache["latents"] = (key, encode_latents(motion_vae, train, run.device))
+    return run.cache["latents"][1]
+
+
 def latent_batches(dataset, mu: torch.Tensor, logvar: torch.Tensor, batch_size: int, seed: int):
     """An endless stream of {"z", "caption", "index"}: z drawn from each item's cached posterior
     (as MLD samples it, not its mean), with one of the item's captions drawn at random, and the
@@ -783,9 +796,8 @@ def train_denoiser(run: Run, name: str, text: TextEncoder, latents: tuple[torch.
 
 def stage_diffusion(run: Run) -> dict:
     """Stage 2: the latent denoiser, VAE and text encoder frozen (LEAD Sec. 4.1.2)."""
-    train = open_split(run, "train")
-    print(f"[diffusion] encoding {len(train)} training motions once")
-    latents = encode_latents(load_vae(run), train, run.device)
+    open_split(run, "train")  # the data first: its error is the one to see on a fresh machine
+    latents = training_latents(run)
     return train_denoiser(run, conditioned(run, "diffusion"), text_encoder(run), latents)
 
 
@@ -822,10 +834,10 @@ def stage_projector(run: Run) -> dict:
     Latents are drawn from the posterior of the training motions (the distribution the
     diffusion model imitates), paired with one of their captions' CLIP embedding."""
     train = open_split(run, "train")
-    text, motion_vae = text_encoder(run), load_vae(run)
+    text = text_encoder(run)
     load_denoiser(run)  # the recipe's order: a projector is trained for a finished diffusion stage
     text.encode_cached(train.captions())
-    latents = encode_latents(motion_vae, train, run.device)
+    latents = training_latents(run)
     variants = {conditioned(run, "projector"): {},
                 **({conditioned(run, n): o for n, o in PROJECTOR_ABLATIONS.items()} if run.args.ablations else {})}
     return {name: train_projector(run, name, text, latents, overrides) for name, overrides in variants.items()}
@@ -964,7 +976,7 @@ def stage_mate(run: Run) -> dict:
     #    (the same configs and schedules as diffusion.pt and projector.pt: a fair comparison).
     text_mate = clip_text_encoder(run, mate=True)
     start = time.time()
-    latents = encode_latents(load_vae(run), train, run.device)
+    latents = training_latents(run)
     figures["diffusion_mate"] = train_denoiser(run, "diffusion_mate", text_mate, latents)
     figures["diffusion_mate_s"] = round(time.time() - start, 2)
     start = time.time()

@@ -199,3 +199,24 @@ def test_joint_errors_by_hand():
         assert errors[name] == pytest.approx(d / J, rel=1e-4), name
     perfect = train.joint_errors(lambda x, lengths: x, clips, torch.device("cpu"))
     assert all(v == pytest.approx(0.0, abs=1e-7) for v in perfect.values())
+
+
+def test_training_latents_are_encoded_once_per_vae_checkpoint(tmp_path, monkeypatch):
+    """The diffusion, projector and mate stages share one encoding of the train split; a new
+    vae.pt (another size or time) is encoded again; a missing one is load_vae's error."""
+    calls = []
+    monkeypatch.setattr(train, "load_vae", lambda run: "the vae")
+    monkeypatch.setattr(train, "open_split", lambda run, split: ["clip"] * 3)
+    monkeypatch.setattr(train, "encode_latents",
+                        lambda model, dataset, device: calls.append(model) or (torch.zeros(3, 1, 2), torch.ones(3, 1, 2)))
+    run = types.SimpleNamespace(out=tmp_path, cache={}, device="cpu")
+    (tmp_path / "vae.pt").write_bytes(b"first")
+    first = train.training_latents(run)
+    assert train.training_latents(run) is first and len(calls) == 1
+    (tmp_path / "vae.pt").write_bytes(b"a longer second checkpoint")
+    train.training_latents(run)
+    assert len(calls) == 2
+    (tmp_path / "vae.pt").unlink()
+    monkeypatch.setattr(train, "load_vae", lambda run: (_ for _ in ()).throw(FileNotFoundError("no vae.pt")))
+    with pytest.raises(FileNotFoundError, match="no vae.pt"):
+        train.training_latents(run)
