@@ -46,7 +46,8 @@ def main():
           f"(eval here also scores the ATM and MATE rows)")
     vae_fig = json.loads((args.out / "vae.json").read_text())
     print(f"  VAE validation mean per-joint position error: {100 * vae_fig['val_joint_error_m']:.2f} cm "
-          f"(root-relative {100 * vae_fig['val_root_relative_error_m']:.2f} cm)")
+          f"(root-aligned {100 * vae_fig['val_root_relative_error_m']:.2f} cm, body frame "
+          f"{100 * vae_fig.get('val_body_frame_error_m', float('nan')):.2f} cm)")
     for name, row in vae_fig.get("test_reconstruction", {}).items():
         print(f"  evaluator on test {name}s: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
 
