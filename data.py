@@ -420,6 +420,10 @@ class MotionTextDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def reseed(self, seed: int) -> None:
+        """Restart the crop/caption generator, as if the dataset had just been opened with `seed`."""
+        self._rng = np.random.default_rng(seed)
+
     def captions(self) -> list[str]:
         """Every caption of the split, item by item (to cache text embeddings once)."""
         return [caption for _, _, captions in self.items for caption in captions]

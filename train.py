@@ -389,6 +389,7 @@ def training_latents(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
     if key is None or run.cache.get("latents", (None,))[0] != key:
         motion_vae, train = load_vae(run), open_split(run, "train")  # load_vae: a clear error if missing
         print(f"[latents] encoding the {len(train)} training motions once with {path}")
+        train.reseed(run.cfg.run.seed)  # the same crops whichever stage asks first
         run.cache["latents"] = (key, encode_latents(motion_vae, train, run.device))
     return run.cache["latents"][1]
 
@@ -1558,6 +1559,11 @@ ALL_ORDER = ["data", "evaluator", "lamp", "vae", "diffusion", "projector", "atm"
 
 
 def run_stage(run: Run, stage: str) -> dict:
+    # the splits opened by earlier stages of this process restart their crop/caption generator:
+    # a stage sees the same data whether it runs alone, within --stage all, or after --resume
+    for key, dataset in run.cache.items():
+        if key.startswith("split:"):
+            dataset.reseed(run.cfg.run.seed)
     start = time.time()
     figures = STAGE_FUNCTIONS[stage](run) or {}
     figures["wall_time_s"] = round(time.time() - start, 2)

@@ -393,6 +393,18 @@ def test_reader_random_choices_follow_the_seed(fixture_root):
     assert {fixed[0]["caption"] for _ in range(5)} == {"a man walks."}
 
 
+def test_reseed_restarts_the_random_choices(fixture_root):
+    """After reseed(s), a dataset that has already been read draws what a fresh one opened with
+    seed s draws (train.run_stage relies on it: a stage sees the same crops alone or in --stage all)."""
+    def draws(ds):
+        return [(ds[i]["caption"], float(ds[i]["motion"][0, 0])) for i in range(len(ds)) for _ in range(4)]
+    used = data.MotionTextDataset(fixture_root, "train", seed=3)
+    first = draws(used)
+    assert draws(used) != first, "the fixture must offer more than one crop or caption"
+    used.reseed(3)
+    assert draws(used) == first == draws(data.MotionTextDataset(fixture_root, "train", seed=3))
+
+
 def test_collate_pads_and_returns_lengths(fixture_root):
     ds = data.MotionTextDataset(fixture_root, "train")
     batch = data.collate([ds[0], ds[1]])

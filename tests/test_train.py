@@ -201,18 +201,30 @@ def test_joint_errors_by_hand():
     assert all(v == pytest.approx(0.0, abs=1e-7) for v in perfect.values())
 
 
+class _Split(list):
+    """A stand-in split that records the seeds it is restarted with."""
+
+    def __init__(self, n: int = 3):
+        super().__init__(["clip"] * n)
+        self.reseeds = []
+
+    def reseed(self, seed: int) -> None:
+        self.reseeds.append(seed)
+
+
 def test_training_latents_are_encoded_once_per_vae_checkpoint(tmp_path, monkeypatch):
-    """The diffusion, projector and mate stages share one encoding of the train split; a new
-    vae.pt (another size or time) is encoded again; a missing one is load_vae's error."""
-    calls = []
+    """The diffusion, projector and mate stages share one encoding of the train split, drawn
+    from a freshly seeded split; a new vae.pt (another size or time) is encoded again; a missing
+    one is load_vae's error."""
+    calls, split = [], _Split()
     monkeypatch.setattr(train, "load_vae", lambda run: "the vae")
-    monkeypatch.setattr(train, "open_split", lambda run, split: ["clip"] * 3)
+    monkeypatch.setattr(train, "open_split", lambda run, name: split)
     monkeypatch.setattr(train, "encode_latents",
                         lambda model, dataset, device: calls.append(model) or (torch.zeros(3, 1, 2), torch.ones(3, 1, 2)))
-    run = types.SimpleNamespace(out=tmp_path, cache={}, device="cpu")
+    run = types.SimpleNamespace(out=tmp_path, cache={}, device="cpu", cfg=train.build_config("tiny", ["run.seed=7"]))
     (tmp_path / "vae.pt").write_bytes(b"first")
     first = train.training_latents(run)
-    assert train.training_latents(run) is first and len(calls) == 1
+    assert train.training_latents(run) is first and len(calls) == 1 and split.reseeds == [7]
     (tmp_path / "vae.pt").write_bytes(b"a longer second checkpoint")
     train.training_latents(run)
     assert len(calls) == 2
@@ -220,3 +232,15 @@ def test_training_latents_are_encoded_once_per_vae_checkpoint(tmp_path, monkeypa
     monkeypatch.setattr(train, "load_vae", lambda run: (_ for _ in ()).throw(FileNotFoundError("no vae.pt")))
     with pytest.raises(FileNotFoundError, match="no vae.pt"):
         train.training_latents(run)
+
+
+def test_each_stage_restarts_the_splits_random_choices(tmp_path, monkeypatch):
+    """run_stage reseeds every split opened earlier in the process with the run's seed before
+    the stage runs, so a stage draws the same crops alone, within --stage all, or after --resume."""
+    split, seen = _Split(), []
+    monkeypatch.setitem(train.STAGE_FUNCTIONS, "data", lambda run: seen.append(list(split.reseeds)) or {})
+    run = types.SimpleNamespace(out=tmp_path / "run", cache={"split:train": split, "other": object()},
+                                cfg=train.build_config("tiny", ["run.seed=5"]), args=types.SimpleNamespace(
+                                    text_encoder="clip", evaluator="evaluator"))
+    train.run_stage(run, "data")
+    assert seen == [[5]]
