@@ -680,7 +680,6 @@ def stage_evaluator(run: Run) -> dict:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def joint_errors(reconstruct, dataset, device, batch_size: int = 64) -> dict[str, float]:
     """Mean per-joint position errors (metres) of reconstruct(x, lengths) -> x_hat, both
     normalised features (B, T, D), over the valid frames of `dataset`:
