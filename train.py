@@ -387,7 +387,8 @@ def training_latents(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
     path = run.out / "vae.pt"
     key = (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
     if key is None or run.cache.get("latents", (None,))[0] != key:
-        motion_vae, train = load_vae(run), open_split(run, "train")  # load_vae: a clear error if missing
+        # the data first, then the VAE: each missing prerequisite is named by its own error
+        train, motion_vae = open_split(run, "train"), load_vae(run)
         print(f"[latents] encoding the {len(train)} training motions once with {path}")
         train.reseed(run.cfg.run.seed)  # the same crops whichever stage asks first
         run.cache["latents"] = (key, encode_latents(motion_vae, train, run.device))
@@ -718,15 +719,14 @@ def reconstruction_metrics(run: Run, model: vae.MotionVAE, split: str = "test", 
     A VAE whose reconstructions the evaluator cannot match to their captions bounds every
     generated row of the eval table."""
     dataset, evaluator = open_split(run, split), load_embedder(run, "evaluator")
-    tokenizer = clip_text_encoder(run).tokenizer
+    tokenizer, reconstruct = clip_text_encoder(run).tokenizer, vae_reconstruct(model)
     text, real, recon = [], [], []
     for start in range(0, len(dataset), batch_size):
         batch = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         x, lengths = batch["motion"].to(run.device), batch["lengths"].to(run.device)
-        z, _, _ = model.encode(x, lengths, sample=False)
         text.append(evaluator.encode_text(tokenizer(batch["caption"]).to(run.device)))   # (B, E)
         real.append(evaluator.encode_motion(x, lengths))
-        recon.append(evaluator.encode_motion(model.decode(z, lengths), lengths))
+        recon.append(evaluator.encode_motion(reconstruct(x, lengths), lengths))
     text, real, recon = (torch.cat(e).double().cpu().numpy() for e in (text, real, recon))
     figures = {}
     for name, motion in (("real", real), ("reconstruction", recon)):
@@ -797,7 +797,6 @@ def train_denoiser(run: Run, name: str, text: TextEncoder, latents: tuple[torch.
 
 def stage_diffusion(run: Run) -> dict:
     """Stage 2: the latent denoiser, VAE and text encoder frozen (LEAD Sec. 4.1.2)."""
-    open_split(run, "train")  # the data first: its error is the one to see on a fresh machine
     latents = training_latents(run)
     return train_denoiser(run, conditioned(run, "diffusion"), text_encoder(run), latents)
 

@@ -113,7 +113,8 @@ class SkipTransformer(nn.Module):
     With `cross_attention=False` each block is a self-attention `nn.TransformerEncoderLayer`;
     with `cross_attention=True` a `nn.TransformerDecoderLayer` whose queries also attend to
     `memory`. Layers are post-norm as in MLD (normalize_before=False) unless `norm_first`; the
-    stack ends with a LayerNorm either way, as in MLD. Weights of every matrix are Xavier-uniform (MLD `_reset_parameters`).
+    stack ends with a LayerNorm either way, as in MLD. Weights of every matrix are
+    Xavier-uniform (MLD `_reset_parameters`).
     """
 
     def __init__(self, n_layers: int, width: int, n_heads: int, ff_dim: int, dropout: float,
