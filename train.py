@@ -48,6 +48,7 @@ import lamp
 import mate
 import metrics
 import projector
+import synthetic
 import vae
 from atm_losses import ATMConfig
 from clip import ClipConfig, TextEncoder
@@ -313,7 +314,7 @@ def dataset_root(run: Run) -> Path:
         if not marker.exists() or json.loads(marker.read_text()) != settings:
             print(f"[data] generating the embedded synthetic dataset into {root} "
                   f"({settings['motions']} motions, seed {settings['seed']})")
-            data.generate_synthetic(root, n_motions=settings["motions"], seed=settings["seed"])
+            synthetic.generate_synthetic(root, n_motions=settings["motions"], seed=settings["seed"])
             write_json(marker, settings)
     elif not root.is_dir():
         raise FileNotFoundError(f"--data {root}: no such folder (expected the HumanML3D layout: "
@@ -940,7 +941,7 @@ def stage_mate(run: Run) -> dict:
     print(f"[mate] joint segmentation of {len(train)} motions in {figures['segmentation_s']:.1f} s "
           f"(grid {cfg.segment_grid} frames)")
     if run.synthetic:  # the synthetic dataset knows its action boundaries
-        report = mate.segmentation_report(records, data.load_segments(run.data_root))
+        report = mate.segmentation_report(records, synthetic.load_segments(run.data_root))
         figures["segmentation"] = report
         metrics.write_results(run.out, "mate_segmentation", {"Eq. (1) search": {
             "decomposition acc.": (report["decomposition_accuracy"], 0.0),
@@ -1147,7 +1148,7 @@ def latent_structure(pipe: Pipeline, realigner: projector.Projector, dataset) ->
     """The quantitative stand-in for LEAD's t-SNE (Fig. 3 right): leave-one-out 1-NN accuracy
     of the action label for test latents, in the VAE space and in the projected space.
     Needs the synthetic dataset's labels; uses the motions made of a single action."""
-    segments = data.load_segments(dataset.root)
+    segments = synthetic.load_segments(dataset.root)
     if not segments:
         return None
     items = [dataset[i] for i in range(len(dataset))]
@@ -1440,14 +1441,14 @@ def inversion_styles(run: Run, models: inversion.FrozenModels) -> dict | None:
     unknown = set(cfg.render) - set(methods) - {"example"}
     if unknown:
         raise ValueError(f"inversion.render: unknown {sorted(unknown)}; choose from example, {', '.join(methods)}")
-    split, segments = open_split(run, "styles"), data.load_segments(root)
+    split, segments = open_split(run, "styles"), synthetic.load_segments(root)
     evaluator = load_embedder(run, "evaluator")
     by_style = {}  # style -> indices into split.items
     for i, (name, _, _) in enumerate(split.items):
         style = segments.get(name, {}).get("style")
         if style:
             by_style.setdefault(style, []).append(i)
-    styles = [s for s in data.STYLES if s in by_style][:cfg.styles]
+    styles = [s for s in synthetic.STYLES if s in by_style][:cfg.styles]
     examples = {s: [torch.from_numpy(split.normalize(split.items[i][1])) for i in by_style[s]] for s in styles}
     lengths = {s: [min(len(x), models.vae.cfg.max_len) // unit * unit for x in examples[s]] for s in styles}
     example_emb = {s: embed_examples(evaluator, examples[s], lengths[s], run.device) for s in styles}

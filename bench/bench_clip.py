@@ -11,16 +11,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import clip  # noqa: E402
+import synthetic  # noqa: E402
 
 
 def synthetic_captions(n: int, seed: int = 0) -> list[str]:
-    """Captions from data.py's generator when it is there, else varied ones made here."""
+    """Captions from synthetic.py's generator when it is there, else varied ones made here."""
     try:
         import data
         with tempfile.TemporaryDirectory() as root:
-            data.generate_synthetic(root, n_motions=max(50, n // 3), seed=seed, log=lambda *a: None)
+            synthetic.generate_synthetic(root, n_motions=max(50, n // 3), seed=seed, log=lambda *a: None)
             found = data.MotionTextDataset(root, "train").captions()
-        print(f"captions: {len(found)} from data.generate_synthetic")
+        print(f"captions: {len(found)} from synthetic.generate_synthetic")
         return found[:n]
     except (ImportError, AttributeError) as error:
         print(f"captions: made here ({error})")

@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data  # noqa: E402
+import synthetic  # noqa: E402
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        data.generate_synthetic(Path(tmp) / "synthetic", n_motions=args.motions, seed=args.seed)
+        synthetic.generate_synthetic(Path(tmp) / "synthetic", n_motions=args.motions, seed=args.seed)
         elapsed = time.perf_counter() - start
         summary = data.dataset_summary(Path(tmp) / "synthetic")
     print(f"generate_synthetic: {args.motions} motions, {summary['frames_total']} frames, "

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
+import synthetic  # noqa: E402
 import inversion  # noqa: E402
 import train  # noqa: E402
 from clip import TextEncoder  # noqa: E402
@@ -60,7 +61,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
         models = build(cfg, Path(folder))
-    joints, _, _, _ = data.synthesize_motion(np.random.default_rng(0), actions=[("walk", {})])
+    joints, _, _, _ = synthetic.synthesize_motion(np.random.default_rng(0), actions=[("walk", {})])
     example = torch.from_numpy(data.joints_to_features(joints)[:120])        # (T, D); timing only
     print(f"one inversion, preset {args.preset}: {inv.steps} steps x batch {inv.batch_size}, "
           f"example {len(example)} frames, VAE {cfg.vae.n_layers}x{cfg.vae.latent_dim}, denoiser "

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import clip  # noqa: E402
 import data  # noqa: E402
+import synthetic  # noqa: E402
 import mate  # noqa: E402
 import metrics  # noqa: E402
 import train  # noqa: E402
@@ -78,11 +79,11 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if not (args.data / "segments.json").exists():
-        data.generate_synthetic(args.data, n_motions=3000, seed=0)
+        synthetic.generate_synthetic(args.data, n_motions=3000, seed=0)
     preset = train.build_config("tiny", [])
     train_split = data.MotionTextDataset(args.data, "train")
     test = data.MotionTextDataset(args.data, "test", random_caption=False)
-    segments = data.load_segments(args.data)
+    segments = synthetic.load_segments(args.data)
 
     start = time.time()
     if args.run:

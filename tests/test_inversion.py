@@ -9,6 +9,7 @@ import torch
 
 import data
 import inversion as I
+import synthetic
 import projector as P
 from clip import ClipConfig, TextEncoder
 from diffusion import Denoiser, DiffusionConfig, GaussianDiffusion
@@ -198,7 +199,7 @@ def test_example_motion_files(tmp_path):
     np.save(tmp_path / "f.npy", features)
     x = I.load_example_motion(tmp_path / "f.npy", mean, std)
     assert torch.allclose(x, torch.from_numpy((features - 0.5) / 2.0))
-    joints = data.forward_kinematics(np.zeros((61, 22, 3)))  # the rest pose, 61 frames
+    joints = synthetic.forward_kinematics(np.zeros((61, 22, 3)))  # the rest pose, 61 frames
     np.save(tmp_path / "j.npy", joints)
     assert I.load_example_motion(tmp_path / "j.npy", mean, std).shape == (60, D)
     bad = {"shape.npy": np.zeros((50, 10)), "nan.npy": np.full((50, D), np.nan), "short.npy": np.zeros((20, D))}

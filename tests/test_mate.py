@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import clip
-import data
+import synthetic
 import mate
 import metrics
 
@@ -75,8 +75,8 @@ def test_split_caption(caption, expected):
 def test_lemmatize_agrees_with_the_synthetic_datasets_tagger():
     """data.py tags every caption word as `lemma/POS` (HumanML3D's format); its lexicon and
     verb table are an independent reference."""
-    pairs = [(form, lemma) for lemma, forms in data.VERBS.items() for form in (lemma, *forms)]
-    pairs += [(word, lemma) for word, (lemma, _) in data.LEXICON.items()]
+    pairs = [(form, lemma) for lemma, forms in synthetic.VERBS.items() for form in (lemma, *forms)]
+    pairs += [(word, lemma) for word, (lemma, _) in synthetic.LEXICON.items()]
     wrong = [(w, mate.lemmatize(w), l) for w, l in pairs if mate.lemmatize(w) != l]
     assert not wrong
 
