@@ -74,6 +74,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from data import collate
 from diffusion import diffusion_loss
 
 
@@ -325,3 +326,57 @@ def diffusion_atm_loss(schedule, denoiser, motion_vae, embedder, batch: dict, c_
     atm, parts = atm_loss(batch["text_emb"][keep], gen_emb, batch["motion_emb"][keep],
                           cosine_matrix(c[keep]), gen_clips, real_clips, real_mask, cfg)
     return mse + atm, {"mse": mse, **parts}
+
+
+# ----------------------------------------------------------------------------
+# Training protocol (Sec. 4.1): targets cached once, one loss per batch of latents
+
+
+@torch.no_grad()
+def encode_atm_targets(motion_vae, embedder, dataset,
+                       cfg: ATMConfig, device, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """What ATM reads about the real training motions, computed once (ATM Sec. 4.1), from one
+    crop of each item: "mu", "logvar" (N, n, d) the VAE posterior (as vae.encode_dataset), "lengths"
+    (N,), and in the alignment space "motion_emb" (N, E), "clip_emb" (N, K, E), "clip_mask"
+    (N, K), K the clips of the longest motion. Items go through in order of length, so that
+    little of each batch is padding, and come back in dataset order."""
+    clip_len, min_clip = clip_frames(cfg, dataset.skeleton.fps)
+    n_clips = math.ceil(motion_vae.cfg.max_len / clip_len)
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset.items[i][1]))
+    parts = {key: [] for key in ("mu", "logvar", "lengths", "motion_emb", "clip_emb", "clip_mask")}
+    for start in range(0, len(order), batch_size):
+        batch = collate([dataset[i] for i in order[start:start + batch_size]])
+        x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
+        _, mu, logvar = motion_vae.encode(x, lengths)                                  # (b, n, d) each
+        seq, clips, mask = embed_motions(embedder, x, lengths, clip_len, min_clip, n_clips)
+        for key, value in zip(parts, (mu, logvar, lengths, seq, clips, mask)):
+            parts[key].append(value)
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(order))  # dataset index -> row of the sorted pass
+    return {key: torch.cat(values)[back.to(device)] for key, values in parts.items()}
+
+
+def atm_loss_fn(schedule, denoiser, motion_vae, embedder, text, targets: dict, cfg: ATMConfig, fps: float):
+    """loss_fn(batch) -> (L_all, parts) for batches {"z", "caption", "index"} of training latents
+    (indices into the dataset `targets` was encoded from): the condition c from the frozen text
+    encoder, t from the alignment embedder (each distinct caption embedded once), the real
+    motions' embeddings from `targets` (encode_atm_targets)."""
+    c_uncond = text.encode_cached([""])[0]                                            # (W,)
+    text_cache = {}  # caption -> t (E,)
+
+    @torch.no_grad()
+    def alignment_text(captions: list[str]) -> torch.Tensor:
+        missing = list(dict.fromkeys(c for c in captions if c not in text_cache))
+        if missing:
+            ids = text.tokenizer(missing).to(c_uncond.device)                          # (m, 77)
+            text_cache.update(zip(missing, embedder.encode_text(ids)))                 # (m, E)
+        return torch.stack([text_cache[c] for c in captions])                          # (B, E)
+
+    def loss_fn(batch):
+        idx = batch["index"]                                                           # (B,)
+        atm_batch = {"z": batch["z"], "c": text.encode_cached(batch["caption"]),
+                     "text_emb": alignment_text(batch["caption"]),
+                     **{key: targets[key][idx] for key in ("lengths", "motion_emb", "clip_emb", "clip_mask")}}
+        return diffusion_atm_loss(schedule, denoiser, motion_vae, embedder, atm_batch, c_uncond, cfg, fps=fps)
+
+    return loss_fn

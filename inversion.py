@@ -19,8 +19,9 @@ paper writes it. Generation with a learned word is ordinary LEAD inference (Sec.
 without the projector's realignment D_proj(E_proj(.)) of the diffused latent (Tab. 3's "Project").
 
 Reading order: templates and config, the three losses (plain functions), example motions and
-their segments, the optimisation loop, saving / loading a learned word, generation, and two
-helpers of the evaluation (the coarse one-word descriptor, R-precision against captions).
+their segments, the optimisation loop, saving / loading a learned word, generation, two helpers
+of the evaluation (the coarse one-word descriptor, R-precision against captions), and the
+experiment protocol: the Tab. 3 analogue (`mti_table`) and the held-out styles (`style_table`).
 
 Glossary: B batch (segments), T frames, D feature width, n latent tokens, d latent width,
 W text width (token embeddings), C text embedding width (c), E evaluator embedding width.
@@ -41,6 +42,7 @@ Differences from the paper:
 """
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,7 @@ import numpy as np
 import torch
 
 import data
+import metrics
 from clip import TextEncoder
 from diffusion import Denoiser, GaussianDiffusion
 from projector import Projector
@@ -377,3 +380,190 @@ def caption_r_precision(motion_emb: np.ndarray, owner: np.ndarray, text_emb: np.
         rank = int((dist < dist[0]).sum())                                     # captions closer than its own
         hits[i] = [rank < k for k in range(1, top_k + 1)]
     return hits
+
+
+# ----------------------------------------------------------------------------
+# Experiment protocol: the Tab. 3 analogue (Sec. 5.5) and the held-out styles (Fig. 7)
+
+MTI_LABELS = {"feat": "MTI_feat", "mld": "MTI_mld", "lead": "MTI_lead"}
+
+
+def tagged_caption(root: Path, name: str, caption: str) -> str:
+    """The "word/POS ..." field of `caption` in texts/NAME.txt (HumanML3D layout), or ""."""
+    path = root / "texts" / f"{name}.txt"
+    if not path.exists():  # a sub-span item is named NAME_start_end
+        path = root / "texts" / f"{name.rsplit('_', 2)[0]}.txt"
+    if not path.exists():
+        return ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.strip().split("#")
+        if len(parts) == 4 and parts[0].strip() == caption:
+            return parts[1]
+    return ""
+
+
+@torch.no_grad()
+def generate_and_embed(models: FrozenModels, evaluator, prompts: list[str],
+                       lengths: torch.Tensor, seed: int, chunk: int = 64) -> dict:
+    """Generate one motion per prompt, decoded without and with realignment from the same latents
+    -> {False: (embeddings (N, E), [motion (T_i, D)]), True: (...)}, motions normalized, on the CPU.
+    The same seed gives every call the same noise, so methods are compared on paired samples."""
+    generator = torch.Generator(device=models.device).manual_seed(seed)
+    out = {False: ([], []), True: ([], [])}
+    for start in range(0, len(prompts), chunk):
+        span = lengths[start:start + chunk].to(models.device)                     # (b,)
+        motions = generate(models, prompts[start:start + chunk], span, realign=(False, True),
+                           generator=generator)
+        for project, motion in zip((False, True), motions):                       # (b, T, D) each
+            out[project][0].append(evaluator.encode_motion(motion, span))
+            out[project][1].extend(motion[b, :span[b]].cpu() for b in range(len(span)))
+    return {p: (torch.cat(emb).double().cpu().numpy(), motions) for p, (emb, motions) in out.items()}
+
+
+@torch.no_grad()
+def embed_examples(evaluator, examples: list[torch.Tensor], lengths: list[int], device) -> np.ndarray:
+    """Evaluator embeddings (N, E) of normalized example motions, each cut to its length."""
+    batch = data.collate([{"motion": x[:n], "length": n, "caption": "", "name": ""}
+                          for x, n in zip(examples, lengths)])
+    return evaluator.encode_motion(batch["motion"].to(device), batch["lengths"].to(device)).double().cpu().numpy()
+
+
+def mti_row(emb: np.ndarray, owner: np.ndarray, text_emb: np.ndarray, real_emb: np.ndarray | None,
+            diversity_times: int, seed: int) -> dict:
+    """Tab. 3 columns for motions emb (N, E) whose captions are rows `owner` of text_emb."""
+    hits = caption_r_precision(emb, owner, text_emb, seed=seed)                  # (N, 3)
+    row = {"R-precision top-3": metrics.mean_ci(hits[:, 2]),
+           # Eq. (12) as computed: the distance of each motion to its own caption
+           "MMdist": metrics.mean_ci(np.linalg.norm(emb - text_emb[owner], axis=1)),
+           "Diversity": (metrics.diversity(emb, min(diversity_times, len(emb)), seed=seed), 0.0)}
+    if real_emb is not None:
+        row["FID"] = (metrics.fid(real_emb, emb), 0.0)
+    return row
+
+
+def mti_table(models: FrozenModels, test, evaluator, tokenizer, cfg: InversionConfig, unit: int,
+              diversity_times: int, seed: int, log=print) -> dict:
+    """The Tab. 3 analogue: one word per test motion (a fixed random subset of `test`) and
+    objective, then generations from "a person <word>" with and without realignment, scored
+    against the examples -> {"rows", "test_motions", "inits"}. `tokenizer` is the run's own
+    (without the words learned here) for the captions and the one-token test."""
+    device = models.device
+    picks = np.sort(np.random.default_rng(seed).choice(len(test), min(cfg.test_motions, len(test)), replace=False))
+    is_one_token = lambda word: len(tokenizer.encode(word)) == 1  # noqa: E731
+    examples, lengths, inits = [], [], []
+    for i in picks:
+        name, raw, captions = test.items[i]
+        examples.append(torch.from_numpy(test.normalize(raw)))                  # (T, D)
+        lengths.append(min(len(raw), models.vae.cfg.max_len) // unit * unit)
+        inits.append(coarse_descriptor(captions[0], tagged_caption(test.root, name, captions[0]),
+                                       is_one_token, cfg.init_word))
+    # 1. one word per motion and objective (Sec. 5.2: 20 Adam steps on 4 segments of the motion)
+    start, words = time.time(), {objective: [] for objective in OBJECTIVES}
+    for objective in OBJECTIVES:
+        for k, (example, init) in enumerate(zip(examples, inits)):
+            word = f"<mti_{objective}_{k}>"
+            invert(models, [example], word, init, cfg, objective, seed=seed + k)
+            words[objective].append(word)
+        log(f"[inversion] {len(picks)} words with MTI_{objective} ({time.time() - start:.0f} s)")
+    # 2. the ground truth: each test motion's first caption; the examples themselves (Real)
+    all_captions = [captions[0] for _, _, captions in test.items]
+    with torch.no_grad():
+        text_emb = torch.cat([evaluator.encode_text(tokenizer(all_captions[s:s + 256]).to(device))
+                              for s in range(0, len(all_captions), 256)]).double().cpu().numpy()  # (M, E)
+    real_emb = embed_examples(evaluator, examples, lengths, device)              # (N, E)
+    rows = {"Real": mti_row(real_emb, picks, text_emb, None, diversity_times, seed)}
+    # 3. G generations per word, the same noise for every objective
+    G = cfg.generations
+    owner, gen_lengths = np.repeat(picks, G), torch.tensor(lengths).repeat_interleave(G)
+    for objective in OBJECTIVES:
+        prompts = [cfg.prompt.replace(PLACEHOLDER, w) for w in words[objective] for _ in range(G)]
+        sets = generate_and_embed(models, evaluator, prompts, gen_lengths, seed)
+        for project in (False, True):
+            label = MTI_LABELS[objective] + (" w/ project" if project else "")
+            rows[label] = mti_row(sets[project][0], owner, text_emb, real_emb, diversity_times, seed)
+    return {"rows": rows, "test_motions": [test.items[i][0] for i in picks], "inits": inits}
+
+
+def mti_note(n_motions: int, cfg: InversionConfig, source: str) -> str:
+    return (f"{n_motions} test motions of {source} (a fixed random subset; the paper: 100), one "
+            f"word per motion and objective ({cfg.steps} Adam steps, batch {cfg.batch_size} segments, lr "
+            f"{cfg.lr}, initialised from the first single-token verb of the motion's first caption, else "
+            f"'{cfg.init_word}'), {cfg.generations} generations per word from \"{cfg.prompt}\" at the motion's "
+            "length; 'w/ project' decodes the same diffused latents after D_proj(E_proj(.)). Real: the example "
+            "motions. R-precision top-3: for each motion, is its example's first caption among the 3 "
+            "closest of 32 (itself + 31 captions of other test motions); MMdist: mean distance to that "
+            "caption; FID: generated vs example motions; Diversity: mean distance over min(300, N) random "
+            "pairs. CIs: 1.96 std / sqrt(N) over motions for R-precision and MMdist; FID and Diversity are "
+            "set-level (no CI, shown as ± 0). Metrics in this run's `evaluator` space.")
+
+
+def style_table(models: FrozenModels, split, segments: dict, style_names, evaluator, cfg: InversionConfig,
+                unit: int, seed: int, log=print) -> dict:
+    """The out-of-distribution case (the paper's 100STYLE experiment, Fig. 7): one word per held-out
+    style (the first cfg.styles of `style_names` found in `split`, labelled by `segments`) and
+    objective, learned from the style's first example motion; generated motions are scored by
+    their evaluator-space distance to the style's examples. -> {"rows", "styles", "tokens":
+    [(stem, word, vector, objective)], "motions": [(stem, motion (T, D) normalized, title, render)]}
+    for the caller to save."""
+    methods = ["init", "init+proj"] + [f"{o}{p}" for o in OBJECTIVES for p in ("", "+proj")]
+    unknown = set(cfg.render) - set(methods) - {"example"}
+    if unknown:
+        raise ValueError(f"inversion.render: unknown {sorted(unknown)}; choose from example, {', '.join(methods)}")
+    by_style = {}  # style -> indices into split.items
+    for i, (name, _, _) in enumerate(split.items):
+        style = segments.get(name, {}).get("style")
+        if style:
+            by_style.setdefault(style, []).append(i)
+    styles = [s for s in style_names if s in by_style][:cfg.styles]
+    examples = {s: [torch.from_numpy(split.normalize(split.items[i][1])) for i in by_style[s]] for s in styles}
+    lengths = {s: [min(len(x), models.vae.cfg.max_len) // unit * unit for x in examples[s]] for s in styles}
+    example_emb = {s: embed_examples(evaluator, examples[s], lengths[s], models.device) for s in styles}
+    centroids = np.stack([example_emb[s].mean(0) for s in styles])              # (S, E)
+    G, start = cfg.generations, time.time()
+    results, tokens, outputs = {m: {} for m in methods}, [], []
+    for si, style in enumerate(styles):
+        slug = style.replace(" ", "_")
+        prompts = {"init": [cfg.prompt.replace(PLACEHOLDER, cfg.init_word)] * G}
+        for objective in OBJECTIVES:
+            word = f"<{slug}_{objective}>"
+            v = invert(models, examples[style][:1], word, cfg.init_word, cfg, objective, seed=seed)
+            tokens.append((f"{slug}_{objective}", word, v, objective))
+            prompts[objective] = [cfg.prompt.replace(PLACEHOLDER, word)] * G
+        gen_lengths = torch.full((G,), lengths[style][0], dtype=torch.long)
+        outputs.append((f"{slug}/example", examples[style][0][:lengths[style][0]], f"{style}: example",
+                        "example" in cfg.render))
+        for key, texts in prompts.items():
+            sets = generate_and_embed(models, evaluator, texts, gen_lengths, seed)
+            for project in (False, True):
+                method = key + ("+proj" if project else "")
+                emb, motions = sets[project]
+                dist = np.linalg.norm(emb[:, None] - example_emb[style][None], axis=-1).mean(1)  # (G,)
+                nearest = np.linalg.norm(emb[:, None] - centroids[None], axis=-1).argmin(1)    # (G,)
+                results[method][style] = (dist, nearest == si)
+                outputs += [(f"{slug}/{method}_{k}", motion, f"{style}: {texts[0]}" + (" (realigned)" if project else ""),
+                             k == 0 and method in cfg.render) for k, motion in enumerate(motions)]
+        log(f"[inversion] style {style}: {len(examples[style])} examples ({time.time() - start:.0f} s)")
+    labels = {"init": f"'{cfg.init_word}' (no inversion)", **MTI_LABELS}
+    spread = {}
+    for s in styles:
+        if len(example_emb[s]) >= 2:
+            d = np.linalg.norm(example_emb[s][:, None] - example_emb[s][None], axis=-1)
+            spread[s] = d[~np.eye(len(d), dtype=bool)]
+    rows = {"Real": {f"dist. {s}": metrics.mean_ci(spread[s]) for s in spread}}
+    for method, per_style in results.items():
+        key, _, project = method.partition("+")
+        label = labels[key] + (" w/ project" if project else "")
+        rows[label] = {f"dist. {s}": metrics.mean_ci(d) for s, (d, _) in per_style.items()}
+        rows[label]["dist. mean"] = metrics.mean_ci(np.concatenate([d for d, _ in per_style.values()]))
+        rows[label]["nearest style"] = metrics.mean_ci(np.concatenate([hit for _, hit in per_style.values()]))
+    return {"rows": rows, "styles": {s: len(examples[s]) for s in styles}, "tokens": tokens, "motions": outputs}
+
+
+def style_note(n_styles: int, cfg: InversionConfig, source: str, folder) -> str:
+    return (f"One word per held-out style of {source} (styles.txt; never in a training caption) and "
+            f"objective, learned from the style's first example motion, initialised from '{cfg.init_word}'. "
+            f"'dist. STYLE': mean evaluator-space distance between each of {cfg.generations} motions generated "
+            f"from \"{cfg.prompt}\" and every example of the style (↓; Real: distinct examples of the style "
+            "among themselves); 'nearest style': share of generated motions whose nearest style centroid of "
+            f"example embeddings is their own (↑, chance 1/{n_styles}). ± 1.96 std / sqrt(n) over generated "
+            f"motions (Real: example pairs). Motions and GIFs in {folder}.")

@@ -87,6 +87,9 @@ from transformers import BertConfig, BertModel
 from transformers.models.bert.modeling_bert import (BertAttention, BertIntermediate, BertOutput,
                                                     BertPredictionHeadTransform)
 
+from data import collate
+from metrics import retrieval_recall
+
 IGNORE = -100  # target index that F.cross_entropy skips
 
 
@@ -748,3 +751,71 @@ class LaMPEvaluator(nn.Module):
         """f_m of every query, for the best-query similarity of Sec. 3.1.3: (B, Q, E)."""
         z, valid = self.vq.encode(motion, lengths)
         return self.model.query_features(z, valid)
+
+
+# ----------------------------------------------------------------------------
+# Experiment protocol: the two training stages' losses, the codebook on held-out motions,
+# retrieval (Tab. 3)
+
+
+def vq_loss_fn(vq: MotionVQVAE, cfg: LaMPConfig, device):
+    """loss_fn(batch) -> (loss, parts) of the motion tokenizer (Sec. 3.1.1) on dataset batches."""
+    def loss_fn(batch):
+        x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
+        x_hat, commit, _ = vq(x, lengths)
+        return vq_loss(x_hat, x, lengths, commit, cfg)
+    return loss_fn
+
+
+def lamp_loss_fn(model: "LaMP", vq: MotionVQVAE, tokenizer, device):
+    """loss_fn(batch) -> (loss, parts) of LaMP's four objectives (Sec. 3.1.3) over the frozen
+    tokenizer's motion features and codes."""
+    def loss_fn(batch):
+        with torch.no_grad():
+            z, codes, valid = vq.tokenize(batch["motion"].to(device), batch["lengths"].to(device))
+        return model.loss(z, valid, tokenizer(batch["caption"]).to(device), codes)
+    return loss_fn
+
+
+@torch.no_grad()
+def codebook_usage_on(vq: MotionVQVAE, dataset, device, batch_size: int = 64) -> dict[str, float]:
+    """codebook_usage of the codes `vq` gives the valid motion tokens of `dataset`."""
+    codes = []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        _, c, valid = vq.tokenize(batch["motion"].to(device), batch["lengths"].to(device))
+        codes.append(c[valid])
+    return codebook_usage(torch.cat(codes), vq.cfg.vq_codes)
+
+
+@torch.no_grad()
+def retrieval_rows(lamp_embedder: "LaMPEvaluator", evaluator, dataset, tokenizer, device,
+                   batch_size: int = 64) -> dict:
+    """LaMP Tab. 3: both models encode the same batches (one random caption per clip), then
+    text-to-motion and motion-to-text R@1, 2, 3, 5, 10 over the whole split; LaMP both with its
+    training similarity (the best query, Sec. 3.1.3) and with one vector per motion (what
+    `--evaluator lamp` uses)."""
+    feats = {"text": [], "queries": [], "lamp_text": [], "motion": []}
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        ids = tokenizer(batch["caption"]).to(device)                              # (B, 77)
+        motion, lengths = batch["motion"].to(device), batch["lengths"].to(device)
+        feats["lamp_text"].append(lamp_embedder.encode_text(ids))                 # (B, E)
+        feats["queries"].append(lamp_embedder.query_features(motion, lengths))    # (B, Q, E)
+        feats["text"].append(evaluator.encode_text(ids))                          # (B, E')
+        feats["motion"].append(evaluator.encode_motion(motion, lengths))          # (B, E')
+    feats = {k: torch.cat(v) for k, v in feats.items()}
+    mean_query = torch.nn.functional.normalize(feats["queries"].mean(1), dim=-1)  # = LaMPEvaluator.encode_motion
+    recalls = {
+        "LaMP (best query)": similarity_recall(query_text_similarity(feats["queries"], feats["lamp_text"])),
+        "LaMP (mean of queries)": retrieval_recall(feats["lamp_text"], mean_query),
+        "evaluator": retrieval_recall(feats["text"], feats["motion"]),
+    }
+    return {name: {k: (v, 0.0) for k, v in r.items()} for name, r in recalls.items()}
+
+
+def retrieval_note(n_clips: int, source: str, usage: dict, n_codes: int) -> str:
+    return (f"{n_clips} test clips of {source}, one caption each, ranked against the whole split (the "
+            f"paper: TMR's test protocol); recall as a fraction (the paper: %). LaMP ranks by cosine (best "
+            f"query: max over its queries), the evaluator by Euclidean distance. Codebook: "
+            f"{100 * usage['used']:.1f}% of {n_codes} codes used on val, perplexity {usage['perplexity']:.1f}.")

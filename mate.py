@@ -24,7 +24,8 @@ conditions a diffusion model trained from scratch (Sec. 4.1, "retrain the models
 Reading order: sub-text decomposition, lemmatisation, joint segmentation (Eq. 1; its
 candidate clips are embedded with the work they share done once, `embed_segments`, equal to the
 embedder's own forward and ~20x faster), the attention prior (Eq. 4), the config, the modules
-(Eqs. 2-3), the losses (Eqs. 5-8), the training records and batches, the word-level probe.
+(Eqs. 2-3), the losses (Eqs. 5-8), the training records and batches, the word-level probe, and
+the experiment protocol (the word table's training setup, the probe and segmentation tables).
 
 Differences from the paper:
 - Sub-texts. The paper asks ChatGPT to split a caption into temporally ordered sub-texts. No
@@ -766,3 +767,71 @@ def pair_accuracy(generate_fn, evaluator, tokenizer, pairs: list[tuple[str, str]
     other = evaluator.encode_text(tokenizer(second + first).to(device))                  # (2M, E)
     correct = (motion - own).norm(dim=-1) < (motion - other).norm(dim=-1)   # (2M,)
     return mean_ci(correct.float().cpu().numpy())
+
+
+@torch.no_grad()
+def word_probe(plain, with_mate, evaluator, dataset, cfg: MATEConfig, length: int, seed: int,
+               log=print) -> dict:
+    """For word pairs close in language but opposite in motion (Sec. 4.4, Figs. 4-5): the cosine
+    of their word embeddings in the original and the MATE table, and how often the `evaluator`
+    places a motion generated from a caption of `dataset` nearer to that caption than to the same
+    caption with the word swapped, for the plain (MLD) and the MATE pipeline (metrics.Pipeline),
+    all motions `length` frames. -> {row: {column: (mean, CI)}}."""
+    tokenizer = plain.text.tokenizer
+    before, after = plain.text.word_embeddings.weight, with_mate.text.word_embeddings.weight
+    rows = {}
+    for a, b in parse_pairs(cfg.word_pairs):
+        pairs = caption_pairs(dataset.captions(), a, b, cfg.probe_captions)
+        row = {"WE cos, original": (word_cosine(before, tokenizer, a, b), 0.0),
+               "WE cos, MATE": (word_cosine(after, tokenizer, a, b), 0.0)}
+        for label, pipe in (("MLD", plain), ("MLD+MATE", with_mate)):
+            torch.manual_seed(seed)  # the same noise for both models
+            row[f"{label} pair acc."] = pair_accuracy(
+                lambda captions, lengths, p=pipe: p.generate(captions, lengths, None),
+                evaluator, tokenizer, pairs, length)
+        rows[f"{a} / {b} ({len(pairs)} caption pairs)"] = row
+        log(f"[mate] probe {a} / {b}: " + ", ".join(f"{k} {v[0]:.3f}" for k, v in row.items()))
+    return rows
+
+
+def probe_note(length: int) -> str:
+    return (f"WE cos: cosine of the two words' embedding rows (mean over BPE pieces) in the original "
+            f"and the MATE table. Pair acc.: share of motions ({length} frames) generated from a test "
+            f"caption that the `evaluator` places nearer (Euclidean) to that caption than to the caption "
+            f"with the word swapped (0.5 = not heard), ± 95% CI.")
+
+
+def segmentation_rows(report: dict) -> tuple[dict, str]:
+    """segmentation_report as the Tab. 7 analogue -> (rows, note)."""
+    rows = {"Eq. (1) search": {"decomposition acc.": (report["decomposition_accuracy"], 0.0),
+                               "boundary error (frames)": (report["boundary_error_frames"], 0.0),
+                               "even split error (frames)": (report["even_split_error_frames"], 0.0)}}
+    note = (f"{report['captions']} training captions; boundary errors over {report['boundaries']} inner "
+            f"boundaries of captions split into as many sub-texts as their motion has actions; the "
+            f"even split cuts the motion into N equal parts (a baseline). The paper: 0.73 s = 15 frames.")
+    return rows, note
+
+
+def word_table_training(records: list[Record], text, feat_dim: int, cfg: MATEConfig, batch_size: int,
+                        seed: int, device, log=print):
+    """Stage 2 of the protocol (Sec. 3.4): MATE's heads and prototypes (one per lemma of the
+    training captions), the text encoder's word table bound to MATE's and trained through the
+    frozen encoder with L_all (Eq. 8). -> (model, loss_fn(batch) -> (loss, parts), batch stream,
+    checkpoint meta); the caller's training loop steps it."""
+    lemmas = vocabulary(records)
+    index = {lemma: k for k, lemma in enumerate(lemmas)}
+    torch.manual_seed(seed)
+    model = MATE(cfg, feat_dim, text.word_embeddings.weight, text.dim, len(lemmas)).to(device)
+    model.init_prototypes(*(t.to(device) for t in word_ids(text.tokenizer, lemmas)))
+    bind_word_table(text, model)
+    log(f"[mate] {len(lemmas)} prototypes (lemmas of the training captions); training the "
+        f"{tuple(model.word_table.shape)} word table through the frozen text encoder")
+
+    def loss_fn(batch):
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        c, _ = text.encode_ids(batch["ids"])                                        # (B, C), through WE
+        return mate_loss(model(batch, c), batch, model.prototypes, cfg)
+
+    stream = record_batches(records, batch_size, seed, text.tokenizer, index)
+    meta = {"feat_dim": int(feat_dim), "text_dim": text.dim, "vocabulary": lemmas}
+    return model, loss_fn, stream, meta

@@ -19,7 +19,10 @@ seeded instances: `evaluator` (metrics only) and `alignment` (the training signa
 and MATE), so no method is scored by the model it was trained against.
 
 Reading order: distance and statistics helpers, the formulas (Eqs. 11-14, R-precision,
-retrieval), the embedder and its loss, the evaluation driver, the results tables.
+retrieval), the embedder and its loss, the evaluation driver, the text-to-motion protocol
+(`Pipeline` generates for the test captions, `t2m_rows` scores each method over the
+replications, per-prompt time, latent structure) and the VAE's reconstruction errors, the
+results tables.
 
 Differences from the paper:
 - Text input. Guo et al. feed GloVe 300-d word vectors plus a part-of-speech one-hot;
@@ -61,6 +64,10 @@ import scipy.linalg
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import diffusion
+import projector
+from data import collate, features_to_joints
 
 FOOT_CONTACT_DIMS = 4  # HumanML3D (263-d) and KIT-ML (251-d) features end with 4 foot contacts
 DOWNSAMPLE = 4  # two stride-2 convolutions in the movement encoder: 4 frames -> 1 step
@@ -389,6 +396,15 @@ def embedder_loss(text_emb: torch.Tensor, motion_emb: torch.Tensor, captions: li
     return loss, parts
 
 
+def embedder_loss_fn(model: TextMotionEmbedder, tokenizer, temperature: float, device):
+    """loss_fn(batch) -> (loss, parts) for training `model` on dataset batches (embedder_loss)."""
+    def loss_fn(batch):
+        ids = tokenizer(batch["caption"]).to(device)                                  # (B, 77)
+        motion_emb = model.encode_motion(batch["motion"].to(device), batch["lengths"].to(device))
+        return embedder_loss(model.encode_text(ids), motion_emb, batch["caption"], temperature=temperature)
+    return loss_fn
+
+
 # ---------------------------------------------------------------------------------------
 # Evaluation driver (Guo et al.'s protocol)
 
@@ -401,10 +417,7 @@ def _device_of(model) -> torch.device:
 
 
 def _default_collate(collate_fn):
-    if collate_fn is not None:
-        return collate_fn
-    from data import collate  # data.py pads items into {"motion", "lengths", "caption", "name"}
-    return collate
+    return collate_fn or collate  # data.py pads items into {"motion", "lengths", "caption", "name"}
 
 
 @torch.no_grad()
@@ -498,6 +511,135 @@ def evaluate(generate_fn, dataset, evaluator, tokenizer, replications: int, batc
         if was_training:
             evaluator.train()
     return {name: mean_ci(v) for name, v in per_rep.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# The text-to-motion evaluation protocol (LEAD Tab. 1, Sec. 5.1.2) and the VAE's errors
+
+
+@dataclass
+class EvalConfig:
+    replications: int = 20      # the papers: mean +- 1.96 std / sqrt(20)
+    mm_num_texts: int = 100     # MModality: 100 texts (MLD, LEAD Sec. 5.1.2)
+    mm_num_gens: int = 30       # ... 30 generations each, 10 pairs (Guo et al.)
+    diversity_times: int = 300  # Diversity over 300 random pairs (Guo et al., LEAD Eq. 13)
+    timing_prompts: int = 10    # prompts timed one at a time for the per-prompt inference time
+
+
+class Pipeline:
+    """Frozen text encoder, VAE and denoiser: text -> normalized motion, with or without the
+    LEAD realignment (projector.generate), as every row of the Tab. 1 analogue generates."""
+
+    def __init__(self, text, motion_vae, denoiser):
+        self.text, self.vae, self.denoiser = text, motion_vae, denoiser
+        self.device = _device_of(denoiser)
+        self.schedule = diffusion.GaussianDiffusion(denoiser.cfg).to(self.device)
+        self.c_uncond = text.encode_cached([""])[0]                               # (C,)
+
+    def generate(self, captions: list[str], lengths: torch.Tensor, realigner=None) -> torch.Tensor:
+        c = self.text.encode_cached(captions)                                     # (B, C)
+        return projector.generate(self.vae, self.denoiser, self.schedule, c, self.c_uncond,
+                                  lengths.to(self.device), realigner)
+
+
+def t2m_rows(methods: dict, dataset, evaluator, tokenizer, cfg: EvalConfig, seed: int,
+             log=print) -> dict:
+    """The Tab. 1 protocol: {name: evaluate(...)} for methods {name: generate_fn or None}
+    (None: the Real row), in the given order (each row draws the dataset's next crops)."""
+    rows = {}
+    for name, generate_fn in methods.items():
+        log(f"[eval] {name}" + (f" ({cfg.replications} replications)" if generate_fn is None else ""))
+        rows[name] = evaluate(generate_fn, dataset, evaluator, tokenizer, replications=cfg.replications,
+                              mm_num_texts=cfg.mm_num_texts, mm_num_gens=cfg.mm_num_gens,
+                              diversity_times=cfg.diversity_times, seed=seed)
+    return rows
+
+
+def seconds_per_prompt(pipe: Pipeline, dataset, realigner, prompts: int) -> tuple[float, float]:
+    """Wall time of generating one motion for one prompt (batch of 1), mean and 95% CI."""
+    times = []
+    for i in range(prompts + 1):
+        item = dataset[i % len(dataset)]
+        start = time.perf_counter()
+        pipe.generate([item["caption"]], torch.tensor([item["length"]]), realigner)
+        if pipe.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return mean_ci(times[1:])  # the first call warms up caches and kernels
+
+
+@torch.no_grad()
+def latent_structure(motion_vae, realigner, dataset, segments: dict) -> dict | None:
+    """The quantitative stand-in for LEAD's t-SNE (Fig. 3 right): leave-one-out 1-NN accuracy
+    of the action label for test latents, in the VAE space and in the projected space.
+    Needs action labels (`segments`, the synthetic dataset's); uses single-action motions."""
+    if not segments:
+        return None
+    device = _device_of(motion_vae)
+    items = [dataset[i] for i in range(len(dataset))]
+    items = [it for it in items if len(segments.get(it["name"], {}).get("actions", [])) == 1]
+    labels = [segments[it["name"]]["actions"][0] for it in items]
+    z_all, proj_all = [], []
+    for start in range(0, len(items), 64):
+        batch = collate(items[start:start + 64])
+        z, _, _ = motion_vae.encode(batch["motion"].to(device), batch["lengths"].to(device), sample=False)
+        z_all.append(z.flatten(1))
+        proj_all.append(realigner.project(z))
+    z_all, proj_all = torch.cat(z_all), torch.cat(proj_all)
+    return {"motions": len(items), "actions": len(set(labels)),
+            "vae_space": nearest_neighbour_accuracy(z_all, labels),
+            "projected_space": nearest_neighbour_accuracy(proj_all, labels)}
+
+
+@torch.no_grad()
+def joint_errors(reconstruct, dataset, device, batch_size: int = 64) -> dict[str, float]:
+    """Mean per-joint position errors (metres) of reconstruct(x, lengths) -> x_hat, both
+    normalised features (B, T, D), over the valid frames of `dataset`:
+      "global"        joints from features, the root trajectory integrated from the velocities;
+      "root-aligned"  the root joint subtracted from both (MPJPE as MLD reports it; the heading
+                      integrated from the root's angular velocity still counts);
+      "body frame"    the root-invariant positions (features 4 : 3J+1), heading ignored; the
+                      root sits at their origin and counts as a joint with zero error."""
+    mean, std = (torch.as_tensor(a, dtype=torch.float32, device=device) for a in (dataset.mean, dataset.std))
+    sums, count = {"global": 0.0, "root-aligned": 0.0, "body frame": 0.0}, 0
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
+        features = [f * std + mean for f in (reconstruct(x, lengths), x)]        # de-normalised
+        J = (x.shape[-1] + 1) // 12
+        j_hat, j = (features_to_joints(f, n_joints=J) for f in features)  # (B, T, J, 3)
+        valid = _valid(lengths, x.shape[1])                          # (B, T)
+        sums["global"] += float((j_hat - j).norm(dim=-1)[valid].sum())
+        sums["root-aligned"] += float(((j_hat - j_hat[..., :1, :]) - (j - j[..., :1, :])).norm(dim=-1)[valid].sum())
+        ric_hat, ric = (f[..., 4:4 + 3 * (J - 1)].unflatten(-1, (J - 1, 3)) for f in features)
+        sums["body frame"] += float((ric_hat - ric).norm(dim=-1)[valid].sum())
+        count += int(valid.sum()) * J
+    return {k: v / count for k, v in sums.items()}
+
+
+@torch.no_grad()
+def reconstruction_metrics(reconstruct, dataset, evaluator, tokenizer, seed: int, batch_size: int = 64) -> dict:
+    """How the evaluator sees reconstructions reconstruct(x, lengths) of `dataset` against the
+    motions themselves: R-precision top-1..3 and MMdist with their captions for both, and the
+    FID of the reconstructions against the motions, in one pass.
+    A VAE whose reconstructions the evaluator cannot match to their captions bounds every
+    generated row of the eval table."""
+    device = _device_of(evaluator)
+    text, real, recon = [], [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
+        text.append(evaluator.encode_text(tokenizer(batch["caption"]).to(device)))   # (B, E)
+        real.append(evaluator.encode_motion(x, lengths))
+        recon.append(evaluator.encode_motion(reconstruct(x, lengths), lengths))
+    text, real, recon = (torch.cat(e).double().cpu().numpy() for e in (text, real, recon))
+    figures = {}
+    for name, motion in (("real", real), ("reconstruction", recon)):
+        top = r_precision(text, motion, top_k=3, seed=seed)
+        figures[name] = {**{f"R-precision top-{k + 1}": round(float(top[k]), 4) for k in range(3)},
+                         "MMdist": round(matching_score(text, motion), 4)}
+    figures["reconstruction"]["FID"] = round(fid(real, recon), 4)  # against the real ones
+    return figures
 
 
 # ---------------------------------------------------------------------------------------

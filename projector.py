@@ -172,6 +172,15 @@ def projector_loss(z: torch.Tensor, z_proj: torch.Tensor, z_hat: torch.Tensor, c
     return total, parts
 
 
+def projector_loss_fn(model: "Projector", text):
+    """loss_fn(batch) -> (loss, parts) for batches {"z", "caption"} of training latents, c from the
+    frozen text encoder `text` (Eq. 7 with the model's lambdas)."""
+    def loss_fn(batch):
+        z_proj, z_hat = model(batch["z"])
+        return projector_loss(batch["z"], z_proj, z_hat, text.encode_cached(batch["caption"]), model.cfg)
+    return loss_fn
+
+
 # ----------------------------------------------------------------------------
 # LEAD inference (Sec. 4.1.3)
 

@@ -56,7 +56,7 @@ from diffusion import DiffusionConfig
 from inversion import InversionConfig
 from lamp import LaMPConfig
 from mate import MATEConfig
-from metrics import EmbedderConfig
+from metrics import EmbedderConfig, EvalConfig
 from projector import ProjectorConfig
 from vae import VAEConfig
 
@@ -91,15 +91,6 @@ def learning_rate(sched: Schedule, step: int) -> float:
     if not sched.cosine:
         return sched.lr
     return sched.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, sched.steps) / sched.steps))
-
-
-@dataclass
-class EvalConfig:
-    replications: int = 20      # the papers: mean +- 1.96 std / sqrt(20)
-    mm_num_texts: int = 100     # MModality: 100 texts (MLD, LEAD Sec. 5.1.2)
-    mm_num_gens: int = 30       # ... 30 generations each, 10 pairs (Guo et al.)
-    diversity_times: int = 300  # Diversity over 300 random pairs (Guo et al., LEAD Eq. 13)
-    timing_prompts: int = 10    # prompts timed one at a time for the per-prompt inference time
 
 
 @dataclass
@@ -368,31 +359,18 @@ def batches(dataset, batch_size: int, seed: int):
             yield data.collate([dataset[int(i)] for i in groups[g]])
 
 
-@torch.no_grad()
-def encode_latents(motion_vae: vae.MotionVAE, dataset, device, batch_size: int = 64):
-    """The frozen VAE's posterior (mu, logvar), each (N, n, d), for every item of `dataset`,
-    computed once so later stages draw z = mu + sigma * noise without re-running the encoder."""
-    mus, logvars = [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        _, mu, logvar = motion_vae.encode(batch["motion"].to(device), batch["lengths"].to(device))
-        mus.append(mu)
-        logvars.append(logvar)
-    return torch.cat(mus), torch.cat(logvars)
-
-
 def training_latents(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
-    """encode_latents of the train split through the run's VAE, computed once per process and
+    """vae.encode_dataset of the train split through the run's VAE, computed once per process and
     shared by the stages that train on it (diffusion, projector, mate) while vae.pt stays the
     same file (`--stage all` would otherwise encode the same motions three times)."""
     path = run.out / "vae.pt"
     key = (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
     if key is None or run.cache.get("latents", (None,))[0] != key:
         # the data first, then the VAE: each missing prerequisite is named by its own error
-        train, motion_vae = open_split(run, "train"), load_vae(run)
+        train, motion_vae = open_split(run, "train"), load_model(run, "vae")
         print(f"[latents] encoding the {len(train)} training motions once with {path}")
         train.reseed(run.cfg.run.seed)  # the same crops whichever stage asks first
-        run.cache["latents"] = (key, encode_latents(motion_vae, train, run.device))
+        run.cache["latents"] = (key, vae.encode_dataset(motion_vae, train, run.device))
     return run.cache["latents"][1]
 
 
@@ -481,14 +459,38 @@ def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sc
 # Loading what earlier stages wrote
 
 
-def load_model(run: Run, name: str, stage: str, build) -> torch.nn.Module:
-    """Rebuild the model of run.out/NAME.pt from its saved config, frozen, on run.device."""
+# checkpoint name -> how its model is rebuilt from the saved (config dict, meta); the name's
+# first word picks the builder (diffusion_atm -> diffusion), `lamp_vq` and `alignment` their own
+BUILDERS = {
+    "vae": lambda c, m: vae.MotionVAE(VAEConfig(**c), m["feat_dim"]),
+    "diffusion": lambda c, m: diffusion.Denoiser(DiffusionConfig(**c), tuple(m["latent_shape"]), m["text_dim"]),
+    "projector": lambda c, m: projector.Projector(ProjectorConfig(**c), tuple(m["latent_shape"]), m["text_dim"]),
+    "evaluator": lambda c, m: metrics.TextMotionEmbedder(EmbedderConfig(**c), m["feat_dim"], m["vocab_size"],
+                                                         m["eot_id"]),
+    "lamp_vq": lambda c, m: lamp.MotionVQVAE(LaMPConfig(**c), m["feat_dim"]),
+    "lamp": lambda c, m: lamp.LaMP(LaMPConfig(**c), m["vocab_size"], m["eot_id"]),
+}
+BUILDERS["alignment"] = BUILDERS["evaluator"]
+WRITTEN_BY = {"alignment": "evaluator", "lamp_vq": "lamp", "diffusion_atm": "atm", "diffusion_atm_lamp": "atm",
+              "diffusion_mate": "mate", "projector_mate": "mate", "mate": "mate"}  # else: the name's first word
+
+
+def finished(run: Run, name: str) -> dict:
+    """run.out/NAME.pt of a finished stage; a missing or interrupted one names the stage to run."""
+    stage = WRITTEN_BY.get(name, name.split("_")[0])
     state = load_checkpoint(run.out / f"{name}.pt", stage)
     if not state.get("done"):
         raise FileNotFoundError(f"{run.out / (name + '.pt')} is an interrupted run (step "
                                 f"{state['step']}): finish it with `python train.py --stage "
                                 f"{stage} --resume`")
-    model = build(state["config"], state["meta"])
+    return state
+
+
+def load_model(run: Run, name: str) -> torch.nn.Module:
+    """Rebuild the model of run.out/NAME.pt from its saved config, frozen, on run.device."""
+    state = finished(run, name)
+    model = BUILDERS.get(name) or BUILDERS[name.split("_")[0]]
+    model = model(state["config"], state["meta"])
     model.load_state_dict(state["model"])
     return model.to(run.device).eval().requires_grad_(False)
 
@@ -501,7 +503,7 @@ def clip_text_encoder(run: Run, mate: bool = False) -> TextEncoder:
         if run.cache.get("text_mate") is None:
             clip_text_encoder(run)  # the prerequisite check and its message
             encoder = TextEncoder.from_pretrained(run.clip or run.out / "text_encoder")
-            encoder.set_word_embeddings(load_mate_table(run))
+            encoder.set_word_embeddings(finished(run, "mate")["model"]["word_table"])
             run.cache["text_mate"] = encoder.to(run.device)
         return run.cache["text_mate"]
     if run.cache.get("text") is None:
@@ -525,7 +527,7 @@ def text_encoder(run: Run):
     if run.args.text_encoder == "clip":
         return clip_text_encoder(run)
     if run.cache.get("lamp_text") is None:
-        run.cache["lamp_text"] = lamp.LaMPTextEncoder(load_lamp(run), clip_text_encoder(run).tokenizer).to(run.device)
+        run.cache["lamp_text"] = lamp.LaMPTextEncoder(load_model(run, "lamp"), clip_text_encoder(run).tokenizer).to(run.device)
     return run.cache["lamp_text"]
 
 
@@ -535,20 +537,19 @@ def conditioned(run: Run, name: str) -> str:
     return name if run.args.text_encoder == "clip" else f"{name}_{run.args.text_encoder}"
 
 
-def load_lamp_vq(run: Run) -> lamp.MotionVQVAE:
-    return load_model(run, "lamp_vq", "lamp", lambda cfg, meta: lamp.MotionVQVAE(LaMPConfig(**cfg), meta["feat_dim"]))
+def load_denoiser(run: Run, name: str | None = None) -> diffusion.Denoiser:
+    return load_model(run, name or conditioned(run, "diffusion"))
 
 
-def load_lamp(run: Run) -> lamp.LaMP:
-    return load_model(run, "lamp", "lamp",
-                      lambda cfg, meta: lamp.LaMP(LaMPConfig(**cfg), meta["vocab_size"], meta["eot_id"]))
+def load_projector(run: Run, name: str | None = None) -> projector.Projector:
+    return load_model(run, name or conditioned(run, "projector"))
 
 
 def eval_embedder(run: Run):
     """The embedder the eval metrics are computed in: `evaluator`, or LaMP (Tab. 2)."""
     if run.args.evaluator == "lamp":
-        return lamp.LaMPEvaluator(load_lamp_vq(run), load_lamp(run))
-    return load_embedder(run, "evaluator")
+        return lamp.LaMPEvaluator(load_model(run, "lamp_vq"), load_model(run, "lamp"))
+    return load_model(run, "evaluator")
 
 
 # 6. Names of the results sections and STAGE.json records
@@ -583,50 +584,23 @@ def record_name(run: Run, stage: str) -> str:
     return name + ("_lamp_evaluator" if stage == "eval" and run.args.evaluator == "lamp" else "")
 
 
-def load_mate_table(run: Run) -> torch.Tensor:
-    """MATE's word-embedding table (V, W) from run.out/mate.pt (written by --stage mate)."""
-    state = load_checkpoint(run.out / "mate.pt", "mate")
-    if not state.get("done"):
-        raise FileNotFoundError(f"{run.out / 'mate.pt'} is an interrupted run (step {state['step']}): "
-                                f"finish it with `python train.py --stage mate --resume`")
-    return state["model"]["word_table"]
-
-
-def load_vae(run: Run) -> vae.MotionVAE:
-    return load_model(run, "vae", "vae",
-                      lambda cfg, meta: vae.MotionVAE(vae.VAEConfig(**cfg), meta["feat_dim"]))
-
-
-DENOISER_STAGES = {  # checkpoint -> the stage writing it
-    "diffusion": "diffusion", "diffusion_atm": "atm", "diffusion_mate": "mate",
-    "diffusion_lamp": "diffusion", "diffusion_atm_lamp": "atm"}
-
-
-def load_denoiser(run: Run, name: str | None = None) -> diffusion.Denoiser:
-    name = name or conditioned(run, "diffusion")
-    return load_model(run, name, DENOISER_STAGES.get(name, name),
-                      lambda cfg, meta: diffusion.Denoiser(diffusion.DiffusionConfig(**cfg),
-                                                           tuple(meta["latent_shape"]), meta["text_dim"]))
-
-
-PROJECTOR_STAGES = {"projector_mate": "mate"}  # the others are written by --stage projector
-
-
-def load_projector(run: Run, name: str | None = None) -> projector.Projector:
-    name = name or conditioned(run, "projector")
-    return load_model(run, name, PROJECTOR_STAGES.get(name, "projector"),
-                      lambda cfg, meta: projector.Projector(projector.ProjectorConfig(**cfg),
-                                                            tuple(meta["latent_shape"]), meta["text_dim"]))
-
-
-def load_embedder(run: Run, name: str) -> metrics.TextMotionEmbedder:
-    return load_model(run, name, "evaluator",
-                      lambda cfg, meta: metrics.TextMotionEmbedder(
-                          metrics.EmbedderConfig(**cfg), meta["feat_dim"], meta["vocab_size"], meta["eot_id"]))
-
-
 # ----------------------------------------------------------------------------
-# Stages
+# Stages: each loads what it needs, calls its module's protocol, writes its outputs
+
+
+def _as_lists(rows: dict) -> dict:
+    """A results table {row: {column: (mean, ci)}} as JSON-friendly lists."""
+    return {name: {k: list(v) for k, v in row.items()} for name, row in rows.items()}
+
+
+def dataset_name(run: Run) -> str:
+    return "the embedded synthetic dataset" if run.synthetic else str(run.data_root)
+
+
+def pipeline(run: Run, denoiser_name: str | None = None, mate: bool = False) -> metrics.Pipeline:
+    """The frozen models of a finished run (mate=True: the MATE text encoder), text -> motion."""
+    text = clip_text_encoder(run, mate=True) if mate else text_encoder(run)
+    return metrics.Pipeline(text, load_model(run, "vae"), load_denoiser(run, denoiser_name))
 
 
 def stage_data(run: Run) -> dict:
@@ -666,75 +640,12 @@ def stage_evaluator(run: Run) -> dict:
         seed = run.cfg.run.seed + 1000 * (offset + 1)
         torch.manual_seed(seed)
         model = metrics.TextMotionEmbedder(run.cfg.evaluator, **meta).to(run.device)
-
-        def loss_fn(batch):
-            ids = tokenizer(batch["caption"]).to(run.device)                        # (B, 77)
-            motion_emb = model.encode_motion(batch["motion"].to(run.device), batch["lengths"].to(run.device))
-            return metrics.embedder_loss(model.encode_text(ids), motion_emb, batch["caption"],
-                                         temperature=run.cfg.evaluator.temperature)
-
+        loss_fn = metrics.embedder_loss_fn(model, tokenizer, run.cfg.evaluator.temperature, run.device)
         losses = fit(run, name, model, run.cfg.evaluator, loss_fn, batches(train, sched.batch_size, seed), sched, meta)
         real = metrics.evaluate(None, test, model, tokenizer, replications=1, seed=seed,
                                 diversity_times=run.cfg.eval.diversity_times)
         figures[name] = {"final_losses": losses, "test_real": {k: round(v[0], 4) for k, v in real.items()}}
         print(f"[{name}] real test motions: " + ", ".join(f"{k} {v[0]:.3f}" for k, v in real.items()))
-    return figures
-
-
-@torch.no_grad()
-def joint_errors(reconstruct, dataset, device, batch_size: int = 64) -> dict[str, float]:
-    """Mean per-joint position errors (metres) of reconstruct(x, lengths) -> x_hat, both
-    normalised features (B, T, D), over the valid frames of `dataset`:
-      "global"        joints from features, the root trajectory integrated from the velocities;
-      "root-aligned"  the root joint subtracted from both (MPJPE as MLD reports it; the heading
-                      integrated from the root's angular velocity still counts);
-      "body frame"    the root-invariant positions (features 4 : 3J+1), heading ignored; the
-                      root sits at their origin and counts as a joint with zero error."""
-    mean, std = (torch.as_tensor(a, dtype=torch.float32, device=device) for a in (dataset.mean, dataset.std))
-    sums, count = {"global": 0.0, "root-aligned": 0.0, "body frame": 0.0}, 0
-    for start in range(0, len(dataset), batch_size):
-        batch = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
-        features = [f * std + mean for f in (reconstruct(x, lengths), x)]        # de-normalised
-        J = (x.shape[-1] + 1) // 12
-        j_hat, j = (data.features_to_joints(f, n_joints=J) for f in features)  # (B, T, J, 3)
-        valid = vae.lengths_to_mask(lengths, x.shape[1])                          # (B, T)
-        sums["global"] += float((j_hat - j).norm(dim=-1)[valid].sum())
-        sums["root-aligned"] += float(((j_hat - j_hat[..., :1, :]) - (j - j[..., :1, :])).norm(dim=-1)[valid].sum())
-        ric_hat, ric = (f[..., 4:4 + 3 * (J - 1)].unflatten(-1, (J - 1, 3)) for f in features)
-        sums["body frame"] += float((ric_hat - ric).norm(dim=-1)[valid].sum())
-        count += int(valid.sum()) * J
-    return {k: v / count for k, v in sums.items()}
-
-
-def vae_reconstruct(model: vae.MotionVAE):
-    """reconstruct(x, lengths) through the posterior mean, for joint_errors."""
-    return lambda x, lengths: model.decode(model.encode(x, lengths, sample=False)[0], lengths)
-
-
-@torch.no_grad()
-def reconstruction_metrics(run: Run, model: vae.MotionVAE, split: str = "test", batch_size: int = 64) -> dict:
-    """How the evaluator sees the VAE's reconstructions (posterior mean) of `split` against the
-    motions themselves: R-precision top-1..3 and MMdist with their captions for both, and the
-    FID of the reconstructions against the motions, in one pass.
-    A VAE whose reconstructions the evaluator cannot match to their captions bounds every
-    generated row of the eval table."""
-    dataset, evaluator = open_split(run, split), load_embedder(run, "evaluator")
-    tokenizer, reconstruct = clip_text_encoder(run).tokenizer, vae_reconstruct(model)
-    text, real, recon = [], [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        x, lengths = batch["motion"].to(run.device), batch["lengths"].to(run.device)
-        text.append(evaluator.encode_text(tokenizer(batch["caption"]).to(run.device)))   # (B, E)
-        real.append(evaluator.encode_motion(x, lengths))
-        recon.append(evaluator.encode_motion(reconstruct(x, lengths), lengths))
-    text, real, recon = (torch.cat(e).double().cpu().numpy() for e in (text, real, recon))
-    figures = {}
-    for name, motion in (("real", real), ("reconstruction", recon)):
-        top = metrics.r_precision(text, motion, top_k=3, seed=run.cfg.run.seed)
-        figures[name] = {**{f"R-precision top-{k + 1}": round(float(top[k]), 4) for k in range(3)},
-                         "MMdist": round(metrics.matching_score(text, motion), 4)}
-    figures["reconstruction"]["FID"] = round(metrics.fid(real, recon), 4)  # against the real ones
     return figures
 
 
@@ -744,36 +655,30 @@ def stage_vae(run: Run) -> dict:
     cfg, sched = run.cfg.vae, run.cfg.vae_train
     torch.manual_seed(run.cfg.run.seed)
     model = vae.MotionVAE(cfg, train.mean.shape[0]).to(run.device)
-    mean, std = train.mean, train.std
-
-    def loss_fn(batch):
-        x, lengths = batch["motion"].to(run.device), batch["lengths"].to(run.device)
-        x_hat, mu, logvar = model(x, lengths)
-        return vae.vae_loss(x_hat, x, lengths, mu, logvar, mean, std, lambda_kl=cfg.lambda_kl,
-                            joint_loss=cfg.joint_loss)
-
-    losses = fit(run, "vae", model, cfg, loss_fn, batches(train, sched.batch_size, run.cfg.run.seed),
-                 sched, {"feat_dim": train.mean.shape[0]})
-    errors = joint_errors(vae_reconstruct(model), val, run.device)
+    losses = fit(run, "vae", model, cfg, vae.vae_loss_fn(model, train.mean, train.std, run.device),
+                 batches(train, sched.batch_size, run.cfg.run.seed), sched, {"feat_dim": train.mean.shape[0]})
+    errors = metrics.joint_errors(model.reconstruct, val, run.device)
     print(f"[vae] validation mean per-joint position error: {100 * errors['global']:.2f} cm "
           f"(root-aligned: {100 * errors['root-aligned']:.2f} cm, body frame: "
           f"{100 * errors['body frame']:.2f} cm)")
     figures = {"final_losses": losses, "val_joint_error_m": round(errors["global"], 5),
                "val_root_relative_error_m": round(errors["root-aligned"], 5),
                "val_body_frame_error_m": round(errors["body frame"], 5)}
-    if (run.out / "evaluator.pt").exists():
-        figures["test_reconstruction"] = recon = reconstruction_metrics(run, model)
-        for name, row in recon.items():
-            print(f"[vae] evaluator on test {name}s: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
-    else:
+    if not (run.out / "evaluator.pt").exists():
         print("[vae] no evaluator.pt in the run folder: run --stage evaluator to have the "
               "reconstructions scored by it")
+        return figures
+    test, evaluator = open_split(run, "test"), load_model(run, "evaluator")
+    figures["test_reconstruction"] = recon = metrics.reconstruction_metrics(
+        model.reconstruct, test, evaluator, clip_text_encoder(run).tokenizer, seed=run.cfg.run.seed)
+    for name, row in recon.items():
+        print(f"[vae] evaluator on test {name}s: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
     return figures
 
 
 def train_denoiser(run: Run, name: str, text: TextEncoder, latents: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """The latent denoiser conditioned on `text`'s c, VAE and text encoder frozen (LEAD Sec.
-    4.1.2), on latents = (mu, logvar) of the training motions' VAE posteriors (encode_latents),
+    4.1.2), on latents = (mu, logvar) of the training motions' VAE posteriors (vae.encode_dataset),
     written to run.out/NAME.pt. MATE retrains it from scratch on its own text encoder."""
     train = open_split(run, "train")
     mu, logvar = latents
@@ -820,14 +725,9 @@ def train_projector(run: Run, name: str, text: TextEncoder, latents: tuple[torch
     cfg = dataclasses.replace(run.cfg.projector, **(overrides or {}))
     torch.manual_seed(run.cfg.run.seed)
     model = projector.Projector(cfg, tuple(mu.shape[1:]), text.dim).to(run.device)
-
-    def loss_fn(batch):
-        z_proj, z_hat = model(batch["z"])
-        return projector.projector_loss(batch["z"], z_proj, z_hat, text.encode_cached(batch["caption"]), model.cfg)
-
     meta = {"latent_shape": list(mu.shape[1:]), "text_dim": text.dim}
     stream = latent_batches(train, mu, logvar, sched.batch_size, run.cfg.run.seed)
-    return {"final_losses": fit(run, name, model, cfg, loss_fn, stream, sched, meta)}
+    return {"final_losses": fit(run, name, model, cfg, projector.projector_loss_fn(model, text), stream, sched, meta)}
 
 
 def stage_projector(run: Run) -> dict:
@@ -844,214 +744,75 @@ def stage_projector(run: Run) -> dict:
     return {name: train_projector(run, name, text, latents, overrides) for name, overrides in variants.items()}
 
 
-# ----------------------------------------------------------------------------
-# ATM (atm_losses.py): fine-tuning the denoiser with inter/intra-motion alignment
-
-
-@torch.no_grad()
-def alignment_text(run: Run, embedder: metrics.TextMotionEmbedder, tokenizer,
-                   captions: list[str]) -> torch.Tensor:
-    """The captions' embeddings t (B, E) in the alignment space, each distinct caption embedded
-    once per process (kept in run.cache, like the text encoder's encode_cached)."""
-    cache = run.cache.setdefault("alignment_text", {})  # caption -> (E,)
-    missing = list(dict.fromkeys(c for c in captions if c not in cache))
-    if missing:
-        cache.update(zip(missing, embedder.encode_text(tokenizer(missing).to(run.device))))  # (m, E)
-    return torch.stack([cache[c] for c in captions])
-
-
-@torch.no_grad()
-def encode_atm_targets(motion_vae: vae.MotionVAE, embedder: metrics.TextMotionEmbedder, dataset,
-                       cfg: ATMConfig, device, batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """What ATM reads about the real training motions, computed once (ATM Sec. 4.1), from one
-    crop of each item: "mu", "logvar" (N, n, d) the VAE posterior (as encode_latents), "lengths"
-    (N,), and in the alignment space "motion_emb" (N, E), "clip_emb" (N, K, E), "clip_mask"
-    (N, K), K the clips of the longest motion. Items go through in order of length, so that
-    little of each batch is padding, and come back in dataset order."""
-    clip_len, min_clip = atm_losses.clip_frames(cfg, dataset.skeleton.fps)
-    n_clips = math.ceil(motion_vae.cfg.max_len / clip_len)
-    order = sorted(range(len(dataset)), key=lambda i: len(dataset.items[i][1]))
-    parts = {key: [] for key in ("mu", "logvar", "lengths", "motion_emb", "clip_emb", "clip_mask")}
-    for start in range(0, len(order), batch_size):
-        batch = data.collate([dataset[i] for i in order[start:start + batch_size]])
-        x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
-        _, mu, logvar = motion_vae.encode(x, lengths)                                  # (b, n, d) each
-        seq, clips, mask = atm_losses.embed_motions(embedder, x, lengths, clip_len, min_clip, n_clips)
-        for key, value in zip(parts, (mu, logvar, lengths, seq, clips, mask)):
-            parts[key].append(value)
-    back = torch.empty(len(order), dtype=torch.long)
-    back[torch.tensor(order)] = torch.arange(len(order))  # dataset index -> row of the sorted pass
-    return {key: torch.cat(values)[back.to(device)] for key, values in parts.items()}
-
-
 def stage_atm(run: Run) -> dict:
-    """ATM (issue 8): fine-tune the trained denoiser with L_mse + lambda (L_inter + L_intra)
-    (ATM Eq. 8) on z0^ = F(eps) (LEAD Eq. 10) decoded by the frozen VAE and embedded by the
-    frozen `alignment` embedder (never the evaluator). Writes diffusion_atm.pt."""
+    """ATM: fine-tune the trained denoiser with L_mse + lambda (L_inter + L_intra) (ATM Eq. 8) on
+    z0^ = F(eps) (LEAD Eq. 10) decoded by the frozen VAE and embedded by the frozen `alignment`
+    embedder (never the evaluator). Writes diffusion_atm.pt."""
     train = open_split(run, "train")
-    text, motion_vae = text_encoder(run), load_vae(run)
-    embedder = load_embedder(run, "alignment")
+    text, motion_vae = text_encoder(run), load_model(run, "vae")
+    embedder = load_model(run, "alignment")
     cfg, sched, seed = run.cfg.atm, run.cfg.atm_train, run.cfg.run.seed
     # fine-tuning starts from the finished diffusion stage (ATM trains from scratch)
     denoiser = load_denoiser(run).requires_grad_(True)
     schedule = diffusion.GaussianDiffusion(denoiser.cfg).to(run.device)
-    c_uncond = text.encode_cached([""])[0]                                            # (W,)
     # texts are embedded (and kept) as batches draw them; the motions all at once, here
     print(f"[atm] caching the posterior, motion and clip embeddings of {len(train)} training motions once")
-    real = encode_atm_targets(motion_vae, embedder, train, cfg, run.device)
+    targets = atm_losses.encode_atm_targets(motion_vae, embedder, train, cfg, run.device)
     torch.manual_seed(seed)
-
-    def loss_fn(batch):
-        idx = batch["index"]                                                          # (B,)
-        atm_batch = {"z": batch["z"], "c": text.encode_cached(batch["caption"]),
-                     "text_emb": alignment_text(run, embedder, text.tokenizer, batch["caption"]),  # (B, E)
-                     **{key: real[key][idx] for key in ("lengths", "motion_emb", "clip_emb", "clip_mask")}}
-        return atm_losses.diffusion_atm_loss(schedule, denoiser, motion_vae, embedder, atm_batch, c_uncond,
-                                             cfg, fps=train.skeleton.fps)
-
-    stream = latent_batches(train, real["mu"], real["logvar"], sched.batch_size, seed)
+    loss_fn = atm_losses.atm_loss_fn(schedule, denoiser, motion_vae, embedder, text, targets, cfg,
+                                     fps=train.skeleton.fps)
+    stream = latent_batches(train, targets["mu"], targets["logvar"], sched.batch_size, seed)
     meta = {"latent_shape": list(motion_vae.latent_shape), "text_dim": text.dim}
     losses = fit(run, conditioned(run, "diffusion_atm"), denoiser, denoiser.cfg, loss_fn, stream, sched, meta)
     return {"final_losses": losses}
 
 
-# ----------------------------------------------------------------------------
-# MATE (mate.py)
-
-
 def stage_mate(run: Run) -> dict:
-    """MATE (seed 004): split every training caption into sub-texts and segment its motion
-    against them (Eq. 1, frozen `alignment` embedder); train the text encoder's word table with
-    L_all (Eq. 8) through the frozen encoder; then retrain the diffusion model (diffusion_mate)
-    and the LEAD projector (projector_mate) from scratch on the MATE text encoder, as the paper
+    """MATE (seed 004): segment every training motion against its caption's sub-texts (Eq. 1,
+    frozen `alignment` embedder); train the text encoder's word table with L_all (Eq. 8); retrain
+    the diffusion model and the LEAD projector from scratch on the MATE text encoder, as the paper
     retrains its T2M models (Sec. 4.1); finally the word-pair probe."""
-    train, cfg, sched = open_split(run, "train"), run.cfg.mate, run.cfg.mate_train
+    train, cfg, seed = open_split(run, "train"), run.cfg.mate, run.cfg.run.seed
     if run.args.text_encoder != "clip":
         raise ValueError("--stage mate retrains CLIP's word embeddings: run it without --text-encoder lamp")
-    alignment = load_embedder(run, "alignment")
+    alignment = load_model(run, "alignment")
     clip_text_encoder(run)  # the prerequisite check and its message
     # a text encoder of the stage's own: its table is bound to MATE's and trained
     text = TextEncoder.from_pretrained(run.clip or run.out / "text_encoder").to(run.device)
-    figures = {}
-
-    # 1. Eq. (1) once for every (motion, caption): the alignment embedder is frozen.
-    start = time.time()
+    # 1. Eq. (1) once for every (motion, caption): the alignment embedder is frozen
+    start, figures = time.time(), {}
     records = mate.prepare_records(train, alignment, text.tokenizer, cfg, run.device)
     figures["segmentation_s"] = round(time.time() - start, 2)
-    print(f"[mate] joint segmentation of {len(train)} motions in {figures['segmentation_s']:.1f} s "
-          f"(grid {cfg.segment_grid} frames)")
     if run.synthetic:  # the synthetic dataset knows its action boundaries
-        report = mate.segmentation_report(records, synthetic.load_segments(run.data_root))
-        figures["segmentation"] = report
-        metrics.write_results(run.out, "mate_segmentation", {"Eq. (1) search": {
-            "decomposition acc.": (report["decomposition_accuracy"], 0.0),
-            "boundary error (frames)": (report["boundary_error_frames"], 0.0),
-            "even split error (frames)": (report["even_split_error_frames"], 0.0)}},
-            "MATE text-motion joint segmentation (Tab. 7 analogue)",
-            f"{report['captions']} training captions; boundary errors over {report['boundaries']} inner "
-            f"boundaries of captions split into as many sub-texts as their motion has actions; the "
-            f"even split cuts the motion into N equal parts (a baseline). The paper: 0.73 s = 15 frames.")
-
-    # 2. MATE: the word table (bound into `text`) and MATE's heads, L_all (Eq. 8).
-    lemmas = mate.vocabulary(records)
-    index = {lemma: k for k, lemma in enumerate(lemmas)}
-    torch.manual_seed(run.cfg.run.seed)
-    model = mate.MATE(cfg, train.mean.shape[0], text.word_embeddings.weight, text.dim, len(lemmas)).to(run.device)
-    model.init_prototypes(*(t.to(run.device) for t in mate.word_ids(text.tokenizer, lemmas)))
-    mate.bind_word_table(text, model)
-    print(f"[mate] {len(lemmas)} prototypes (lemmas of the training captions); training the "
-          f"{tuple(model.word_table.shape)} word table through the frozen text encoder")
-
-    def loss_fn(batch):
-        batch = {k: v.to(run.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        c, _ = text.encode_ids(batch["ids"])                                        # (B, C), through WE
-        return mate.mate_loss(model(batch, c), batch, model.prototypes, cfg)
-
-    stream = mate.record_batches(records, sched.batch_size, run.cfg.run.seed, text.tokenizer, index)
-    meta = {"feat_dim": int(train.mean.shape[0]), "text_dim": text.dim, "vocabulary": lemmas}
-    start = time.time()
-    figures["final_losses"] = fit(run, "mate", model, cfg, loss_fn, stream, sched, meta)
-    figures["mate_train_s"] = round(time.time() - start, 2)
-
-    # 3. The diffusion model and the projector, retrained from scratch on the MATE encoder
-    #    (the same configs and schedules as diffusion.pt and projector.pt: a fair comparison).
+        figures["segmentation"] = report = mate.segmentation_report(records, synthetic.load_segments(run.data_root))
+        rows, note = mate.segmentation_rows(report)
+        metrics.write_results(run.out, "mate_segmentation", rows, "MATE text-motion joint segmentation "
+                              "(Tab. 7 analogue)", note)
+    # 2. the word table (bound into `text`) and MATE's heads, L_all (Eq. 8)
+    model, loss_fn, stream, meta = mate.word_table_training(records, text, train.mean.shape[0], cfg,
+                                                            run.cfg.mate_train.batch_size, seed, run.device)
+    figures["final_losses"] = fit(run, "mate", model, cfg, loss_fn, stream, run.cfg.mate_train, meta)
+    # 3. the diffusion model and the projector, retrained from scratch on the MATE encoder
+    #    (the same configs and schedules as diffusion.pt and projector.pt: a fair comparison)
     text_mate = clip_text_encoder(run, mate=True)
-    start = time.time()
     latents = training_latents(run)
     figures["diffusion_mate"] = train_denoiser(run, "diffusion_mate", text_mate, latents)
-    figures["diffusion_mate_s"] = round(time.time() - start, 2)
-    start = time.time()
     figures["projector_mate"] = train_projector(run, "projector_mate", text_mate, latents)
-    figures["projector_mate_s"] = round(time.time() - start, 2)
-
-    # 4. The word-level probe, before and after MATE.
-    start = time.time()
+    # 4. the word-level probe, before and after MATE
     figures["probe"] = mate_probe(run)
-    figures["probe_s"] = round(time.time() - start, 2)
     return figures
 
 
-@torch.no_grad()
 def mate_probe(run: Run) -> dict:
-    """For word pairs close in language but opposite in motion (MATE Sec. 4.4, Figs. 4-5): the
-    cosine of their word embeddings in the original and the MATE table, and how often the
-    `evaluator` places a motion generated from a test caption nearer to that caption than to
-    the same caption with the word swapped, for the plain (MLD) and the MATE diffusion model."""
-    test, cfg = open_split(run, "test"), run.cfg.mate
-    evaluator = load_embedder(run, "evaluator")
-    plain, with_mate = Pipeline(run), Pipeline(run, "diffusion_mate", mate=True)
-    tokenizer = plain.text.tokenizer
-    before, after = plain.text.word_embeddings.weight, with_mate.text.word_embeddings.weight
-    unit = run.cfg.data.unit
+    """MATE's word-level probe (mate.word_probe) on the test captions, MLD vs MLD+MATE."""
+    test, unit = open_split(run, "test"), run.cfg.data.unit
+    evaluator = load_model(run, "evaluator")
+    plain, with_mate = pipeline(run), pipeline(run, "diffusion_mate", mate=True)
     length = int(np.median([len(m) for _, m, _ in test.items])) // unit * unit  # one length for all probes
-    rows = {}
-    for a, b in mate.parse_pairs(cfg.word_pairs):
-        pairs = mate.caption_pairs(test.captions(), a, b, cfg.probe_captions)
-        row = {"WE cos, original": (mate.word_cosine(before, tokenizer, a, b), 0.0),
-               "WE cos, MATE": (mate.word_cosine(after, tokenizer, a, b), 0.0)}
-        for label, pipe in (("MLD", plain), ("MLD+MATE", with_mate)):
-            torch.manual_seed(run.cfg.run.seed)  # the same noise for both models
-            row[f"{label} pair acc."] = mate.pair_accuracy(
-                lambda captions, lengths, p=pipe: p.generate(captions, lengths, None),
-                evaluator, tokenizer, pairs, length)
-        rows[f"{a} / {b} ({len(pairs)} caption pairs)"] = row
-        print(f"[mate] probe {a} / {b}: " + ", ".join(f"{k} {v[0]:.3f}" for k, v in row.items()))
+    rows = mate.word_probe(plain, with_mate, evaluator, test, run.cfg.mate, length, run.cfg.run.seed)
     metrics.write_results(run.out, "mate_probe", rows, "MATE word-level probe (Sec. 4.4 analogue)",
-                          f"WE cos: cosine of the two words' embedding rows (mean over BPE pieces) in the "
-                          f"original and the MATE table. Pair acc.: share of motions ({length} frames) "
-                          f"generated from a test caption that the `evaluator` places nearer (Euclidean) to "
-                          f"that caption than to the caption with the word swapped (0.5 = not heard), ± 95% CI.")
-    return {name: {k: list(v) for k, v in row.items()} for name, row in rows.items()}
-
-
-# ----------------------------------------------------------------------------
-# Evaluation and sampling
-
-
-@torch.no_grad()
-def retrieval_rows(lamp_embedder: lamp.LaMPEvaluator, evaluator, dataset, tokenizer, device,
-                   batch_size: int = 64) -> dict:
-    """LaMP Tab. 3: both models encode the same batches (one random caption per clip), then
-    text-to-motion and motion-to-text R@1, 2, 3, 5, 10 over the whole split; LaMP both with its
-    training similarity (the best query, Sec. 3.1.3) and with one vector per motion (what
-    `--evaluator lamp` uses)."""
-    feats = {"text": [], "queries": [], "lamp_text": [], "motion": []}
-    for start in range(0, len(dataset), batch_size):
-        batch = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        ids = tokenizer(batch["caption"]).to(device)                              # (B, 77)
-        motion, lengths = batch["motion"].to(device), batch["lengths"].to(device)
-        feats["lamp_text"].append(lamp_embedder.encode_text(ids))                 # (B, E)
-        feats["queries"].append(lamp_embedder.query_features(motion, lengths))    # (B, Q, E)
-        feats["text"].append(evaluator.encode_text(ids))                          # (B, E')
-        feats["motion"].append(evaluator.encode_motion(motion, lengths))          # (B, E')
-    feats = {k: torch.cat(v) for k, v in feats.items()}
-    mean_query = torch.nn.functional.normalize(feats["queries"].mean(1), dim=-1)  # = LaMPEvaluator.encode_motion
-    recalls = {
-        "LaMP (best query)": lamp.similarity_recall(lamp.query_text_similarity(feats["queries"], feats["lamp_text"])),
-        "LaMP (mean of queries)": metrics.retrieval_recall(feats["lamp_text"], mean_query),
-        "evaluator": metrics.retrieval_recall(feats["text"], feats["motion"]),
-    }
-    return {name: {k: (v, 0.0) for k, v in r.items()} for name, r in recalls.items()}
+                          mate.probe_note(length))
+    return _as_lists(rows)
 
 
 def stage_lamp(run: Run) -> dict:
@@ -1059,29 +820,17 @@ def stage_lamp(run: Run) -> dict:
     four objectives (3.1.3); the Tab. 3 analogue on the test split beside the `evaluator`."""
     train, val, test = (open_split(run, split) for split in ("train", "val", "test"))
     tokenizer = clip_text_encoder(run).tokenizer   # the project's tokenizer (offline BPE or CLIP's)
-    cfg, feat_dim, seed = run.cfg.lamp, train.mean.shape[0], run.cfg.run.seed
+    cfg, feat_dim, seed, device = run.cfg.lamp, train.mean.shape[0], run.cfg.run.seed, run.device
     if run.cfg.data.max_len > 4 * cfg.n_queries:
         raise ValueError(f"lamp.n_queries={cfg.n_queries} covers clips of {4 * cfg.n_queries} frames, but "
                          f"data.max_len={run.cfg.data.max_len}: query i predicts motion token i (Eq. 1)")
     # 1. the motion tokenizer
     torch.manual_seed(seed)
-    vq = lamp.MotionVQVAE(cfg, feat_dim).to(run.device)
-
-    def vq_loss_fn(batch):
-        x, lengths = batch["motion"].to(run.device), batch["lengths"].to(run.device)
-        x_hat, commit, _ = vq(x, lengths)
-        return lamp.vq_loss(x_hat, x, lengths, commit, cfg)
-
+    vq = lamp.MotionVQVAE(cfg, feat_dim).to(device)
     sched = run.cfg.lamp_vq_train
-    vq_losses = fit(run, "lamp_vq", vq, cfg, vq_loss_fn, batches(train, sched.batch_size, seed), sched,
-                    {"feat_dim": feat_dim})
-    vq.requires_grad_(False).eval()
-    val_codes = []
-    for start in range(0, len(val), 64):
-        batch = data.collate([val[i] for i in range(start, min(start + 64, len(val)))])
-        _, codes, valid = vq.tokenize(batch["motion"].to(run.device), batch["lengths"].to(run.device))
-        val_codes.append(codes[valid])
-    usage = lamp.codebook_usage(torch.cat(val_codes), cfg.vq_codes)
+    vq_losses = fit(run, "lamp_vq", vq, cfg, lamp.vq_loss_fn(vq, cfg, device), batches(train, sched.batch_size, seed),
+                    sched, {"feat_dim": feat_dim})
+    usage = lamp.codebook_usage_on(vq.requires_grad_(False).eval(), val, device)
     print(f"[lamp_vq] codebook usage on val: {100 * usage['used']:.1f}% of {cfg.vq_codes} codes, "
           f"perplexity {usage['perplexity']:.1f}")
     # 2. LaMP over the frozen motion encoder
@@ -1090,147 +839,70 @@ def stage_lamp(run: Run) -> dict:
     model = lamp.LaMP.from_bert(run.args.bert, cfg, **meta) if run.args.bert else lamp.LaMP(cfg, **meta)
     if not run.args.bert:
         print("[lamp] random initialisation (the paper starts from BERT-base: --bert DIR)")
-    model = model.to(run.device)
-
-    def loss_fn(batch):
-        with torch.no_grad():
-            z, codes, valid = vq.tokenize(batch["motion"].to(run.device), batch["lengths"].to(run.device))
-        return model.loss(z, valid, tokenizer(batch["caption"]).to(run.device), codes)
-
+    model = model.to(device)
     sched = run.cfg.lamp_train
-    losses = fit(run, "lamp", model, model.cfg, loss_fn, batches(train, sched.batch_size, seed + 1), sched, meta)
+    losses = fit(run, "lamp", model, model.cfg, lamp.lamp_loss_fn(model, vq, tokenizer, device),
+                 batches(train, sched.batch_size, seed + 1), sched, meta)
     # 3. Tab. 3: retrieval on the test split, LaMP beside the plain evaluator
-    rows = retrieval_rows(lamp.LaMPEvaluator(vq, model), load_embedder(run, "evaluator"), test, tokenizer,
-                          run.device)
-    note = (f"{len(test)} test clips of {dataset_name(run)}, one caption each, ranked against the whole "
-            f"split (the paper: TMR's test protocol); recall as a fraction (the paper: %). LaMP ranks by "
-            f"cosine (best query: max over its queries), the evaluator by Euclidean distance. Codebook: "
-            f"{100 * usage['used']:.1f}% of {cfg.vq_codes} codes used on val, perplexity {usage['perplexity']:.1f}.")
-    metrics.write_results(run.out, "lamp_retrieval", rows, "Text-motion retrieval (LaMP Tab. 3 analogue)", note)
+    rows = lamp.retrieval_rows(lamp.LaMPEvaluator(vq, model), load_model(run, "evaluator"), test, tokenizer, device)
+    metrics.write_results(run.out, "lamp_retrieval", rows, "Text-motion retrieval (LaMP Tab. 3 analogue)",
+                          lamp.retrieval_note(len(test), dataset_name(run), usage, cfg.vq_codes))
     print((run.out / "results.md").read_text())
     return {"vq_final_losses": vq_losses, "codebook_usage_val": usage, "final_losses": losses,
             "retrieval": {name: {k: v[0] for k, v in r.items()} for name, r in rows.items()}}
 
 
-class Pipeline:
-    """The frozen models of a finished LEAD run, and text -> motion with or without realignment."""
-
-    def __init__(self, run: Run, denoiser_name: str | None = None, mate: bool = False):
-        self.run = run
-        self.text = clip_text_encoder(run, mate=True) if mate else text_encoder(run)
-        self.vae = load_vae(run)
-        self.denoiser = load_denoiser(run, denoiser_name)
-        self.schedule = diffusion.GaussianDiffusion(self.denoiser.cfg).to(run.device)
-        self.c_uncond = self.text.encode_cached([""])[0]                          # (C,)
-
-    def generate(self, captions: list[str], lengths: torch.Tensor,
-                 realigner: projector.Projector | None) -> torch.Tensor:
-        c = self.text.encode_cached(captions)                                     # (B, C)
-        return projector.generate(self.vae, self.denoiser, self.schedule, c, self.c_uncond,
-                                  lengths.to(self.run.device), realigner)
+ABLATION_LABELS = {"projector_no_align": "LEAD w/o L_align", "projector_no_rec": "LEAD w/o L_rec",
+                   "projector_no_var": "LEAD w/o L_var", "projector_mlp": "LEAD (mlp)"}
 
 
-def seconds_per_prompt(pipe: Pipeline, dataset, realigner, prompts: int) -> tuple[float, float]:
-    """Wall time of generating one motion for one prompt (batch of 1), mean and 95% CI."""
-    times = []
-    for i in range(prompts + 1):
-        item = dataset[i % len(dataset)]
-        start = time.perf_counter()
-        pipe.generate([item["caption"]], torch.tensor([item["length"]]), realigner)
-        if pipe.run.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return metrics.mean_ci(times[1:])  # the first call warms up caches and kernels
+def eval_methods(run: Run, pipe: metrics.Pipeline, lead: projector.Projector) -> dict:
+    """{row: generate_fn} of the Tab. 1 analogue in table order (Real: None): MLD and LEAD from the
+    same checkpoints, `--ablations` the Tab. 6 projectors, then the rows of the ATM and MATE
+    stages when they have run (a note names the stage otherwise)."""
+    def rows(pipe, **realigners):
+        return {name: lambda c, n, r=r: pipe.generate(c, n, r) for name, r in realigners.items()}
 
-
-@torch.no_grad()
-def latent_structure(pipe: Pipeline, realigner: projector.Projector, dataset) -> dict | None:
-    """The quantitative stand-in for LEAD's t-SNE (Fig. 3 right): leave-one-out 1-NN accuracy
-    of the action label for test latents, in the VAE space and in the projected space.
-    Needs the synthetic dataset's labels; uses the motions made of a single action."""
-    segments = synthetic.load_segments(dataset.root)
-    if not segments:
-        return None
-    items = [dataset[i] for i in range(len(dataset))]
-    items = [it for it in items if len(segments.get(it["name"], {}).get("actions", [])) == 1]
-    labels = [segments[it["name"]]["actions"][0] for it in items]
-    z_all, proj_all = [], []
-    for start in range(0, len(items), 64):
-        batch = data.collate(items[start:start + 64])
-        z, _, _ = pipe.vae.encode(batch["motion"].to(pipe.run.device), batch["lengths"].to(pipe.run.device),
-                                  sample=False)
-        z_all.append(z.flatten(1))
-        proj_all.append(realigner.project(z))
-    z_all, proj_all = torch.cat(z_all), torch.cat(proj_all)
-    return {"motions": len(items), "actions": len(set(labels)),
-            "vae_space": metrics.nearest_neighbour_accuracy(z_all, labels),
-            "projected_space": metrics.nearest_neighbour_accuracy(proj_all, labels)}
-
-
-def atm_eval_rows(run: Run, realigner: projector.Projector, evaluate) -> dict:
-    """The MLD+ATM and LEAD+ATM rows of the Tab. 1 analogue: the ATM-fine-tuned denoiser,
-    sampled without and with the LEAD row's projector; {} (and a note) before `--stage atm`."""
-    name = conditioned(run, "diffusion_atm")
-    if not (run.out / f"{name}.pt").exists():
-        print("[eval] no diffusion_atm.pt yet: run `--stage atm`, then `--stage eval` again, "
-              "for the MLD+ATM and LEAD+ATM rows")
-        return {}
-    pipe, rows = Pipeline(run, name), {}
-    for name, r in (("MLD+ATM", None), ("LEAD+ATM", realigner)):
-        print(f"[eval] {name}")
-        rows[name] = evaluate(lambda captions, lengths, r=r: pipe.generate(captions, lengths, r))
-    return rows
-
-
-def mate_eval_rows(run: Run, evaluate) -> dict:
-    """The MLD+MATE and LEAD+MATE rows of the Tab. 1 analogue (MATE Tab. 1 "+MATE"): the
-    denoiser and projector retrained on the MATE text encoder; {} (and a note) before --stage mate."""
+    methods = {"Real": None, **rows(pipe, MLD=None, LEAD=lead)}
+    if run.args.ablations:
+        methods.update(rows(pipe, **{label: load_projector(run, conditioned(run, name))
+                                     for name, label in ABLATION_LABELS.items()}))
+    atm = conditioned(run, "diffusion_atm")
+    if (run.out / f"{atm}.pt").exists():
+        methods.update(rows(pipeline(run, atm), **{"MLD+ATM": None, "LEAD+ATM": lead}))
+    else:
+        print("[eval] no diffusion_atm.pt yet: run `--stage atm`, then `--stage eval` again, for the "
+              "MLD+ATM and LEAD+ATM rows")
     if run.args.text_encoder != "clip":  # MATE retrains CLIP's table: its rows belong to the CLIP table
-        return {}
-    if not (run.out / "diffusion_mate.pt").exists():
-        print("[eval] no diffusion_mate.pt yet: run `--stage mate`, then `--stage eval` again, "
-              "for the MLD+MATE and LEAD+MATE rows")
-        return {}
-    pipe, rows = Pipeline(run, "diffusion_mate", mate=True), {}
-    for name, r in (("MLD+MATE", None), ("LEAD+MATE", load_projector(run, "projector_mate"))):
-        print(f"[eval] {name}")
-        rows[name] = evaluate(lambda captions, lengths, r=r: pipe.generate(captions, lengths, r))
-    return rows
+        return methods
+    if (run.out / "diffusion_mate.pt").exists():
+        methods.update(rows(pipeline(run, "diffusion_mate", mate=True), **{
+            "MLD+MATE": None, "LEAD+MATE": load_projector(run, "projector_mate")}))
+    else:
+        print("[eval] no diffusion_mate.pt yet: run `--stage mate`, then `--stage eval` again, for the "
+              "MLD+MATE and LEAD+MATE rows")
+    return methods
 
 
 def stage_eval(run: Run) -> dict:
-    """The Tab. 1 analogue on the test split: Real, MLD (no realignment) and LEAD, from the same
-    checkpoints; per-prompt inference time; latent structure; `--ablations`: Tab. 6 rows."""
-    test = open_split(run, "test")
-    pipe = Pipeline(run)
-    evaluator, tokenizer = eval_embedder(run), pipe.text.tokenizer
-    cfg = run.cfg.eval
-    methods = {"MLD": None, "LEAD": load_projector(run)}
-    if run.args.ablations:
-        labels = {"projector_no_align": "LEAD w/o L_align", "projector_no_rec": "LEAD w/o L_rec",
-                  "projector_no_var": "LEAD w/o L_var", "projector_mlp": "LEAD (mlp)"}
-        methods.update({label: load_projector(run, conditioned(run, name)) for name, label in labels.items()})
-    evaluate = lambda generate_fn: metrics.evaluate(  # noqa: E731
-        generate_fn, test, evaluator, tokenizer, replications=cfg.replications,
-        mm_num_texts=cfg.mm_num_texts, mm_num_gens=cfg.mm_num_gens,
-        diversity_times=cfg.diversity_times, seed=run.cfg.run.seed)
-    print(f"[eval] Real ({cfg.replications} replications)")
-    rows = {"Real": evaluate(None)}
-    for name, realigner in methods.items():
-        print(f"[eval] {name}")
-        rows[name] = evaluate(lambda captions, lengths, r=realigner: pipe.generate(captions, lengths, r))
-    rows.update(atm_eval_rows(run, methods["LEAD"], evaluate))
-    rows.update(mate_eval_rows(run, evaluate))
+    """The Tab. 1 analogue on the test split (metrics.t2m_rows): Real, MLD (no realignment) and
+    LEAD from the same checkpoints, the ATM and MATE rows, `--ablations` the Tab. 6 rows; then the
+    per-prompt inference time and the latent structure."""
+    test, cfg = open_split(run, "test"), run.cfg.eval
+    pipe = pipeline(run)
+    evaluator, lead = eval_embedder(run), load_projector(run)
+    rows = metrics.t2m_rows(eval_methods(run, pipe, lead), test, evaluator, pipe.text.tokenizer, cfg, run.cfg.run.seed)
     note = (f"{len(test)} test motions of {dataset_name(run)}, mean ± 1.96 std / sqrt(R) over "
             f"R = {cfg.replications} replications; MModality over {cfg.mm_num_texts} texts x "
             f"{cfg.mm_num_gens} generations. " + eval_note_space(run) + ", so they compare methods within this run only.")
     metrics.write_results(run.out, eval_section(run), rows, eval_title(run), note)
-    timing = {name: {"s / prompt": seconds_per_prompt(pipe, test, methods[name], cfg.timing_prompts)}
-              for name in ("MLD", "LEAD")}
+    timing = {name: {"s / prompt": metrics.seconds_per_prompt(pipe, test, r, cfg.timing_prompts)}
+              for name, r in (("MLD", None), ("LEAD", lead))}
     metrics.write_results(run.out, conditioned(run, "timing"), timing, "Inference time per prompt",
                           f"{cfg.timing_prompts} prompts, batch of 1, on {run.device.type}; "
                           "the paper: MLD 0.236 s, LEAD 0.245 s on an RTX 3090")
-    structure = latent_structure(pipe, methods["LEAD"], test)
+    has_labels = (test.root / "segments.json").exists()  # action labels: the synthetic dataset's
+    structure = metrics.latent_structure(pipe.vae, lead, test, synthetic.load_segments(test.root) if has_labels else {})
     if structure:
         metrics.write_results(run.out, conditioned(run, "latent_structure"), {
             "VAE latent z_vae": {"1-NN action accuracy": (structure["vae_space"], 0.0)},
@@ -1239,12 +911,8 @@ def stage_eval(run: Run) -> dict:
             f"leave-one-out nearest neighbour (Euclidean) over {structure['motions']} single-action "
             f"test motions, {structure['actions']} action labels")
     print((run.out / "results.md").read_text())
-    return {"rows": {n: {k: list(v) for k, v in r.items()} for n, r in rows.items()},
-            "timing": {n: list(v["s / prompt"]) for n, v in timing.items()}, "latent_structure": structure}
-
-
-def dataset_name(run: Run) -> str:
-    return "the embedded synthetic dataset" if run.synthetic else str(run.data_root)
+    return {"rows": _as_lists(rows), "timing": {n: list(v["s / prompt"]) for n, v in timing.items()},
+            "latent_structure": structure}
 
 
 DEFAULT_PROMPTS = ["a person walks forward", "a person jumps then waves with the right hand",
@@ -1277,7 +945,7 @@ def stage_sample(run: Run) -> dict:
     if not run.cfg.data.min_len <= args.length <= run.cfg.data.max_len:
         raise ValueError(f"--length {args.length}: the models were trained on "
                          f"{run.cfg.data.min_len}..{run.cfg.data.max_len} frames")
-    pipe = Pipeline(run)
+    pipe = pipeline(run)
     learned = inversion.load_tokens(pipe.text, run.out / "tokens", texts)  # words of --stage inversion
     if learned:
         print(f"[sample] learned words from {run.out / 'tokens'}: {', '.join(learned)}")
@@ -1300,10 +968,6 @@ def stage_sample(run: Run) -> dict:
     return {"texts": texts, "realigned": realigner is not None, "files": written}
 
 
-# ----------------------------------------------------------------------------
-# Motion textual inversion (LEAD Sec. 4.2, Sec. 5.5, Tab. 3; inversion.py)
-
-
 def inversion_models(run: Run) -> inversion.FrozenModels:
     """The frozen models of a finished LEAD run, with a text encoder of the stage's own, so the
     words learned here never reach the shared one (run.cache["text"]) that later stages use."""
@@ -1311,199 +975,42 @@ def inversion_models(run: Run) -> inversion.FrozenModels:
         raise ValueError("--stage inversion learns a CLIP word embedding: run it without --text-encoder lamp")
     text_encoder(run)  # the prerequisite check and its message
     text = TextEncoder.from_pretrained(run.clip or run.out / "text_encoder").to(run.device)
-    motion_vae, denoiser = load_vae(run), load_denoiser(run)
+    motion_vae, denoiser = load_model(run, "vae"), load_denoiser(run)
     schedule = diffusion.GaussianDiffusion(denoiser.cfg).to(run.device)
     return inversion.FrozenModels(text, motion_vae, denoiser, schedule, load_projector(run))
 
 
-def tagged_caption(root: Path, name: str, caption: str) -> str:
-    """The "word/POS ..." field of `caption` in texts/NAME.txt (HumanML3D layout), or ""."""
-    path = root / "texts" / f"{name}.txt"
-    if not path.exists():  # a sub-span item is named NAME_start_end
-        path = root / "texts" / f"{name.rsplit('_', 2)[0]}.txt"
-    if not path.exists():
-        return ""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        parts = line.strip().split("#")
-        if len(parts) == 4 and parts[0].strip() == caption:
-            return parts[1]
-    return ""
-
-
-@torch.no_grad()
-def generate_and_embed(models: inversion.FrozenModels, evaluator, prompts: list[str],
-                       lengths: torch.Tensor, seed: int, chunk: int = 64) -> dict:
-    """Generate one motion per prompt, decoded without and with realignment from the same latents
-    -> {False: (embeddings (N, E), [motion (T_i, D)]), True: (...)}, motions normalized, on the CPU.
-    The same seed gives every call the same noise, so methods are compared on paired samples."""
-    generator = torch.Generator(device=models.device).manual_seed(seed)
-    out = {False: ([], []), True: ([], [])}
-    for start in range(0, len(prompts), chunk):
-        span = lengths[start:start + chunk].to(models.device)                     # (b,)
-        motions = inversion.generate(models, prompts[start:start + chunk], span, realign=(False, True),
-                                     generator=generator)
-        for project, motion in zip((False, True), motions):                       # (b, T, D) each
-            out[project][0].append(evaluator.encode_motion(motion, span))
-            out[project][1].extend(motion[b, :span[b]].cpu() for b in range(len(span)))
-    return {p: (torch.cat(emb).double().cpu().numpy(), motions) for p, (emb, motions) in out.items()}
-
-
-@torch.no_grad()
-def embed_examples(evaluator, examples: list[torch.Tensor], lengths: list[int], device) -> np.ndarray:
-    """Evaluator embeddings (N, E) of normalized example motions, each cut to its length."""
-    batch = data.collate([{"motion": x[:n], "length": n, "caption": "", "name": ""}
-                          for x, n in zip(examples, lengths)])
-    return evaluator.encode_motion(batch["motion"].to(device), batch["lengths"].to(device)).double().cpu().numpy()
-
-
-def mti_row(emb: np.ndarray, owner: np.ndarray, text_emb: np.ndarray, real_emb: np.ndarray | None,
-            diversity_times: int, seed: int) -> dict:
-    """Tab. 3 columns for motions emb (N, E) whose captions are rows `owner` of text_emb."""
-    hits = inversion.caption_r_precision(emb, owner, text_emb, seed=seed)     # (N, 3)
-    row = {"R-precision top-3": metrics.mean_ci(hits[:, 2]),
-           # Eq. (12) as computed: the distance of each motion to its own caption
-           "MMdist": metrics.mean_ci(np.linalg.norm(emb - text_emb[owner], axis=1)),
-           "Diversity": (metrics.diversity(emb, min(diversity_times, len(emb)), seed=seed), 0.0)}
-    if real_emb is not None:
-        row["FID"] = (metrics.fid(real_emb, emb), 0.0)
-    return row
-
-
-MTI_LABELS = {"feat": "MTI_feat", "mld": "MTI_mld", "lead": "MTI_lead"}
-
-
 def inversion_table(run: Run, models: inversion.FrozenModels) -> dict:
-    """The Tab. 3 analogue: one word per test motion (a fixed random subset) and objective, then
-    generations from "a person <word>" with and without realignment, against the examples."""
-    cfg, seed, unit = run.cfg.inversion, run.cfg.run.seed, run.cfg.data.unit
-    test, tokenizer = open_split(run, "test"), text_encoder(run).tokenizer
-    evaluator = load_embedder(run, "evaluator")
-    picks = np.sort(np.random.default_rng(seed).choice(len(test), min(cfg.test_motions, len(test)), replace=False))
-    is_one_token = lambda word: len(tokenizer.encode(word)) == 1  # noqa: E731
-    examples, lengths, inits = [], [], []
-    for i in picks:
-        name, raw, captions = test.items[i]
-        examples.append(torch.from_numpy(test.normalize(raw)))                  # (T, D)
-        lengths.append(min(len(raw), models.vae.cfg.max_len) // unit * unit)
-        inits.append(inversion.coarse_descriptor(captions[0], tagged_caption(test.root, name, captions[0]),
-                                                 is_one_token, cfg.init_word))
-    # 1. one word per motion and objective (Sec. 5.2: 20 Adam steps on 4 segments of the motion)
-    start, words = time.time(), {objective: [] for objective in inversion.OBJECTIVES}
-    for objective in inversion.OBJECTIVES:
-        for k, (example, init) in enumerate(zip(examples, inits)):
-            word = f"<mti_{objective}_{k}>"
-            inversion.invert(models, [example], word, init, cfg, objective, seed=seed + k)
-            words[objective].append(word)
-        print(f"[inversion] {len(picks)} words with MTI_{objective} ({time.time() - start:.0f} s)")
-    # 2. the ground truth: each test motion's first caption; the examples themselves (Real)
-    all_captions = [captions[0] for _, _, captions in test.items]
-    with torch.no_grad():
-        text_emb = torch.cat([evaluator.encode_text(tokenizer(all_captions[s:s + 256]).to(run.device))
-                              for s in range(0, len(all_captions), 256)]).double().cpu().numpy()  # (M, E)
-    real_emb = embed_examples(evaluator, examples, lengths, run.device)    # (N, E)
-    times = run.cfg.eval.diversity_times
-    rows = {"Real": mti_row(real_emb, picks, text_emb, None, times, seed)}
-    # 3. G generations per word, the same noise for every objective
-    G = cfg.generations
-    owner, gen_lengths = np.repeat(picks, G), torch.tensor(lengths).repeat_interleave(G)
-    for objective in inversion.OBJECTIVES:
-        prompts = [cfg.prompt.replace(inversion.PLACEHOLDER, w) for w in words[objective] for _ in range(G)]
-        sets = generate_and_embed(models, evaluator, prompts, gen_lengths, seed)
-        for project in (False, True):
-            label = MTI_LABELS[objective] + (" w/ project" if project else "")
-            rows[label] = mti_row(sets[project][0], owner, text_emb, real_emb, times, seed)
-    note = (f"{len(picks)} test motions of {dataset_name(run)} (a fixed random subset; the paper: 100), one "
-            f"word per motion and objective ({cfg.steps} Adam steps, batch {cfg.batch_size} segments, lr "
-            f"{cfg.lr}, initialised from the first single-token verb of the motion's first caption, else "
-            f"'{cfg.init_word}'), {G} generations per word from \"{cfg.prompt}\" at the motion's length; "
-            "'w/ project' decodes the same diffused latents after D_proj(E_proj(.)). Real: the example "
-            "motions. R-precision top-3: for each motion, is its example's first caption among the 3 "
-            "closest of 32 (itself + 31 captions of other test motions); MMdist: mean distance to that "
-            "caption; FID: generated vs example motions; Diversity: mean distance over min(300, N) random "
-            "pairs. CIs: 1.96 std / sqrt(N) over motions for R-precision and MMdist; FID and Diversity are "
-            "set-level (no CI, shown as ± 0). Metrics in this run's `evaluator` space.")
-    metrics.write_results(run.out, "mti", rows, "Motion textual inversion (LEAD Tab. 3 analogue)", note)
-    return {"test_motions": [test.items[i][0] for i in picks], "inits": inits,
-            "rows": {n: {k: list(v) for k, v in r.items()} for n, r in rows.items()}}
+    """LEAD Tab. 3 on test motions (inversion.mti_table) -> the `mti` table."""
+    cfg, test = run.cfg.inversion, open_split(run, "test")
+    tokenizer, evaluator = text_encoder(run).tokenizer, load_model(run, "evaluator")
+    table = inversion.mti_table(models, test, evaluator, tokenizer, cfg, run.cfg.data.unit,
+                                run.cfg.eval.diversity_times, run.cfg.run.seed)
+    metrics.write_results(run.out, "mti", table["rows"], "Motion textual inversion (LEAD Tab. 3 analogue)",
+                          inversion.mti_note(len(table["test_motions"]), cfg, dataset_name(run)))
+    return {**table, "rows": _as_lists(table["rows"])}
 
 
 def inversion_styles(run: Run, models: inversion.FrozenModels) -> dict | None:
-    """The out-of-distribution case (the paper's 100STYLE experiment, Fig. 7): one word per
-    held-out synthetic style and objective, learned from the style's first example motion;
-    generated motions are scored by their evaluator-space distance to the style's examples."""
-    cfg, seed, unit = run.cfg.inversion, run.cfg.run.seed, run.cfg.data.unit
-    root = dataset_root(run)
+    """The held-out styles (inversion.style_table, LEAD's 100STYLE experiment): the `mti_styles`
+    table, the learned words in tokens/, the motions (and GIFs) in inversion/."""
+    root, cfg, folder = dataset_root(run), run.cfg.inversion, run.out / "inversion"
     if not (root / "styles.txt").exists() or not (root / "segments.json").exists():
         print(f"[inversion] {root} has no styles.txt / segments.json (only the embedded synthetic "
               f"dataset holds held-out styles): the out-of-distribution part is skipped")
         return None
-    methods = ["init", "init+proj"] + [f"{o}{p}" for o in inversion.OBJECTIVES for p in ("", "+proj")]
-    unknown = set(cfg.render) - set(methods) - {"example"}
-    if unknown:
-        raise ValueError(f"inversion.render: unknown {sorted(unknown)}; choose from example, {', '.join(methods)}")
     split, segments = open_split(run, "styles"), synthetic.load_segments(root)
-    evaluator = load_embedder(run, "evaluator")
-    by_style = {}  # style -> indices into split.items
-    for i, (name, _, _) in enumerate(split.items):
-        style = segments.get(name, {}).get("style")
-        if style:
-            by_style.setdefault(style, []).append(i)
-    styles = [s for s in synthetic.STYLES if s in by_style][:cfg.styles]
-    examples = {s: [torch.from_numpy(split.normalize(split.items[i][1])) for i in by_style[s]] for s in styles}
-    lengths = {s: [min(len(x), models.vae.cfg.max_len) // unit * unit for x in examples[s]] for s in styles}
-    example_emb = {s: embed_examples(evaluator, examples[s], lengths[s], run.device) for s in styles}
-    centroids = np.stack([example_emb[s].mean(0) for s in styles])              # (S, E)
-    folder, G, start = run.out / "inversion", cfg.generations, time.time()
-    results, files = {m: {} for m in methods}, []
-    for si, style in enumerate(styles):
-        slug = style.replace(" ", "_")
-        prompts = {"init": [cfg.prompt.replace(inversion.PLACEHOLDER, cfg.init_word)] * G}
-        for objective in inversion.OBJECTIVES:
-            word = f"<{slug}_{objective}>"
-            v = inversion.invert(models, examples[style][:1], word, cfg.init_word, cfg, objective, seed=seed)
-            inversion.save_token(run.out / "tokens" / f"{slug}_{objective}.pt", word, cfg.init_word, v, objective)
-            prompts[objective] = [cfg.prompt.replace(inversion.PLACEHOLDER, word)] * G
-        gen_lengths = torch.full((G,), lengths[style][0], dtype=torch.long)
-        files += save_motion(folder / slug / "example", examples[style][0][:lengths[style][0]], split,
-                             f"{style}: example", "example" in cfg.render)
-        for key, texts in prompts.items():
-            sets = generate_and_embed(models, evaluator, texts, gen_lengths, seed)
-            for project in (False, True):
-                method = key + ("+proj" if project else "")
-                emb, motions = sets[project]
-                dist = np.linalg.norm(emb[:, None] - example_emb[style][None], axis=-1).mean(1)  # (G,)
-                nearest = np.linalg.norm(emb[:, None] - centroids[None], axis=-1).argmin(1)    # (G,)
-                results[method][style] = (dist, nearest == si)
-                for k, motion in enumerate(motions):
-                    files += save_motion(folder / slug / f"{method}_{k}", motion, split, f"{style}: {texts[0]}"
-                                         + (" (realigned)" if project else ""), k == 0 and method in cfg.render)
-        print(f"[inversion] style {style}: {len(examples[style])} examples, words saved to "
-              f"{run.out / 'tokens'} ({time.time() - start:.0f} s)")
-    labels = {"init": f"'{cfg.init_word}' (no inversion)", **MTI_LABELS}
-    rows = {}
-    spread = {}
-    for s in styles:
-        if len(example_emb[s]) >= 2:
-            d = np.linalg.norm(example_emb[s][:, None] - example_emb[s][None], axis=-1)
-            spread[s] = d[~np.eye(len(d), dtype=bool)]
-    rows["Real"] = {f"dist. {s}": metrics.mean_ci(spread[s]) for s in spread}
-    for method, per_style in results.items():
-        key, _, project = method.partition("+")
-        label = labels[key] + (" w/ project" if project else "")
-        rows[label] = {f"dist. {s}": metrics.mean_ci(d) for s, (d, _) in per_style.items()}
-        rows[label]["dist. mean"] = metrics.mean_ci(np.concatenate([d for d, _ in per_style.values()]))
-        rows[label]["nearest style"] = metrics.mean_ci(np.concatenate([hit for _, hit in per_style.values()]))
-    note = (f"One word per held-out style of {dataset_name(run)} (styles.txt; never in a training caption) and "
-            f"objective, learned from the style's first example motion, initialised from '{cfg.init_word}'. "
-            f"'dist. STYLE': mean evaluator-space distance between each of {G} motions generated from "
-            f"\"{cfg.prompt}\" and every example of the style (↓; Real: distinct examples of the style among "
-            "themselves); 'nearest style': share of generated motions whose nearest style centroid of example "
-            f"embeddings is their own (↑, chance 1/{len(styles)}). ± 1.96 std / sqrt(n) over generated motions "
-            f"(Real: example pairs). Motions and GIFs in {folder}.")
-    metrics.write_results(run.out, "mti_styles", rows, "Motion textual inversion, held-out styles "
-                          "(stand-in for LEAD's 100STYLE, Fig. 7)", note)
-    return {"styles": {s: len(examples[s]) for s in styles}, "files": len(files),
-            "rows": {n: {k: list(v) for k, v in r.items()} for n, r in rows.items()}}
+    table = inversion.style_table(models, split, segments, synthetic.STYLES, load_model(run, "evaluator"),
+                                  cfg, run.cfg.data.unit, run.cfg.run.seed)
+    for stem, word, vector, objective in table["tokens"]:
+        inversion.save_token(run.out / "tokens" / f"{stem}.pt", word, cfg.init_word, vector, objective)
+    files = [f for stem, motion, title, gif in table["motions"]
+             for f in save_motion(folder / stem, motion, split, title, gif)]
+    print(f"[inversion] style words saved to {run.out / 'tokens'}, motions to {folder}")
+    metrics.write_results(run.out, "mti_styles", table["rows"], "Motion textual inversion, held-out styles "
+                          "(stand-in for LEAD's 100STYLE, Fig. 7)",
+                          inversion.style_note(len(table["styles"]), cfg, dataset_name(run), folder))
+    return {"styles": table["styles"], "files": len(files), "rows": _as_lists(table["rows"])}
 
 
 def learn_user_word(run: Run) -> dict:

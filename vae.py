@@ -72,7 +72,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import features_to_joints
+from data import collate, features_to_joints
 
 
 # ----------------------------------------------------------------------------
@@ -268,6 +268,23 @@ class MotionVAE(nn.Module):
         z, mu, logvar = self.encode(motion, lengths, sample=sample)
         return self.decode(z, lengths), mu, logvar
 
+    def reconstruct(self, motion: torch.Tensor, lengths) -> torch.Tensor:
+        """The posterior mean decoded, D(mu(x)) (B, T, D): what the reconstruction errors score."""
+        return self.decode(self.encode(motion, lengths, sample=False)[0], lengths)
+
+
+@torch.no_grad()
+def encode_dataset(model: MotionVAE, dataset, device, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen VAE's posterior (mu, logvar), each (N, n, d), for every item of `dataset` (one
+    crop each), computed once so later stages draw z = mu + sigma * noise without the encoder."""
+    mus, logvars = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        _, mu, logvar = model.encode(batch["motion"].to(device), batch["lengths"].to(device))
+        mus.append(mu)
+        logvars.append(logvar)
+    return torch.cat(mus), torch.cat(logvars)
+
 
 # ----------------------------------------------------------------------------
 # Loss
@@ -305,3 +322,14 @@ def vae_loss(pred: torch.Tensor, target: torch.Tensor, lengths, mu: torch.Tensor
     kl = kl_to_standard_normal(mu, logvar)
     total = feat + joint + lambda_kl * kl
     return total, {"feat": feat, "joint": joint, "kl": kl}
+
+
+def vae_loss_fn(model: MotionVAE, mean, std, device):
+    """loss_fn(batch) -> (loss, parts) for training `model` on dataset batches (vae_loss with the
+    model's lambda_kl and joint loss; mean, std: the dataset's, to recover joints)."""
+    def loss_fn(batch):
+        x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
+        x_hat, mu, logvar = model(x, lengths)
+        return vae_loss(x_hat, x, lengths, mu, logvar, mean, std, lambda_kl=model.cfg.lambda_kl,
+                        joint_loss=model.cfg.joint_loss)
+    return loss_fn

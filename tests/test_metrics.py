@@ -1,8 +1,9 @@
 """Tests for metrics.py: each formula against a direct numpy/scipy computation and a
 hand-worked case, the embedder's shapes and padding invariance, its loss against a hand
-computation, the evaluation driver on a tiny fake dataset, and the results tables.
+computation, the evaluation driver on a tiny fake dataset, the results tables, and the VAE's
+joint errors by hand.
 
-Nothing here needs data.py or clip.py: the dataset is a list of dicts, the tokenizer a
+Nothing here needs clip.py or a dataset folder: the dataset is a list of dicts, the tokenizer a
 word-level stand-in with the same [sot] ... [eot] pad layout.
 """
 
@@ -346,3 +347,51 @@ def test_results_table_and_write_results(tmp_path):
     assert set(saved["t2m"]["rows"]) == {"Real", "MLD"}
     assert "### Text-to-motion" in md and "| MLD |" in md and "| LEAD |" not in md
     assert "T2M R@1 ↑" in md and "M2T R@1 ↑" in md
+
+
+# ---------------------------------------------------------------------------------------
+# The VAE's reconstruction errors (joint positions recovered from the features)
+
+
+class _Clips:
+    """A stand-in dataset: random normalised features for two clips, with mean and std."""
+
+    def __init__(self, lengths=(6, 9), feat_dim=263, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.mean = torch.randn(feat_dim, generator=g).numpy()
+        self.std = (0.5 + torch.rand(feat_dim, generator=g)).numpy()
+        self.items = [torch.randn(n, feat_dim, generator=g) * 0.1 for n in lengths]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return {"motion": self.items[i], "length": len(self.items[i]), "caption": "", "name": str(i)}
+
+
+def test_joint_errors_by_hand():
+    """Hand cases (J = 22 joints, every valid frame of both clips):
+    - raise the root's height (feature 3) by d metres: only the root joint moves (the other
+      joints' heights are stored absolute), so global = d / J, root-aligned = (J - 1) d / J (the
+      root moves against all the others), body frame = 0 (feature 3 is not a body-frame position);
+    - move joint 5's body-frame x (feature 4 + 3 * 4) by d: the heading turns it about Y but keeps
+      its length, so every error is d / J."""
+    clips, d, J = _Clips(), 0.3, 22
+    std = torch.as_tensor(clips.std)
+
+    def shifted(feature):
+        def reconstruct(x, lengths):
+            out = x.clone()
+            out[..., feature] += d / std[feature]                     # d metres once de-normalised
+            return out * metrics._valid(lengths, x.shape[1])[..., None]
+        return reconstruct
+
+    errors = metrics.joint_errors(shifted(3), clips, torch.device("cpu"), batch_size=1)
+    assert errors["global"] == pytest.approx(d / J, rel=1e-4)
+    assert errors["root-aligned"] == pytest.approx((J - 1) * d / J, rel=1e-4)
+    assert errors["body frame"] == pytest.approx(0.0, abs=1e-6)
+    errors = metrics.joint_errors(shifted(4 + 3 * 4), clips, torch.device("cpu"))
+    for name in ("global", "root-aligned", "body frame"):
+        assert errors[name] == pytest.approx(d / J, rel=1e-4), name
+    perfect = metrics.joint_errors(lambda x, lengths: x, clips, torch.device("cpu"))
+    assert all(v == pytest.approx(0.0, abs=1e-7) for v in perfect.values())

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import train
-import vae
 
 
 def test_overrides_are_type_checked():
@@ -157,50 +156,6 @@ def test_bad_override_on_the_command_line(capsys):
     assert "unknown config key" in capsys.readouterr().err
 
 
-class _Clips:
-    """A stand-in dataset: random normalised features for two clips, with mean and std."""
-
-    def __init__(self, lengths=(6, 9), feat_dim=263, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.mean = torch.randn(feat_dim, generator=g).numpy()
-        self.std = (0.5 + torch.rand(feat_dim, generator=g)).numpy()
-        self.items = [torch.randn(n, feat_dim, generator=g) * 0.1 for n in lengths]
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return {"motion": self.items[i], "length": len(self.items[i]), "caption": "", "name": str(i)}
-
-
-def test_joint_errors_by_hand():
-    """Hand cases (J = 22 joints, every valid frame of both clips):
-    - raise the root's height (feature 3) by d metres: only the root joint moves (the other
-      joints' heights are stored absolute), so global = d / J, root-aligned = (J - 1) d / J (the
-      root moves against all the others), body frame = 0 (feature 3 is not a body-frame position);
-    - move joint 5's body-frame x (feature 4 + 3 * 4) by d: the heading turns it about Y but keeps
-      its length, so every error is d / J."""
-    clips, d, J = _Clips(), 0.3, 22
-    std = torch.as_tensor(clips.std)
-
-    def shifted(feature):
-        def reconstruct(x, lengths):
-            out = x.clone()
-            out[..., feature] += d / std[feature]                     # d metres once de-normalised
-            return out * vae.lengths_to_mask(lengths, x.shape[1])[..., None]
-        return reconstruct
-
-    errors = train.joint_errors(shifted(3), clips, torch.device("cpu"), batch_size=1)
-    assert errors["global"] == pytest.approx(d / J, rel=1e-4)
-    assert errors["root-aligned"] == pytest.approx((J - 1) * d / J, rel=1e-4)
-    assert errors["body frame"] == pytest.approx(0.0, abs=1e-6)
-    errors = train.joint_errors(shifted(4 + 3 * 4), clips, torch.device("cpu"))
-    for name in ("global", "root-aligned", "body frame"):
-        assert errors[name] == pytest.approx(d / J, rel=1e-4), name
-    perfect = train.joint_errors(lambda x, lengths: x, clips, torch.device("cpu"))
-    assert all(v == pytest.approx(0.0, abs=1e-7) for v in perfect.values())
-
-
 class _Split(list):
     """A stand-in split that records the seeds it is restarted with."""
 
@@ -215,11 +170,11 @@ class _Split(list):
 def test_training_latents_are_encoded_once_per_vae_checkpoint(tmp_path, monkeypatch):
     """The diffusion, projector and mate stages share one encoding of the train split, drawn
     from a freshly seeded split; a new vae.pt (another size or time) is encoded again; a missing
-    one is load_vae's error."""
+    one is load_model's error."""
     calls, split = [], _Split()
-    monkeypatch.setattr(train, "load_vae", lambda run: "the vae")
+    monkeypatch.setattr(train, "load_model", lambda run, name: f"the {name}")
     monkeypatch.setattr(train, "open_split", lambda run, name: split)
-    monkeypatch.setattr(train, "encode_latents",
+    monkeypatch.setattr(train.vae, "encode_dataset",
                         lambda model, dataset, device: calls.append(model) or (torch.zeros(3, 1, 2), torch.ones(3, 1, 2)))
     run = types.SimpleNamespace(out=tmp_path, cache={}, device="cpu", cfg=train.build_config("tiny", ["run.seed=7"]))
     (tmp_path / "vae.pt").write_bytes(b"first")
@@ -229,7 +184,7 @@ def test_training_latents_are_encoded_once_per_vae_checkpoint(tmp_path, monkeypa
     train.training_latents(run)
     assert len(calls) == 2
     (tmp_path / "vae.pt").unlink()
-    monkeypatch.setattr(train, "load_vae", lambda run: (_ for _ in ()).throw(FileNotFoundError("no vae.pt")))
+    monkeypatch.setattr(train, "load_model", lambda run, name: (_ for _ in ()).throw(FileNotFoundError("no vae.pt")))
     with pytest.raises(FileNotFoundError, match="no vae.pt"):
         train.training_latents(run)
 
