@@ -365,3 +365,17 @@ def generate_lcm(motion_vae, model: ConsistencyDenoiser, schedule: GaussianDiffu
     if realigner is not None:
         z = realigner.realign(z)                                                         # (B, N, Dz)
     return motion_vae.decode(z, lengths)                                                 # (B, T, D)
+
+
+class LCMPipeline:
+    """metrics.Pipeline's interface (text, vae, device, generate) over a consistency model: text ->
+    motion in `steps` steps, realigned by the LEAD projector when one is given (LEAD Tab. 5)."""
+
+    def __init__(self, pipe, model: ConsistencyDenoiser, steps: int | None = None):
+        self.text, self.vae, self.device, self.schedule = pipe.text, pipe.vae, pipe.device, pipe.schedule
+        self.model, self.steps = model, steps
+
+    def generate(self, captions: list[str], lengths: torch.Tensor, realigner=None) -> torch.Tensor:
+        c = self.text.encode_cached(captions)                                           # (B, C)
+        return generate_lcm(self.vae, self.model, self.schedule, c, lengths.to(self.device),
+                            steps=self.steps, realigner=realigner)

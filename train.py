@@ -13,6 +13,7 @@ the projector):
     projector  the LEAD projector, everything else frozen
     atm        ATM fine-tuning of the denoiser
     mate       MATE word table, then the denoiser and projector retrained on it
+    lcm        MotionLCM: a consistency model distilled from the denoiser, 1-4 step sampling
     eval       the Tab. 1 analogue: Real, MLD, LEAD (+ATM, +MATE, ablations)
     sample     text -> motion files (+ stick-figure animations)
     inversion  motion textual inversion
@@ -45,6 +46,7 @@ import data
 import diffusion
 import inversion
 import lamp
+import lcm
 import mate
 import metrics
 import projector
@@ -54,6 +56,7 @@ from atm_losses import ATMConfig
 from clip import ClipConfig, TextEncoder
 from diffusion import DiffusionConfig
 from inversion import InversionConfig
+from lcm import LCMConfig
 from lamp import LaMPConfig
 from mate import MATEConfig
 from metrics import EmbedderConfig, EvalConfig
@@ -129,6 +132,9 @@ class RunConfig:
     atm_train: Schedule = field(default_factory=lambda: Schedule(40_000, 64, 1e-4))
     # ours: MATE gives no schedule; lr as TMR. The table, Proj, the heads and prototypes share it.
     mate_train: Schedule = field(default_factory=lambda: Schedule(20_000, 64, 1e-4))
+    lcm: LCMConfig = field(default_factory=LCMConfig)
+    # MotionLCM V1 (configs_v1/motionlcm_t2m.yaml): batch 256, lr 2e-4, 1000 epochs (~90k steps)
+    lcm_train: Schedule = field(default_factory=lambda: Schedule(90_000, 256, 2e-4))
 
 
 # A preset is nothing but a set of overrides on the defaults (the defaults are the papers').
@@ -174,12 +180,11 @@ PRESETS: dict[str, dict[str, object]] = {
         "mate.segment_grid": 8,
         "mate.probe_captions": 32, "mate_train.steps": 200, "mate_train.batch_size": 32,
         "mate_train.lr": 3e-4, "mate_train.log_every": 50,
+        # MotionLCM: V2's 10-step teacher grid reaches t = 999 in fewer updates; ~95 ms a step here
+        "lcm.num_ddim_timesteps": 10, "lcm_train.steps": 2000, "lcm_train.batch_size": 64,
+        "lcm_train.log_every": 200,
     },
 }
-
-STAGES = ["data", "evaluator", "vae", "diffusion", "projector", "eval", "sample",
-          "inversion", "atm", "mate", "lamp"]
-
 
 def _parse_value(text: str, kind, key: str):
     """Parse `text` as the dataclass field type `kind`; a mismatch is an error naming `key`."""
@@ -398,13 +403,14 @@ def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sched: Schedule,
-        meta: dict) -> dict:
+        meta: dict, after_step=None) -> dict:
     """Minimise `loss_fn(batch) -> (loss, parts)` over `sched.steps` batches of `stream`.
 
     Writes run.out/NAME.pt = {model, optimizer, config, meta, step, done} (config: the model's
     dataclass, meta: what else its constructor needs) every ckpt_every steps
     and at the end; `--resume` continues from it. A non-finite loss stops the stage and keeps
-    the last good checkpoint. Returns the final running averages of the loss parts.
+    the last good checkpoint. `after_step()` runs after each update (MotionLCM's EMA). Returns
+    the final running averages of the loss parts.
     """
     path = run.out / f"{name}.pt"
     optimizer = torch.optim.AdamW(_trainable(model), lr=sched.lr)
@@ -438,6 +444,8 @@ def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sc
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         step += 1
         for key, value in {"loss": loss, **parts}.items():
             value = float(value.detach()) if torch.is_tensor(value) else float(value)
@@ -471,6 +479,7 @@ BUILDERS = {
     "lamp": lambda c, m: lamp.LaMP(LaMPConfig(**c), m["vocab_size"], m["eot_id"]),
 }
 BUILDERS["alignment"] = BUILDERS["evaluator"]
+BUILDERS["lcm"] = lambda c, m: lcm.ConsistencyDenoiser(BUILDERS["diffusion"](m["denoiser"], m), LCMConfig(**c))
 WRITTEN_BY = {"alignment": "evaluator", "lamp_vq": "lamp", "diffusion_atm": "atm", "diffusion_atm_lamp": "atm",
               "diffusion_mate": "mate", "projector_mate": "mate", "mate": "mate"}  # else: the name's first word
 
@@ -815,6 +824,44 @@ def mate_probe(run: Run) -> dict:
     return _as_lists(rows)
 
 
+def stage_lcm(run: Run) -> dict:
+    """MotionLCM (lcm.py): distil a latent consistency model from the finished diffusion.pt, the
+    teacher, VAE and text encoder frozen; the student starts as the teacher, its EMA is the
+    target. Writes lcm.pt (the student, as MotionLCM samples with it, and the target)."""
+    train, text, teacher = open_split(run, "train"), text_encoder(run), load_denoiser(run)
+    cfg, sched, seed = run.cfg.lcm, run.cfg.lcm_train, run.cfg.run.seed
+    if run.args.text_encoder != "clip":
+        raise ValueError("--stage lcm distils the CLIP-conditioned diffusion.pt: run it without --text-encoder lamp")
+    mu, logvar = training_latents(run)
+    schedule = diffusion.GaussianDiffusion(teacher.cfg).to(run.device)
+    text.encode_cached(train.captions())
+    c_uncond = text.encode_cached([""])[0]                                          # (W,)
+    torch.manual_seed(seed)
+    student = lcm.ConsistencyDenoiser.from_teacher(teacher, cfg).to(run.device)
+    target = lcm.ema_copy(student)
+    pair = torch.nn.ModuleDict({"student": student, "target": target})  # both in lcm.pt, for --resume
+
+    def loss_fn(batch):
+        target.eval()  # fit sets train mode on the pair; the target only supplies goals
+        return lcm.distillation_loss(student, target, teacher, schedule, batch["z"],
+                                     text.encode_cached(batch["caption"]), c_uncond, cfg)
+
+    meta = {"latent_shape": list(teacher.latent_shape), "text_dim": text.dim,
+            "denoiser": dataclasses.asdict(teacher.cfg)}
+    stream = latent_batches(train, mu, logvar, sched.batch_size, seed)
+    losses = fit(run, "lcm", pair, cfg, loss_fn, stream, sched, meta,
+                 after_step=lambda: lcm.ema_update(target, student, cfg.ema_decay))
+    return {"final_losses": losses}
+
+
+def load_lcm(run: Run) -> "lcm.ConsistencyDenoiser":
+    """The distilled student of lcm.pt (MotionLCM samples with the student, not the EMA)."""
+    state = finished(run, "lcm")
+    model = BUILDERS["lcm"](state["config"], state["meta"])
+    model.load_state_dict({k[len("student."):]: v for k, v in state["model"].items() if k.startswith("student.")})
+    return model.to(run.device).eval().requires_grad_(False)
+
+
 def stage_lamp(run: Run) -> dict:
     """LaMP (Sec. 3.1): the motion VQ-VAE (3.1.1), then LaMP over its frozen encoder with the
     four objectives (3.1.3); the Tab. 3 analogue on the test split beside the `evaluator`."""
@@ -858,8 +905,8 @@ ABLATION_LABELS = {"projector_no_align": "LEAD w/o L_align", "projector_no_rec":
 
 def eval_methods(run: Run, pipe: metrics.Pipeline, lead: projector.Projector) -> dict:
     """{row: generate_fn} of the Tab. 1 analogue in table order (Real: None): MLD and LEAD from the
-    same checkpoints, `--ablations` the Tab. 6 projectors, then the rows of the ATM and MATE
-    stages when they have run (a note names the stage otherwise)."""
+    same checkpoints, `--ablations` the Tab. 6 projectors, then the rows of the ATM, MATE and
+    MotionLCM stages when they have run (a note names the stage otherwise)."""
     def rows(pipe, **realigners):
         return {name: lambda c, n, r=r: pipe.generate(c, n, r) for name, r in realigners.items()}
 
@@ -873,7 +920,7 @@ def eval_methods(run: Run, pipe: metrics.Pipeline, lead: projector.Projector) ->
     else:
         print("[eval] no diffusion_atm.pt yet: run `--stage atm`, then `--stage eval` again, for the "
               "MLD+ATM and LEAD+ATM rows")
-    if run.args.text_encoder != "clip":  # MATE retrains CLIP's table: its rows belong to the CLIP table
+    if run.args.text_encoder != "clip":  # MATE and MotionLCM rows belong to the CLIP table
         return methods
     if (run.out / "diffusion_mate.pt").exists():
         methods.update(rows(pipeline(run, "diffusion_mate", mate=True), **{
@@ -881,6 +928,8 @@ def eval_methods(run: Run, pipe: metrics.Pipeline, lead: projector.Projector) ->
     else:
         print("[eval] no diffusion_mate.pt yet: run `--stage mate`, then `--stage eval` again, for the "
               "MLD+MATE and LEAD+MATE rows")
+    if (run.out / "lcm.pt").exists():  # LEAD Tab. 1 "LEAD (MotionLCM)": the projector, not retrained
+        methods.update(rows(lcm.LCMPipeline(pipe, load_lcm(run)), **{"MotionLCM": None, "LEAD (MotionLCM)": lead}))
     return methods
 
 
@@ -910,9 +959,29 @@ def stage_eval(run: Run) -> dict:
             "Latent structure (stand-in for LEAD Fig. 3, t-SNE)",
             f"leave-one-out nearest neighbour (Euclidean) over {structure['motions']} single-action "
             f"test motions, {structure['actions']} action labels")
+    steps = lcm_steps_table(run, pipe, lead, test, evaluator) if "MotionLCM" in rows else None
     print((run.out / "results.md").read_text())
     return {"rows": _as_lists(rows), "timing": {n: list(v["s / prompt"]) for n, v in timing.items()},
-            "latent_structure": structure}
+            "latent_structure": structure, "lcm_steps": steps}
+
+
+def lcm_steps_table(run: Run, pipe: metrics.Pipeline, lead, test, evaluator) -> dict:
+    """The LEAD Tab. 5 analogue: MotionLCM and LEAD (MotionLCM) at 1, 2 and 4 steps, the same
+    projector as LEAD's (trained on the teacher's latents, not retrained), with per-prompt time."""
+    student, cfg = load_lcm(run), run.cfg.eval
+    rows = {}
+    for steps in (1, 2, 4):
+        fast = lcm.LCMPipeline(pipe, student, steps)
+        for name, r in (("MotionLCM", None), ("LEAD (MotionLCM)", lead)):
+            label = f"{name}, {steps} step{'s' if steps > 1 else ''}"
+            rows.update(metrics.t2m_rows({label: lambda c, n, f=fast, r=r: f.generate(c, n, r)}, test, evaluator,
+                                         pipe.text.tokenizer, cfg, run.cfg.run.seed))
+            rows[label]["s / prompt"] = metrics.seconds_per_prompt(fast, test, r, cfg.timing_prompts)
+    metrics.write_results(run.out, "lcm_steps", rows, "Few-step sampling (LEAD Tab. 5 analogue)",
+                          f"{len(test)} test motions, R = {cfg.replications} replications; the projector is "
+                          f"LEAD's, trained on the teacher's latents and not retrained (LEAD Sec. 5.4); "
+                          f"s / prompt: batch of 1 on {run.device.type} (MotionLCM reports ~0.03 s at one step).")
+    return _as_lists(rows)
 
 
 DEFAULT_PROMPTS = ["a person walks forward", "a person jumps then waves with the right hand",
@@ -1058,9 +1127,10 @@ STAGE_FUNCTIONS = {
     "inversion": stage_inversion,
     "lamp": stage_lamp,
     "mate": stage_mate,
+    "lcm": stage_lcm,
 }
 # eval comes after every stage that adds a row to its table
-ALL_ORDER = ["data", "evaluator", "lamp", "vae", "diffusion", "projector", "atm", "mate", "eval", "sample",
+ALL_ORDER = ["data", "evaluator", "lamp", "vae", "diffusion", "projector", "atm", "mate", "lcm", "eval", "sample",
              "inversion"]
 
 
@@ -1086,7 +1156,7 @@ def run_stage(run: Run, stage: str) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", required=True, choices=STAGES + ["all"])
+    p.add_argument("--stage", required=True, choices=[*STAGE_FUNCTIONS, "all"])
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                    help="tiny: CPU-sized models (default); paper: the papers' sizes, one GPU")
     p.add_argument("--out", type=Path, default=Path("runs/default"), help="run folder")

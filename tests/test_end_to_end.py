@@ -33,6 +33,7 @@ SMOKE = [
     "lamp_vq_train.steps=3", "lamp_train.steps=3", "lamp_vq_train.batch_size=8", "lamp_train.batch_size=8",
     "mate.latent_dim=16", "mate.n_layers=1", "mate.ff_dim=32", "mate_train.steps=3", "mate_train.batch_size=8",
     "mate.probe_captions=2",
+    "lcm_train.steps=3", "lcm_train.batch_size=8", "lcm.w_embed_dim=8",
 ]
 
 
@@ -57,7 +58,7 @@ def test_every_stage_wrote_its_outputs(smoke_run):
     for stage in train.ALL_ORDER:
         figures = json.loads((run / f"{stage}.json").read_text())
         assert figures["wall_time_s"] >= 0
-    for name in ("vae", "diffusion", "projector", "evaluator", "alignment", "diffusion_atm", "mate",
+    for name in ("vae", "diffusion", "projector", "evaluator", "alignment", "diffusion_atm", "mate", "lcm",
                  "diffusion_mate", "projector_mate", "lamp", "lamp_vq",
                  *train.PROJECTOR_ABLATIONS):
         state = train.load_checkpoint(run / f"{name}.pt", name)
@@ -78,6 +79,10 @@ def test_results_table_has_the_papers_rows(smoke_run):
     assert "LEAD w/o L_align" in rows and "LEAD (mlp)" in rows
     assert "MLD+ATM" in rows and "LEAD+ATM" in rows
     assert "MLD+MATE" in rows and "LEAD+MATE" in rows
+    assert "MotionLCM" in rows and "LEAD (MotionLCM)" in rows
+    steps = results["lcm_steps"]["rows"]
+    assert {f"{m}, {n} step{'s' if n > 1 else ''}" for m in ("MotionLCM", "LEAD (MotionLCM)") for n in (1, 2, 4)} == set(steps)
+    assert all(row["s / prompt"][0] > 0 for row in steps.values())
     assert "mate_probe" in results and "mate_segmentation" in results
     assert {"Real", "MTI_lead", "MTI_lead w/ project"} <= set(results["mti"]["rows"])
     assert "mti_styles" in results
