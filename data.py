@@ -23,6 +23,9 @@ this layout, is synthetic.py (this file imports nothing from it).
 3. `MotionTextDataset` + `collate`: the HumanML3D folder layout, captions with
    `#start#end` sub-spans, the 40..196-frame length rules, crops to a multiple of 4.
 4. `feature_slices`, `group_std`: the feature groups and Std.npy's group-averaged form.
+5. `read_prompts`, `prompt_slug`: prompt files for generation and file names for the outputs.
+6. Writing the layout: `save_features`, `FeatureStats` (Mean.npy, Std.npy), `write_splits`,
+   shared by synthetic.py's generator and ingest.py (one's own joint clips into a dataset).
 
 Differences from the public HumanML3D code:
 - No skeleton retargeting. HumanML3D first re-targets every clip to the bone lengths of
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,12 +152,13 @@ def _qrot(q: np.ndarray, v: np.ndarray) -> np.ndarray:
     return v + 2.0 * (q[..., :1] * uv + np.cross(u, uv))
 
 
-def _qbetween(v0: np.ndarray, v1: np.ndarray) -> np.ndarray:
+def qbetween(v0: np.ndarray, v1: np.ndarray) -> np.ndarray:
     """The shortest-arc rotation taking direction v0 to direction v1 (..., 3) -> (..., 4).
 
     q = normalize(|v0||v1| + v0.v1, v0 x v1): the half-angle construction. For exactly
     opposite vectors (where the public code returns NaN) it is a half turn about an axis
-    perpendicular to v0: about Y for horizontal v0, as for a clip that starts facing -Z."""
+    perpendicular to v0: about Y for horizontal v0, as for a clip that starts facing -Z.
+    Public because bvh.py's inverse kinematics uses it too."""
     w = np.sqrt((v0 ** 2).sum(-1) * (v1 ** 2).sum(-1)) + (v0 * v1).sum(-1)
     q = np.concatenate([w[..., None], np.cross(v0, v1)], axis=-1)
     norm = np.linalg.norm(q, axis=-1, keepdims=True)
@@ -202,7 +207,7 @@ def _root_rotation(joints: np.ndarray, skeleton: Skeleton) -> np.ndarray:
     forward = _facing(joints, skeleton.face_joints, hip_sign=-1.0)  # (T, 3)
     forward = gaussian_filter1d(forward, sigma=20, axis=0, mode="nearest")
     forward = forward / np.linalg.norm(forward, axis=-1, keepdims=True)
-    root_quat = _qbetween(forward, np.broadcast_to([0.0, 0.0, 1.0], forward.shape))
+    root_quat = qbetween(forward, np.broadcast_to([0.0, 0.0, 1.0], forward.shape))
     root_quat[0] = [1.0, 0.0, 0.0, 0.0]
     return root_quat
 
@@ -224,7 +229,7 @@ def _inverse_kinematics(joints: np.ndarray, root_quat: np.ndarray,
     bones = joints[:, 1:] - joints[:, parents[1:]]  # (T, J-1, 3)
     bones = bones / np.linalg.norm(bones, axis=-1, keepdims=True)
     globals_ = np.concatenate([root_quat[:, None],
-                               _qbetween(np.broadcast_to(offsets[1:], bones.shape), bones)], axis=1)
+                               qbetween(np.broadcast_to(offsets[1:], bones.shape), bones)], axis=1)
     local = _qmul(_qinv(globals_[:, previous[1:]]), globals_[:, 1:])  # (T, J-1, 4)
     return np.concatenate([root_quat[:, None], local], axis=1)  # (T, J, 4)
 
@@ -249,7 +254,7 @@ def joints_to_features(joints: np.ndarray, skeleton: Skeleton = T2M) -> np.ndarr
     # 2. All clips initially face +Z: rotate by the first frame's (unsmoothed) facing.
     forward_init = _facing(pos[:1], skeleton.face_joints)  # (1, 3)
     forward_init /= np.linalg.norm(forward_init, axis=-1, keepdims=True)
-    pos = _qrot(_qbetween(forward_init, np.array([[0.0, 0.0, 1.0]]))[:, None], pos)  # (T, J, 3)
+    pos = _qrot(qbetween(forward_init, np.array([[0.0, 0.0, 1.0]]))[:, None], pos)  # (T, J, 3)
 
     # 3. Foot contacts: squared displacement per frame below the threshold.
     feet = list(skeleton.foot_left) + list(skeleton.foot_right)
@@ -357,6 +362,12 @@ def _read_captions(path: Path) -> list[tuple[str, float, float]]:
     return captions
 
 
+def fits_length(n: int, min_len: int, max_len: int, unit: int = 4) -> bool:
+    """HumanML3D's length rule for an item of n feature rows: at least min_len, and at most
+    max_len once cropped to a multiple of unit."""
+    return n >= min_len and (n // unit) * unit <= max_len
+
+
 def _read_names(root: Path, split: str) -> list[str]:
     path = root / f"{split}.txt"
     if not path.exists():
@@ -399,7 +410,7 @@ class MotionTextDataset(torch.utils.data.Dataset):
                 else:  # a sub-span: times in seconds at the skeleton's frame rate
                     item_name = f"{name}_{start:g}_{end:g}"
                     clip = motion[int(start * skeleton.fps):int(end * skeleton.fps)]
-                if len(clip) >= min_len and (len(clip) // unit) * unit <= max_len:
+                if fits_length(len(clip), min_len, max_len, unit):
                     self.items.append((item_name, clip, captions))
         print(f"[data] {split}: {len(self.items)} clips, skipped {total - len(self.items)} "
               f"outside the length rules ({min_len}..{max_len} frames)")
@@ -497,3 +508,110 @@ def group_std(std: np.ndarray, n_joints: int = 22) -> np.ndarray:
     for group in feature_slices(n_joints).values():
         std[group] = std[group].mean()
     return std
+
+
+# ----------------------------------------------------------------------------
+# Prompt files (captions to generate from)
+
+# after the last '#': whole frames ("70") or seconds ("3.5s", "3.5 s")
+_LENGTH = re.compile(r"(?P<frames>\d+)|(?P<seconds>\d+(?:\.\d*)?|\.\d+)\s*s")
+
+
+def read_prompts(path, fps: float, min_len: int, max_len: int,
+                 default_length: int) -> list[tuple[str, int]]:
+    """A prompt file -> [(caption, frames)]. One prompt a line: `caption#FRAMES`, `caption#SECONDSs`
+    (frames = round(seconds * fps)) or a bare caption (`default_length` frames); blank lines and
+    lines starting with '#' are skipped. An empty caption (a '#' line that is only a length, as
+    `#70`, since that is a forgotten caption rather than a comment), an unreadable length or one
+    outside min_len..max_len frames raises ValueError naming `path:line`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: prompt file is missing")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err})") from None
+    prompts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line, where = line.strip(), f"{path}:{number}"
+        if line.startswith("#") and _LENGTH.fullmatch(line[1:].strip()):
+            raise ValueError(f"{where}: empty caption before the length {line!r}")
+        if not line or line.startswith("#"):
+            continue
+        caption, frames = line, default_length
+        if "#" in line:
+            caption, _, length = line.rpartition("#")
+            match = _LENGTH.fullmatch(length.strip())
+            if match is None:
+                raise ValueError(f"{where}: expected a length after the last '#', whole frames "
+                                 f"(70) or seconds (3.5s), got {length!r}")
+            frames = (int(match["frames"]) if match["frames"] is not None
+                      else round(float(match["seconds"]) * fps))
+        caption = caption.strip()  # not empty: the line does not start with '#'
+        if not min_len <= frames <= max_len:
+            raise ValueError(f"{where}: {frames} frames ({frames / fps:g} s at {fps:g} fps) is "
+                             f"outside {min_len}..{max_len} frames")
+        prompts.append((caption, frames))
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts
+
+
+def prompt_slug(index: int, caption: str, limit: int = 60) -> str:
+    """A file name for the index-th output: `03_a_person_walks_forward`, only [a-z0-9_], at most
+    `limit` characters, unique because the index (then '_' or the end) starts it."""
+    plain = unicodedata.normalize("NFKD", caption).encode("ascii", "ignore").decode().lower()
+    words = re.sub(r"[^a-z0-9]+", "_", plain).strip("_")  # "café, left!" -> "cafe_left"
+    return f"{index:02d}_{words}"[:limit].rstrip("_") if words else f"{index:02d}"
+
+
+# ----------------------------------------------------------------------------
+# Writing the layout (synthetic.py's generator and ingest.build_from_joints)
+
+
+def save_features(root: Path, name: str, features: np.ndarray, skeleton: Skeleton = T2M) -> None:
+    """One motion as HumanML3D stores it: new_joint_vecs/NAME.npy, the features (T-1, D), and
+    new_joints/NAME.npy, the joints recovered from them (T-1, J, 3): aligned, one frame fewer."""
+    np.save(root / "new_joint_vecs" / f"{name}.npy", features)
+    np.save(root / "new_joints" / f"{name}.npy",
+            features_to_joints(torch.from_numpy(features), skeleton.n_joints).numpy())
+
+
+class FeatureStats:
+    """Mean.npy and Std.npy as HumanML3D's `cal_mean_variance`: over every frame of every motion,
+    Std group-averaged (`group_std`). Running sums, so motions need not stay in memory."""
+
+    def __init__(self, skeleton: Skeleton = T2M):
+        self.skeleton, self.rows = skeleton, 0
+        self.sums, self.squares = np.zeros(skeleton.feat_dim), np.zeros(skeleton.feat_dim)
+
+    def add(self, features: np.ndarray) -> None:
+        # note: each motion's rows are summed in their own dtype (float32, as the synthetic dataset
+        # has always been written) before the float64 running sum; Std keeps ~1e-4 relative error
+        self.sums += features.sum(0)  # (D,)
+        self.squares += (features.astype(np.float64) ** 2).sum(0)
+        self.rows += len(features)
+
+    def save(self, root: Path) -> None:
+        mean = self.sums / self.rows
+        std = group_std(np.sqrt(np.maximum(self.squares / self.rows - mean ** 2, 0.0)),
+                        self.skeleton.n_joints)
+        constant = [g for g, sl in feature_slices(self.skeleton.n_joints).items() if std[sl][0] <= 0]
+        if constant:
+            raise ValueError(f"{root}: feature group(s) {constant} never vary over the motions, so "
+                             f"Std.npy would divide by 0; add more varied motions")
+        np.save(root / "Mean.npy", mean.astype(np.float32))
+        np.save(root / "Std.npy", std.astype(np.float32))
+
+
+def write_splits(root: Path, names: list[str], shares: tuple[float, float, float],
+                 rng: np.random.Generator) -> dict[str, list[str]]:
+    """Shuffle names into train/val/test by shares (the test split takes the rest; val at
+    least one) and write train.txt, val.txt and test.txt, each sorted."""
+    order = [names[k] for k in rng.permutation(len(names))]
+    n_train, n_val = int(shares[0] * len(order)), max(1, int(shares[1] * len(order)))
+    splits = {"train": order[:n_train], "val": order[n_train:n_train + n_val],
+              "test": order[n_train + n_val:]}
+    for split, members in splits.items():
+        (root / f"{split}.txt").write_text("\n".join(sorted(members)) + "\n")
+    return splits

@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
 
-from data import FPS, T2M, features_to_joints, group_std, joints_to_features
+from data import FPS, T2M, FeatureStats, joints_to_features, save_features, write_splits
 
 # ----------------------------------------------------------------------------
 # Motions
@@ -776,9 +775,7 @@ def _write_motion(folder: Path, name: str, rng: np.random.Generator, cfg: Synthe
     """Synthesize one motion; write its features, joints and captions. -> features, segment."""
     joints, actions, params, bounds = synthesize_motion(rng, cfg, style)
     features = joints_to_features(joints)  # (T-1, 263)
-    np.save(folder / "new_joint_vecs" / f"{name}.npy", features)
-    np.save(folder / "new_joints" / f"{name}.npy",
-            features_to_joints(torch.from_numpy(features)).numpy())  # (T-1, 22, 3)
+    save_features(folder, name, features)
     lines, wanted = {}, int(rng.integers(cfg.captions[0], cfg.captions[1] + 1))
     for _ in range(20 * wanted):  # distinct paraphrases
         caption, tokens = _caption_for(actions, params, rng)
@@ -817,30 +814,22 @@ def generate_synthetic(root, n_motions: int = 3000, seed: int = 0, log=print,
     names = [f"{i:06d}" for i in range(n_motions)]
 
     # 1. The motions, each from its own random stream; running sums for Mean/Std.
-    segments, sums, squares, rows = {}, np.zeros(T2M.feat_dim), np.zeros(T2M.feat_dim), 0
+    segments, stats = {}, FeatureStats()
     for i, name in enumerate(names):
         features, segments[name] = _write_motion(partial, name, np.random.default_rng([seed, i]),
                                                  cfg, style_of.get(i))
-        sums += features.sum(0)
-        squares += (features.astype(np.float64) ** 2).sum(0)
-        rows += len(features)
+        stats.add(features)
     # 2. Mean and group-averaged Std over every frame of every motion (as HumanML3D).
-    mean = sums / rows
-    std = np.sqrt(np.maximum(squares / rows - mean ** 2, 0.0))
-    np.save(partial / "Mean.npy", mean.astype(np.float32))
-    np.save(partial / "Std.npy", group_std(std).astype(np.float32))
+    stats.save(partial)
     # 3. Splits: the stylised motions are held out; the rest shuffled into train/val/test.
     plain = [n for i, n in enumerate(names) if i not in style_of]
-    plain = [plain[k] for k in rng.permutation(len(plain))]
-    n_train, n_val = int(cfg.split[0] * len(plain)), max(1, int(cfg.split[1] * len(plain)))
-    splits = {"train": plain[:n_train], "val": plain[n_train:n_train + n_val],
-              "test": plain[n_train + n_val:], "styles": [names[i] for i in sorted(style_of)]}
-    for split, members in splits.items():
-        (partial / f"{split}.txt").write_text("\n".join(sorted(members)) + "\n")
+    splits = write_splits(partial, plain, cfg.split, rng)
+    splits["styles"] = [names[i] for i in sorted(style_of)]
+    (partial / "styles.txt").write_text("\n".join(splits["styles"]) + "\n")
     # 4. Segments, then the finished folder takes the place of the old one.
     (partial / "segments.json").write_text(json.dumps(segments, indent=0))
     if root.exists():
         shutil.rmtree(root)
     partial.rename(root)
-    log(f"[data] synthetic dataset in {root}: {n_motions} motions, {rows} frames, "
+    log(f"[data] synthetic dataset in {root}: {n_motions} motions, {stats.rows} frames, "
         + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))

@@ -28,7 +28,6 @@ This file stays importable: nothing runs at import time, so tests call `main([..
 """
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -44,12 +43,14 @@ import torch
 import atm_losses
 import data
 import diffusion
+import ingest
 import inversion
 import lamp
 import lcm
 import mate
 import metrics
 import projector
+import render
 import synthetic
 import vae
 from atm_losses import ATMConfig
@@ -613,7 +614,14 @@ def pipeline(run: Run, denoiser_name: str | None = None, mate: bool = False) -> 
 
 
 def stage_data(run: Run) -> dict:
-    """Generate or validate the dataset, print its summary, build the offline text encoder."""
+    """Generate, convert (--from-joints) or validate the dataset, print its summary, build the
+    offline text encoder."""
+    if run.args.from_joints:
+        if run.synthetic:
+            raise ValueError("--from-joints DIR needs --data OUT: the folder to write the dataset to")
+        c = run.cfg.data
+        ingest.build_from_joints(run.args.from_joints, run.data_root, seed=run.cfg.run.seed,
+                                 min_len=c.min_len, max_len=c.max_len)
     root = dataset_root(run)
     summary = data.dataset_summary(root)
     print(f"[data] {root}")
@@ -988,53 +996,38 @@ DEFAULT_PROMPTS = ["a person walks forward", "a person jumps then waves with the
                    "someone walks in a circle clockwise"]
 
 
-def save_motion(stem: Path, motion: torch.Tensor, dataset, title: str, gif: bool) -> list[str]:
-    """A normalized motion (T, D) -> STEM_features.npy (de-normalized), STEM_joints.npy (T, J, 3),
-    and STEM.gif when asked (matplotlib optional: a missing one is reported, not fatal)."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    features = dataset.denormalize(motion.numpy())                               # (T, D)
-    joints = data.features_to_joints(torch.from_numpy(features), dataset.skeleton.n_joints).numpy()
-    np.save(f"{stem}_features.npy", features)
-    np.save(f"{stem}_joints.npy", joints)
-    written = [f"{stem}_joints.npy"]
-    if gif:
-        try:
-            import render
-            written.append(str(render.render_gif(joints, f"{stem}.gif", title=title, skeleton=dataset.skeleton)))
-        except ImportError as err:
-            print(f"no animation: {err}")
-    return written
-
-
 def stage_sample(run: Run) -> dict:
-    """Text -> motion files: features (T, D) and joints (T, J, 3) as .npy, and a GIF."""
-    args = run.args
-    texts = args.text or DEFAULT_PROMPTS
-    stats = open_split(run, "train")
-    if not run.cfg.data.min_len <= args.length <= run.cfg.data.max_len:
-        raise ValueError(f"--length {args.length}: the models were trained on "
-                         f"{run.cfg.data.min_len}..{run.cfg.data.max_len} frames")
+    """Text -> motion files (render.save_motion): features (T, D) and joints (T, J, 3) as .npy,
+    GIF and MP4 animations where matplotlib and ffmpeg are installed, BVH with --bvh. Prompts:
+    --text (at --length), --prompts FILE (a length each), else a few built-in ones."""
+    args, stats = run.args, open_split(run, "train")
+    lo, hi = run.cfg.data.min_len, run.cfg.data.max_len
+    if not lo <= args.length <= hi:
+        raise ValueError(f"--length {args.length}: the models were trained on {lo}..{hi} frames")
+    if args.steps is not None and args.sampler != "lcm":
+        raise ValueError("--steps sets MotionLCM's sampling steps: give it with --sampler lcm")
+    prompts = [(text, args.length) for text in args.text]
+    if args.prompts:
+        prompts += data.read_prompts(args.prompts, stats.skeleton.fps, lo, hi, args.length)
+    prompts = prompts or [(text, args.length) for text in DEFAULT_PROMPTS]
     pipe = pipeline(run)
-    learned = inversion.load_tokens(pipe.text, run.out / "tokens", texts)  # words of --stage inversion
-    if learned:
+    learned = inversion.load_tokens(pipe.text, run.out / "tokens", [text for text, _ in prompts])
+    if learned:  # words of --stage inversion
         print(f"[sample] learned words from {run.out / 'tokens'}: {', '.join(learned)}")
+    if args.sampler == "lcm":
+        pipe = lcm.LCMPipeline(pipe, load_lcm(run), args.steps)
     realigner = None if args.no_realign else load_projector(run)
-    gif = importlib.util.find_spec("matplotlib") is not None
-    if not gif:
-        print("[sample] matplotlib is not installed: writing .npy files only "
-              "(`pip install matplotlib` for stick-figure GIFs)")
-    folder = run.out / conditioned(run, "samples")
-    lengths = torch.full((args.num,), args.length, dtype=torch.long)
-    written = []
-    for i, text in enumerate(texts):
+    folder, animations, written = run.out / conditioned(run, "samples"), render.animation_kinds(), []
+    for i, (text, frames) in enumerate(prompts):
         torch.manual_seed(run.cfg.run.seed + i)
-        motion = pipe.generate([text] * args.num, lengths, realigner).cpu()      # (N, T, D)
-        slug = "_".join(text.lower().split())[:60].replace("/", "-").replace("<", "").replace(">", "")
+        motion = pipe.generate([text] * args.num, torch.full((args.num,), frames), realigner).cpu()  # (N, T, D)
         for k in range(args.num):
-            written += save_motion(folder / f"{i:02d}_{slug}_{k}", motion[k], stats, text, gif)
+            written += render.save_motion(folder / f"{data.prompt_slug(i, text)}_{k}",
+                                          stats.denormalize(motion[k].numpy()), stats.skeleton, text,
+                                          animations, args.bvh)
     for path in written:
         print(f"[sample] wrote {path}")
-    return {"texts": texts, "realigned": realigner is not None, "files": written}
+    return {"prompts": prompts, "sampler": args.sampler, "realigned": realigner is not None, "files": written}
 
 
 def inversion_models(run: Run) -> inversion.FrozenModels:
@@ -1073,8 +1066,10 @@ def inversion_styles(run: Run, models: inversion.FrozenModels) -> dict | None:
                                   cfg, run.cfg.data.unit, run.cfg.run.seed)
     for stem, word, vector, objective in table["tokens"]:
         inversion.save_token(run.out / "tokens" / f"{stem}.pt", word, cfg.init_word, vector, objective)
-    files = [f for stem, motion, title, gif in table["motions"]
-             for f in save_motion(folder / stem, motion, split, title, gif)]
+    animations = render.animation_kinds()
+    files = [f for stem, motion, title, show in table["motions"]
+             for f in render.save_motion(folder / stem, split.denormalize(motion.numpy()), split.skeleton, title,
+                                         animations if show else (), run.args.bvh)]
     print(f"[inversion] style words saved to {run.out / 'tokens'}, motions to {folder}")
     metrics.write_results(run.out, "mti_styles", table["rows"], "Motion textual inversion, held-out styles "
                           "(stand-in for LEAD's 100STYLE, Fig. 7)",
@@ -1185,8 +1180,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="sample: a prompt (repeatable; default: a few built-in prompts)")
     p.add_argument("--length", type=int, default=120, help="sample: motion length in frames")
     p.add_argument("--num", type=int, default=1, help="sample: motions per prompt")
+    p.add_argument("--prompts", type=Path, default=None,
+                   help="sample: a file of prompts, one a line: 'caption', 'caption#FRAMES' or 'caption#SECONDSs'")
     p.add_argument("--no-realign", action="store_true",
                    help="sample: skip the projector, i.e. the MLD baseline from the same checkpoints")
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "lcm"],
+                   help="sample: 50-step guided DDIM (MLD, LEAD) or MotionLCM's 1-4 steps (--stage lcm first)")
+    p.add_argument("--steps", type=int, default=None, help="sample: MotionLCM's steps (default: lcm.sample_steps)")
+    p.add_argument("--bvh", action="store_true",
+                   help="sample/inversion: also write each motion as NAME.bvh (22-joint skeleton, cm, degrees)")
+    p.add_argument("--from-joints", type=Path, default=None, metavar="DIR",
+                   help="data: turn DIR of NAME.npy joints (T, 22, 3), metres, y up, 20 fps) and NAME.txt "
+                        "captions into the HumanML3D layout at --data")
     p.add_argument("--motion", type=Path, action="append", default=[],
                    help="inversion: an example motion to learn a new word from (repeatable): "
                         "(T, 263) features as --stage sample writes them, or (T, 22, 3) joints")

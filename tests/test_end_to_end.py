@@ -147,3 +147,37 @@ def test_lamp_condition_and_evaluator(smoke_run):
     assert {"t2m", "t2m_lamp", "t2m_lamp_evaluator"} <= set(results)
     assert "LEAD+ATM" in results["t2m_lamp"]["rows"]
     assert list(results["t2m_lamp_evaluator"]["rows"])[:3] == ["Real", "MLD", "LEAD"]
+
+
+def test_sample_from_a_prompt_file_with_bvh_and_few_steps(smoke_run, tmp_path, capsys):
+    """--prompts: a length each (frames or seconds); --bvh writes NAME.bvh beside the joints;
+    --sampler lcm --steps 2 samples with the distilled model; a bad line is named with its number."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a person walks forward#64\n\na person jumps#3s\n")
+    assert train.main(["--stage", "sample", "--prompts", str(prompts), "--bvh", "--sampler", "lcm",
+                       "--steps", "2", *smoke_args(smoke_run)]) == 0
+    out = smoke_run / "run" / "samples"
+    assert np.load(out / "00_a_person_walks_forward_0_joints.npy").shape == (64, 22, 3)
+    assert np.load(out / "01_a_person_jumps_0_joints.npy").shape == (60, 22, 3)  # 3 s at 20 fps
+    text = (out / "00_a_person_walks_forward_0.bvh").read_text()
+    assert text.startswith("HIERARCHY") and "Frames: 64" in text and "Frame Time: 0.05" in text
+    prompts.write_text("a person walks forward#64\na person jumps#900\n")
+    assert train.main(["--stage", "sample", "--prompts", str(prompts), *smoke_args(smoke_run)]) == 2
+    assert f"{prompts}:2" in capsys.readouterr().err
+
+
+def test_data_from_your_own_joints(tmp_path, capsys):
+    """--stage data --from-joints DIR --data OUT writes the layout, names the bad clips it skipped,
+    and the run goes on with the converted dataset (summary, offline text encoder)."""
+    from test_ingest import write_source
+    write_source(tmp_path / "mine")
+    args = ["--stage", "data", "--from-joints", str(tmp_path / "mine"), "--data", str(tmp_path / "dataset"),
+            "--out", str(tmp_path / "run"), "--device", "cpu",
+            "--set", "text.num_layers=1", "--set", "text.hidden_size=32", "--set", "text.intermediate_size=64",
+            "--set", "text.projection_dim=32"]
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    assert "[data] skipped nan: " in out and "kept 4 of" in out
+    assert (tmp_path / "dataset" / "Mean.npy").exists() and (tmp_path / "run" / "text_encoder").is_dir()
+    assert train.main(args[:2] + ["--from-joints", str(tmp_path / "mine"), "--out", str(tmp_path / "run")]) == 2
+    assert "--from-joints DIR needs --data OUT" in capsys.readouterr().err

@@ -1,0 +1,167 @@
+"""Your own motion data in: a folder of joint-position clips and captions, written in the
+HumanML3D layout that the rest of the project reads (data.MotionTextDataset).
+
+The conversion is HumanML3D's processing from its joints on (`motion_representation.ipynb`,
+`cal_mean_variance`): features by data.joints_to_features, the joints recovered from them, Mean
+and group-averaged Std over every frame, and a seeded train/val/test split; data.py holds those
+pieces and synthetic.py writes through the same ones. `python train.py --stage data --from-joints
+DIR --data OUT` calls `build_from_joints`.
+
+Differences from HumanML3D's processing: bone lengths stay as given (no retargeting to clip
+000021's skeleton: that needs the raw AMASS joints) and no mirrored copies (HumanML3D's
+M-prefixed clips) are added; clips at another frame rate are resampled linearly to 20 fps; the
+part-of-speech field of each caption line is `word/X` unless a tagger is passed (the reader
+ignores it; only the synthetic dataset's held-out styles read their verbs).
+"""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+from scipy.interpolate import make_interp_spline
+
+from data import T2M, FeatureStats, fits_length, joints_to_features, save_features, write_splits
+
+
+def _plain_tags(words: list[str]) -> list[str]:
+    """The default tagger: every word is its own lemma with UPOS tag X ("other"). The reader
+    ignores the tags; only the synthetic dataset's held-out styles use them (inversion.py)."""
+    return [f"{word}/X" for word in words]
+
+
+def _resample(joints: np.ndarray, fps: float, target: float) -> np.ndarray:
+    """Linear interpolation in time from fps to target frames per second: (T, J, 3) -> (T', J, 3)."""
+    if fps == target:
+        return joints
+    times = np.arange(0.0, (len(joints) - 1) / fps + 1e-9, 1.0 / target)  # (T',) seconds
+    return make_interp_spline(np.arange(len(joints)) / fps, joints, k=1, axis=0)(times)
+
+
+def _source_captions(path: Path, duration: float) -> list[tuple[str, float, float]]:
+    """A source NAME.txt: `caption` or `caption#start#end` (seconds) a line -> [(caption, start, end)]."""
+    if not path.exists():
+        raise ValueError(f"no caption file {path.name}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path.name}: not UTF-8 text") from None
+    captions = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts, where = [part.strip() for part in line.split("#")], f"{path.name}:{number}"
+        if len(parts) not in (1, 3) or not parts[0]:
+            raise ValueError(f"{where}: expected 'caption' or 'caption#start#end', got {line!r}")
+        start, end = 0.0, 0.0
+        if len(parts) == 3:
+            try:
+                start, end = float(parts[1]), float(parts[2])
+            except ValueError:
+                raise ValueError(f"{where}: start and end are seconds, got {line!r}") from None
+            if (start, end) != (0.0, 0.0) and not 0.0 <= start < end <= duration + 1e-6:
+                raise ValueError(f"{where}: span {start:g}..{end:g} s is not within the clip's "
+                                 f"0..{duration:.2f} s")
+        captions.append((parts[0], start, end))
+    if not captions:
+        raise ValueError(f"{path.name}: no captions")
+    return captions
+
+
+def _source_clip(src: Path, name: str, fps: float, min_len: int, max_len: int):
+    """One source clip, checked -> (features (T-1, 263) at 20 fps, captions); ValueError(why)."""
+    if not (src / f"{name}.npy").exists():
+        raise ValueError(f"no motion file {name}.npy")
+    try:
+        joints = np.load(src / f"{name}.npy", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{name}.npy is unreadable ({err})") from None
+    if joints.ndim != 3 or joints.shape[1:] != (T2M.n_joints, 3) or joints.dtype.kind not in "fiu":
+        raise ValueError(f"{name}.npy: expected numbers of shape (T, 22, 3), "
+                         f"got {joints.dtype} {joints.shape}")
+    if not np.isfinite(joints).all():
+        raise ValueError(f"{name}.npy contains NaN or inf")
+    joints = _resample(joints.astype(np.float64), fps, T2M.fps)  # (T, 22, 3) at 20 fps
+    if len(joints) - 1 < min_len:
+        raise ValueError(f"too short: {len(joints)} frames at {T2M.fps:g} fps give "
+                         f"{len(joints) - 1} feature rows, fewer than {min_len}")
+    features = joints_to_features(joints)
+    if not np.isfinite(features).all():
+        raise ValueError("a degenerate pose: hips and shoulders give no facing direction")
+    captions = _source_captions(src / f"{name}.txt", len(features) / T2M.fps)
+    rows = [len(features[int(s * T2M.fps):int(e * T2M.fps)]) if e else len(features)
+            for _, s, e in captions]  # feature rows of each item, as the reader slices them
+    if not any(fits_length(n, min_len, max_len) for n in rows):
+        raise ValueError(f"no caption covers {min_len}..{max_len} feature rows (after cropping "
+                         f"to a multiple of 4), so the reader would skip them all")
+    return features, captions
+
+
+def build_from_joints(src_dir, out_dir, tag=None, seed: int = 0, fps: float = 20, min_len: int = 40,
+                      max_len: int = 196, split: tuple[float, float, float] = (0.8, 0.05, 0.15),
+                      log=print) -> dict:
+    """Turn a folder of one's own clips into the HumanML3D layout MotionTextDataset reads.
+
+    Source: NAME.npy, joints (T, 22, 3) of the t2m skeleton in metres, y up, at `fps` frames per
+    second (resampled to 20); NAME.txt, one caption a line, optionally `caption#start#end` in
+    seconds. Written: new_joint_vecs/, new_joints/, texts/ (`caption#word/POS ...#start#end`,
+    the tags from `tag(words) -> ["lemma/POS", ...]`, default every word `word/X`), Mean.npy,
+    Std.npy, train/val/test.txt (shuffled by `seed` into `split` shares) and source.json (this
+    summary). A bad clip (unreadable, wrong shape, NaN, too short, caption file missing or with
+    a bad line, no caption within the length rules) is reported by name and skipped, never
+    fixed. Written to OUT.partial, renamed at the end; OUT must be empty, absent or an earlier
+    build (it has source.json). -> {"source", "fps", "kept", "skipped": {name: why},
+    "feature_rows", "splits": {split: count}}.
+    Unlike HumanML3D's processing, bone lengths stay as given (no retargeting, see the module
+    docstring) and no mirrored copies (HumanML3D's M-prefixed clips) are added."""
+    src, out, tag = Path(src_dir), Path(out_dir), tag or _plain_tags
+    if not src.is_dir():
+        raise ValueError(f"{src}: source folder is missing")
+    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6:
+        raise ValueError(f"split: three shares (train, val, test) summing to 1, got {split}")
+    if not fps > 0:
+        raise ValueError(f"fps: must be positive, got {fps}")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "source.json").exists())):
+        raise ValueError(f"{out}: not empty and not a dataset built from joints (no source.json); "
+                         f"choose an empty folder")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for sub in ("new_joint_vecs", "new_joints", "texts"):
+        (partial / sub).mkdir(parents=True)
+
+    # 1. Every clip named by a .npy or a .txt: checked, converted and written, or skipped.
+    names = sorted({p.stem for p in src.glob("*.npy")} | {p.stem for p in src.glob("*.txt")})
+    kept, skipped, stats = [], {}, FeatureStats()
+    for name in names:
+        try:
+            features, captions = _source_clip(src, name, fps, min_len, max_len)
+        except ValueError as err:
+            skipped[name] = str(err)
+            log(f"[data] skipped {name}: {err}")
+            continue
+        lines = []
+        for caption, start, end in captions:
+            words = re.findall(r"[\w']+", caption.lower())
+            tags = tag(words)
+            if len(tags) != len(words) or not all(re.fullmatch(r"[^\s#/]+/[^\s#/]+", t) for t in tags):
+                raise ValueError(f"tag: expected one 'lemma/POS' per word of {words}, got {tags}")
+            lines.append(f"{caption}#{' '.join(tags)}#{start}#{end}")
+        (partial / "texts" / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        save_features(partial, name, features)
+        stats.add(features)
+        kept.append(name)
+    if not kept:
+        raise ValueError(f"{src}: no usable clips ({len(names)} names, every one skipped)")
+
+    # 2. Statistics, splits and the summary; then the finished folder takes OUT's place.
+    stats.save(partial)
+    splits = write_splits(partial, kept, split, np.random.default_rng(seed))
+    summary = {"source": str(src), "fps": fps, "kept": len(kept), "skipped": skipped,
+               "feature_rows": stats.rows, "splits": {k: len(v) for k, v in splits.items()}}
+    (partial / "source.json").write_text(json.dumps(summary, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    log(f"[data] {out}: kept {len(kept)} of {len(names)} clips ({stats.rows} feature rows), "
+        f"skipped {len(skipped)}; " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    return summary

@@ -1,0 +1,134 @@
+"""Tests for ingest.py: a folder of one's own joint clips and captions, some of them bad, becomes
+a dataset in the HumanML3D layout that data.MotionTextDataset reads."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import data
+import ingest
+import synthetic
+
+
+def motion(actions, seed=0):
+    joints, names, params, bounds = synthetic.synthesize_motion(np.random.default_rng(seed), actions=actions)
+    return joints
+
+# ----------------------------------------------------------------------------
+# build_from_joints: one's own clips into the layout
+
+
+def write_source(src: Path) -> None:
+    """Four good clips (20 fps, y up, metres) and one bad clip of each kind."""
+    src.mkdir()
+    good = {"walk": [("walk", {})], "jog": [("jog", {})], "jump": [("jump", {}), ("wave", {})],
+            "squat": [("squat", {}), ("walk", {})]}
+    for k, (name, actions) in enumerate(good.items()):
+        np.save(src / f"{name}.npy", motion(actions, seed=10 + k))
+    (src / "walk.txt").write_text("a person walks forward\nsomeone walks#0.5#2.5\n")
+    (src / "jog.txt").write_text("a person jogs.\n\n")
+    (src / "jump.txt").write_text("a person jumps then waves#0.0#0.0\n")
+    (src / "squat.txt").write_text("a person squats then walks\n")
+    clip = motion([("walk", {})], seed=20)
+    nan = clip.copy()
+    nan[5, 3, 1] = np.nan
+    np.save(src / "nan.npy", nan)
+    np.save(src / "joints21.npy", clip[:, :21])
+    np.save(src / "short.npy", clip[:30])
+    np.save(src / "uncaptioned.npy", clip)
+    for name in ("bad_line", "bad_span"):
+        np.save(src / f"{name}.npy", clip)
+    for name in ("nan", "joints21", "short"):
+        (src / f"{name}.txt").write_text("a person walks\n")
+    (src / "bad_line.txt").write_text("a person walks\na person#1.0\n")
+    (src / "bad_span.txt").write_text(f"a person walks#1.0#{len(clip) / 20 + 1}\n")
+    (src / "orphan.txt").write_text("a caption without motion\n")
+
+
+SKIPPED = {"nan": "nan.npy contains NaN", "joints21": "expected numbers of shape (T, 22, 3)",
+           "short": "too short: 30 frames", "uncaptioned": "no caption file uncaptioned.txt",
+           "bad_line": "bad_line.txt:2: expected 'caption' or 'caption#start#end'",
+           "bad_span": "bad_span.txt:1: span 1..", "orphan": "no motion file orphan.npy"}
+
+
+def test_build_from_joints_writes_a_readable_dataset(tmp_path):
+    src, out = tmp_path / "mine", tmp_path / "dataset"
+    write_source(src)
+    logged = []
+    summary = ingest.build_from_joints(src, out, seed=1, log=logged.append)
+    assert summary["kept"] == 4 and set(summary["skipped"]) == set(SKIPPED)
+    for name, why in SKIPPED.items():
+        assert why in summary["skipped"][name], (name, summary["skipped"][name])
+        assert any(line.startswith(f"[data] skipped {name}: ") for line in logged)
+    assert "kept 4 of 11 clips" in logged[-1]
+    assert not (tmp_path / "dataset.partial").exists()
+    # the layout: features as joints_to_features gives them, recovered joints, tagged captions
+    joints = np.load(src / "walk.npy")
+    assert np.array_equal(np.load(out / "new_joint_vecs" / "walk.npy"), data.joints_to_features(joints))
+    assert np.load(out / "new_joints" / "walk.npy").shape == (len(joints) - 1, 22, 3)
+    assert (out / "texts" / "walk.txt").read_text().splitlines() == [
+        "a person walks forward#a/X person/X walks/X forward/X#0.0#0.0",
+        "someone walks#someone/X walks/X#0.5#2.5"]
+    members = [(out / f"{s}.txt").read_text().split() for s in ("train", "val", "test")]
+    assert sorted(sum(members, [])) == ["jog", "jump", "squat", "walk"]
+    assert summary["splits"] == {"train": 3, "val": 1, "test": 0}
+    # Mean/Std over every frame of the kept clips; the reader opens every split
+    kept = ("jog", "jump", "squat", "walk")
+    features = np.concatenate([np.load(out / "new_joint_vecs" / f"{n}.npy") for n in kept])
+    assert np.allclose(np.load(out / "Mean.npy"), features.mean(0), atol=1e-5)
+    # (each clip's rows are summed in float32 before the float64 running sum: ~1e-4 relative error
+    # where a group's mean is large against its spread, as the root height's)
+    assert np.allclose(np.load(out / "Std.npy"), data.group_std(features.astype(np.float64).std(0)), rtol=1e-3)
+    splits = [data.MotionTextDataset(out, split) for split in ("train", "val", "test")]
+    items = [name for ds in splits for name, _, _ in ds.items]
+    assert sorted(items) == ["jog", "jump", "squat", "walk", "walk_0.5_2.5"]
+    assert json.loads((out / "source.json").read_text()) == summary
+
+
+def test_build_from_joints_is_seeded_and_refuses_foreign_folders(tmp_path):
+    src = tmp_path / "mine"
+    write_source(src)
+    quiet = dict(log=lambda *a: None)
+    first = ingest.build_from_joints(src, tmp_path / "a", seed=3, **quiet)
+    again = ingest.build_from_joints(src, tmp_path / "a", seed=3, **quiet)  # an earlier build: replaced
+    other = ingest.build_from_joints(src, tmp_path / "b", seed=3, **quiet)
+    assert first == again == other
+    assert (tmp_path / "a" / "train.txt").read_text() == (tmp_path / "b" / "train.txt").read_text()
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine\n")
+    with pytest.raises(ValueError, match="notes: not empty and not a dataset built from joints"):
+        ingest.build_from_joints(src, foreign, **quiet)
+    assert (foreign / "todo.txt").exists()
+    with pytest.raises(ValueError, match="no usable clips"):
+        ingest.build_from_joints(tmp_path / "a" / "texts", tmp_path / "c", **quiet)
+    with pytest.raises(ValueError, match="split: three shares"):
+        ingest.build_from_joints(src, tmp_path / "d", split=(0.8, 0.2), **quiet)
+
+
+def test_build_from_joints_tagger_and_frame_rate(tmp_path):
+    """A tagger's `lemma/POS` tokens are written as given; a 10 fps source is resampled to 20
+    fps by linear interpolation (the source frames come back at every other frame)."""
+    src = tmp_path / "mine"
+    src.mkdir()
+    joints = motion([("walk", {}), ("jog", {})], seed=5)
+    slow = joints[::2]  # (T/2, 22, 3): the same motion at 10 fps
+    np.save(src / "walk.npy", slow)
+    (src / "walk.txt").write_text("A man walks\n")
+    np.save(src / "jog.npy", motion([("jog", {}), ("walk", {})], seed=6)[::2])
+    (src / "jog.txt").write_text("a man jogs\n")
+    verbs = {"walks": "walk", "jogs": "jog"}
+    summary = ingest.build_from_joints(src, tmp_path / "out", fps=10, log=lambda *a: None,
+                                     tag=lambda words: [f"{verbs[w]}/VERB" if w in verbs else f"{w}/NOUN"
+                                                        for w in words])
+    assert summary["kept"] == 2
+    assert ((tmp_path / "out" / "texts" / "walk.txt").read_text()
+            == "A man walks#a/NOUN man/NOUN walk/VERB#0.0#0.0\n")
+    resampled = ingest._resample(slow, 10, 20)
+    assert len(resampled) == 2 * len(slow) - 1
+    assert np.allclose(resampled[::2], slow) and np.allclose(resampled[1::2], (slow[:-1] + slow[1:]) / 2)
+    rows = np.load(tmp_path / "out" / "new_joint_vecs" / "walk.npy")
+    assert np.array_equal(rows, data.joints_to_features(resampled))
+    with pytest.raises(ValueError, match="tag: expected one 'lemma/POS' per word"):
+        ingest.build_from_joints(src, tmp_path / "bad", log=lambda *a: None, fps=10, tag=lambda words: ["x"])
