@@ -27,8 +27,16 @@ But (differences from OpenAI's tokenizer and from the papers):
 - Special tokens and words added with `add_token` are split off before the regex (as Hugging
   Face does), so a placeholder like "<*>" stays one token even inside "(<*>)".
 - Without `--clip` there are no real CLIP weights (no network): `TextEncoder.offline` builds a
-  small randomly initialised CLIP text transformer with a BPE vocabulary trained on the
-  captions by `train_bpe`. It exercises every code path but carries no language knowledge.
+  small CLIP text transformer (the same `CLIPTextModelWithProjection`, saved and loaded through
+  the same from_pretrained path) with a BPE vocabulary trained on the captions by `train_bpe`.
+  What replaces CLIP's pretraining (a symmetric InfoNCE over 400M image-text pairs, Radford
+  et al. Sec. 2.2-2.3, which draws captions of one picture together) is the same loss between
+  two captions of one motion (`paraphrase_loss`, `pretrain_text`): the training split's
+  captions only, grouped by motion or annotated sub-span, never a motion feature (CLIP never
+  saw motion, nor does its stand-in). So the stand-in knows which captions say the same
+  thing, as CLIP's text space does, but no language beyond these captions: a word absent
+  from them keeps its random embedding.
+  `paraphrase_report` measures it (bench/bench_text.py); `pretrain_steps=0` is the random tower.
 - The word-embedding table of the text model is wrapped by `WordEmbeddings` so added words get
   their own trainable rows while CLIP's table stays frozen.
 
@@ -38,6 +46,8 @@ import gzip
 import hashlib
 import html
 import json
+import math
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -451,6 +461,16 @@ class ClipConfig:
     num_heads: int = 4             # ours; ViT-L/14: 12
     intermediate_size: int = 1024  # ours, 4 x W as in CLIP; ViT-L/14: 3072
     projection_dim: int = 256      # ours, D; ViT-L/14: 768
+    # Text-only pretraining of the stand-in (`pretrain_text`), in place of CLIP's 400M
+    # image-text pairs. 0 steps: the random-weight tower, with no semantic geometry.
+    # Measured in bench/bench_text.py (tiny sizes, 1 thread): 200 steps ~ 40 s; paraphrase
+    # retrieval is as good after 150 steps as after 300, and batch 128/256 or temperatures
+    # 0.03-0.15 move it by under 0.01.
+    pretrain_steps: int = 200      # ours
+    pretrain_batch: int = 64       # ours: caption pairs per step, from as many groups
+    pretrain_lr: float = 1e-3      # ours, AdamW, linear warm-up then cosine decay
+    pretrain_warmup: int = 20      # ours: warm-up steps
+    temperature: float = 0.1       # ours, fixed; CLIP learns it, starting from 0.07 (Radford et al. Sec. 2.5)
 
 
 @contextmanager
@@ -530,38 +550,65 @@ class TextEncoder(nn.Module):
         return cls(model, Tokenizer.from_pretrained(path))
 
     @classmethod
-    def offline(cls, captions: list[str], out_dir, seed: int = 0, config: ClipConfig | None = None,
-                log=print) -> "TextEncoder":
-        """A small randomly initialised CLIP text encoder with a BPE trained on `captions`,
-        saved to `out_dir` and loaded back through `from_pretrained` (the real-weights path).
-        An `out_dir` built from the same settings and captions is reused."""
+    def offline(cls, captions: list[list[str]] | list[str], out_dir, seed: int = 0,
+                config: ClipConfig | None = None, log=print) -> "TextEncoder":
+        """The stand-in for CLIP when no real weights are given: a small CLIP text tower with a
+        BPE trained on the captions, pretrained on them by `pretrain_text` (captions of one
+        motion are paraphrases; no motion feature is involved), saved to `out_dir` and loaded
+        back through `from_pretrained` (the real-weights path).
+
+        `captions`: the training split's caption groups, one list per motion or annotated
+        sub-span, e.g. `[captions for _, _, captions in dataset.items]`. A flat list of strings
+        is read as one group per caption: it holds no paraphrase pair, so the tower keeps its
+        random weights (the log says so). An `out_dir` built from the same settings and caption
+        groups is reused; `offline_report` compares it with its random initialisation."""
         config = config or ClipConfig()
+        groups = caption_groups(captions)
         out_dir = Path(out_dir)
         settings = {"config": asdict(config), "seed": seed,
-                    "captions_sha256": hashlib.sha256("\n".join(sorted(captions)).encode()).hexdigest()}
+                    "captions_sha256": hashlib.sha256(json.dumps(groups).encode()).hexdigest()}
         stamp = out_dir / OFFLINE_STAMP
-        notice = "random weights, NOT real CLIP: pass --clip NAME_OR_DIR for the papers' setting"
-        if stamp.exists() and json.loads(stamp.read_text()) == settings:
+        pairs = sum(len(g) >= 2 for g in groups)  # groups with a paraphrase pair
+        steps = config.pretrain_steps if pairs >= 2 else 0
+        what = (f"pretrained on {pairs} caption groups, text only" if steps else "random weights")
+        notice = f"{what}, NOT real CLIP: pass --clip NAME_OR_DIR for the papers' setting"
+        if stamp.exists() and json.loads(stamp.read_text()).get("settings") == settings:
             log(f"[clip] reusing the offline text encoder in {out_dir} ({notice})")
             return cls.from_pretrained(out_dir)
-        log(f"[clip] building an offline text encoder in {out_dir}: BPE on {len(captions)} captions, "
-            f"{config.num_layers} layers of width {config.hidden_size} ({notice})")
+        log(f"[clip] building an offline text encoder in {out_dir}: BPE on {sum(map(len, groups))} "
+            f"captions, {config.num_layers} layers of width {config.hidden_size} ({notice})")
+        if config.pretrain_steps and not steps:
+            log("[clip] no two captions share a group (a flat caption list?): nothing to pretrain "
+                "on; pass the captions grouped by motion")
         stamp.unlink(missing_ok=True)  # a build that stops half way must not look finished
-        tokenizer = Tokenizer.from_pretrained(train_bpe(captions, config.vocab_size, out_dir))
-        text_config = CLIPTextConfig(
-            vocab_size=len(tokenizer), max_position_embeddings=config.context_length,
-            hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-            num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
-            projection_dim=config.projection_dim,
-            bos_token_id=tokenizer.sot_id, eos_token_id=tokenizer.eot_id, pad_token_id=tokenizer.pad_id,
-        )
-        with torch.random.fork_rng(devices=[]):  # seed the weights without touching the caller's RNG
-            torch.manual_seed(seed)
-            model = CLIPTextModelWithProjection(text_config)
-        with quiet_transformers():
-            model.save_pretrained(out_dir)
-        stamp.write_text(json.dumps(settings, indent=1))
+        tokenizer = Tokenizer.from_pretrained(
+            train_bpe([c for g in groups for c in g], config.vocab_size, out_dir))
+        encoder = cls(_initial_model(tokenizer, config, seed), tokenizer)
+        stats = {}
+        if steps:
+            with torch.random.fork_rng(devices=[]):  # the caller's RNG is left as it was
+                stats = pretrain_text(encoder, groups, steps, config.pretrain_batch, config.pretrain_lr,
+                                      config.temperature, config.pretrain_warmup, seed, log)
+        encoder.save_pretrained(out_dir)
+        stamp.write_text(json.dumps({"settings": settings, "pretraining": stats}, indent=1))
         return cls.from_pretrained(out_dir)
+
+    def save_pretrained(self, out_dir) -> Path:
+        """Write model and tokenizer as a Hugging Face folder that `from_pretrained` (and
+        transformers) read back. CLIP's own table is saved, so added words must not exist."""
+        if self.tokenizer.added:
+            raise ValueError(f"added words {sorted(self.tokenizer.added)} belong to an experiment "
+                             "and are not saved; save before add_token")
+        out_dir = Path(out_dir)
+        wrapper = self.model.get_input_embeddings()
+        self.model.set_input_embeddings(wrapper.table)  # the plain nn.Embedding, CLIP's key names
+        try:
+            with quiet_transformers():
+                self.model.save_pretrained(out_dir)
+        finally:
+            self.model.set_input_embeddings(wrapper)
+        self.tokenizer.save_pretrained(out_dir)
+        return out_dir
 
     # --- sizes and device
 
@@ -672,3 +719,199 @@ def _cached_snapshot(name: str) -> Path:
             "The weights must be downloaded beforehand (e.g. `hf download " + name + "` on a machine "
             "with network, then copy the cache or pass the folder); nothing is downloaded here."
         ) from error
+
+
+# ----------------------------------------------------------------------------------------
+# The offline stand-in's pretraining: text alone, in place of CLIP's image-text pairs
+
+
+def caption_groups(captions) -> list[list[str]]:
+    """Caption groups in a canonical order (captions sorted and made distinct within a group,
+    groups sorted), so that the cache key and the pretraining do not depend on the order the
+    dataset listed them in. A flat list of strings is one group per caption. Anything but
+    strings is refused: the stand-in learns from text alone, never from motion."""
+    if isinstance(captions, (str, bytes)) or not isinstance(captions, (list, tuple)):
+        raise TypeError(f"expected a list of caption groups (lists of strings), got {type(captions).__name__}")
+    groups = []
+    for group in captions:
+        group = [group] if isinstance(group, str) else group
+        if not isinstance(group, (list, tuple)) or not all(isinstance(c, str) for c in group):
+            raise TypeError("caption groups hold strings only (the text stand-in never sees motion), "
+                            f"got {type(group).__name__} {group!r:.80}")
+        if group:
+            groups.append(sorted(set(group)))
+    return sorted(groups)
+
+
+def _initial_model(tokenizer: Tokenizer, config: ClipConfig, seed: int) -> CLIPTextModelWithProjection:
+    """The stand-in's random initial weights (transformers' CLIP initialisation), seeded
+    without touching the caller's RNG: the same seed and tokenizer give the same tower."""
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=config.context_length,
+        hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
+        projection_dim=config.projection_dim,
+        bos_token_id=tokenizer.sot_id, eos_token_id=tokenizer.eot_id, pad_token_id=tokenizer.pad_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIPTextModelWithProjection(text_config)
+
+
+def paraphrase_loss(emb_a: torch.Tensor, emb_b: torch.Tensor, group_a: torch.Tensor, group_b: torch.Tensor,
+                    text_a: torch.Tensor, text_b: torch.Tensor, temperature: float):
+    """Symmetric InfoNCE between two captions of each of B groups (CLIP's objective, Radford
+    et al. Fig. 3, with a caption in place of the image and a fixed temperature). Row i of
+    emb_a and row i of emb_b are two different captions of one group (one motion, or one
+    annotated sub-span); group_* (B,) name the groups, text_* (B,) the caption strings (equal
+    ids: identical strings).
+
+        s_ij = cos(a_i, b_j) / temperature
+        N(i) = { j : group_b[j] != group_a[i] and text_b[j] != text_a[i] }    (the negatives)
+        L_ab = -1/B sum_i log( exp(s_ii) / (exp(s_ii) + sum_{j in N(i)} exp(s_ij)) )
+        L_ba = the same over the columns of s,   L = (L_ab + L_ba) / 2
+
+    Another caption of the same group, or the same string in another group, is no negative:
+    pushing a paraphrase (or a caption from itself) away would teach the opposite of meaning.
+    Returns L and its parts {"a_to_b", "b_to_a", "accuracy"} (accuracy: fraction of rows and
+    columns whose own pair scores highest).
+    """
+    B, D = emb_a.shape
+    assert emb_b.shape == (B, D), f"both views must be (B, D) = {(B, D)}, got {tuple(emb_b.shape)}"
+    assert group_a.shape == group_b.shape == text_a.shape == text_b.shape == (B,), "one id per row"
+    assert (group_a == group_b).all(), "row i of both views must be captions of the same group"
+    a = F.normalize(emb_a, dim=-1)  # (B, D)
+    b = F.normalize(emb_b, dim=-1)  # (B, D)
+    logits = a @ b.T / temperature  # (B, B), s_ij
+    not_negative = (group_a[:, None] == group_b[None, :]) | (text_a[:, None] == text_b[None, :])  # (B, B)
+    not_negative.fill_diagonal_(False)  # the pair itself is the target
+    logits = logits.masked_fill(not_negative, float("-inf"))
+    target = torch.arange(B, device=logits.device)
+    a_to_b = F.cross_entropy(logits, target)  # L_ab, rows
+    b_to_a = F.cross_entropy(logits.T, target)  # L_ba, columns
+    loss = (a_to_b + b_to_a) / 2
+    with torch.no_grad():
+        accuracy = ((logits.argmax(1) == target).float().mean() + (logits.argmax(0) == target).float().mean()) / 2
+    return loss, {"a_to_b": a_to_b.detach(), "b_to_a": b_to_a.detach(), "accuracy": accuracy}
+
+
+def pretrain_text(encoder: TextEncoder, groups: list[list[str]], steps: int, batch_size: int, lr: float,
+                  temperature: float, warmup: int = 100, seed: int = 0, log=print) -> dict:
+    """Train the whole text tower of `encoder` in place with `paraphrase_loss`, on captions
+    grouped by motion (or sub-span) and nothing else: each step draws `batch_size` groups with
+    at least two distinct captions, and two distinct captions of each. AdamW, `lr` reached by
+    linear warm-up over `warmup` steps, then cosine decay to 0. The encoder is frozen again
+    afterwards. Returns {"steps", "seconds", "groups", "captions", "loss_first", "loss_last",
+    "accuracy_last"}."""
+    groups = caption_groups(groups)
+    if encoder.tokenizer.added:
+        raise ValueError("pretrain the text tower before adding words (add_token)")
+    usable = [g for g in groups if len(g) >= 2]
+    if len(usable) < 2:
+        raise ValueError(f"pretraining needs at least 2 groups with 2 distinct captions, got {len(usable)}")
+    # 1. Every distinct caption tokenised once; its row is its text id.
+    texts = sorted({c for g in usable for c in g})
+    row = {t: i for i, t in enumerate(texts)}
+    ids = encoder.tokenizer(texts)  # (N, L)
+    members = [torch.tensor([row[c] for c in g]) for g in usable]
+    B = min(batch_size, len(usable))
+    generator = torch.Generator().manual_seed(seed)
+    encoder.model.requires_grad_(True)
+    params = [p for p in encoder.model.parameters() if p.numel()]  # not the empty `added` rows
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    start, first, parts = time.perf_counter(), None, {}
+    for step in range(steps):
+        # 2. B distinct groups, two distinct captions of each: views a and b.
+        chosen = torch.randperm(len(usable), generator=generator)[:B]  # (B,)
+        pair = torch.stack([members[g][torch.randperm(len(members[g]), generator=generator)[:2]]
+                            for g in chosen.tolist()])  # (B, 2) text ids
+        both = ids[torch.cat([pair[:, 0], pair[:, 1]])]  # (2B, L)
+        # Causal attention: nothing after the last end token changes c, so cut the batch there.
+        n = int((both == encoder.tokenizer.eot_id).int().argmax(dim=1).max()) + 1
+        c, _ = encoder.encode_ids(both[:, :n])  # (2B, D)
+        # 3. The loss, then one AdamW step at the scheduled learning rate.
+        loss, parts = paraphrase_loss(c[:B], c[B:], chosen, chosen, pair[:, 0], pair[:, 1], temperature)
+        for group in optimizer.param_groups:
+            group["lr"] = _warmup_cosine(step, steps, warmup, lr)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss = loss.detach()
+        first = float(loss) if first is None else first
+        if (step + 1) % max(1, steps // 5) == 0 or step + 1 == steps:
+            log(f"[clip] pretraining step {step + 1}/{steps}: loss {float(loss):.3f}, "
+                f"in-batch accuracy {float(parts['accuracy']):.3f}, {time.perf_counter() - start:.0f} s")
+    encoder.requires_grad_(False)
+    encoder.cache.clear()
+    return {"steps": steps, "seconds": round(time.perf_counter() - start, 1), "groups": len(usable),
+            "captions": len(texts), "loss_first": first, "loss_last": float(loss) if steps else None,
+            "accuracy_last": float(parts["accuracy"]) if steps else None}
+
+
+def _warmup_cosine(step: int, steps: int, warmup: int, lr: float) -> float:
+    """Learning rate at `step`: linear from lr/warmup up to lr, then cosine down to 0."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+@torch.no_grad()
+def paraphrase_report(encoder, groups: list[list[str]], threshold: float = 0.85) -> dict:
+    """How well the text space groups paraphrases, on caption groups (e.g. the test split's).
+
+    Each distinct caption of a group that has at least two is a query; its candidates are the
+    distinct caption strings other than its own. The query is a hit when its nearest candidate
+    by cosine of c is a caption of its own group (a string in several groups counts for each):
+        top1 = #hits / #queries   (paraphrase retrieval, text -> text)
+    Cosine spread over the pairs of distinct strings: paraphrase pairs (same group) and
+    other pairs (different groups), each as mean, median and the fraction above `threshold`
+    (ATM's paraphrase rule skips negatives whose text cosine exceeds 0.85); and the mean
+    length |c| (c is not normalised downstream, so its scale matters to the diffusion model).
+    note: captions of two motions that happen to say the same thing ("a person stands still",
+    "someone stays still") count as other pairs here, so top1 has a ceiling below 1 on data
+    where many motions share one description.
+    """
+    groups = caption_groups(groups)
+    texts = [c for g in groups for c in g]
+    owner = torch.tensor([k for k, g in enumerate(groups) for _ in g])  # (N,)
+    ids = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+    text_id = torch.tensor([ids[t] for t in texts])  # (N,)
+    c = encoder.encode_cached(texts).float().cpu()  # (N, D)
+    e = F.normalize(c, dim=-1)  # (N, D)
+    N = len(texts)
+    is_query = torch.tensor([len(g) >= 2 for g in groups for _ in g])  # (N,)
+    held = set(zip(text_id.tolist(), owner.tolist()))  # (string, group) pairs
+    hits, paraphrase, other = [], [], []
+    for start in range(0, N, 1024):  # rows in chunks: N x N may not fit for a large test set
+        rows = torch.arange(start, min(start + 1024, N))  # (n,)
+        sim = e[rows] @ e.T  # (n, N)
+        same_text = text_id[rows, None] == text_id[None, :]  # (n, N), includes the query itself
+        same_group = owner[rows, None] == owner[None, :]  # (n, N)
+        nearest = sim.masked_fill(same_text, float("-inf")).argmax(dim=1)  # (n,)
+        hit = torch.tensor([(t, g) in held for t, g in zip(text_id[nearest].tolist(), owner[rows].tolist())])
+        hits.append(hit[is_query[rows]])
+        upper = (rows[:, None] < torch.arange(N)[None, :]) & ~same_text  # (n, N), each pair once
+        paraphrase.append(sim[upper & same_group])
+        other.append(sim[upper & ~same_group])
+    hits, paraphrase, other = torch.cat(hits), torch.cat(paraphrase), torch.cat(other)
+
+    def stat(values, fn):
+        return round(float(fn(values)), 4) if len(values) else float("nan")
+
+    return {"top1": stat(hits.float(), torch.mean), "queries": len(hits), "captions": N, "groups": len(groups),
+            "paraphrase_cos_mean": stat(paraphrase, torch.mean),
+            "paraphrase_cos_median": stat(paraphrase, torch.median),
+            "paraphrase_above": stat((paraphrase > threshold).float(), torch.mean),
+            "other_cos_mean": stat(other, torch.mean), "other_cos_median": stat(other, torch.median),
+            "other_above": stat((other > threshold).float(), torch.mean),
+            "c_norm_mean": stat(c.norm(dim=-1), torch.mean)}
+
+
+def offline_report(encoder: TextEncoder, groups: list[list[str]], seed: int = 0,
+                   config: ClipConfig | None = None) -> dict:
+    """`paraphrase_report` of the offline stand-in (after pretraining) and of its random
+    initialisation (before: the same seed, config and tokenizer), on `groups`."""
+    config = config or ClipConfig()
+    before = TextEncoder(_initial_model(encoder.tokenizer, config, seed), encoder.tokenizer)
+    return {"before": paraphrase_report(before.to(encoder.device), groups),
+            "after": paraphrase_report(encoder, groups)}

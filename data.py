@@ -23,8 +23,7 @@ this layout, is synthetic.py (this file imports nothing from it).
 3. `MotionTextDataset` + `collate`: the HumanML3D folder layout, captions with
    `#start#end` sub-spans, the 40..196-frame length rules, crops to a multiple of 4.
 4. `feature_slices`, `group_std`: the feature groups and Std.npy's group-averaged form.
-5. `read_prompts`, `prompt_slug`: prompt files for generation and file names for the outputs.
-6. Writing the layout: `save_features`, `FeatureStats` (Mean.npy, Std.npy), `write_splits`,
+5. Writing the layout: `save_features`, `FeatureStats` (Mean.npy, Std.npy), `write_splits`,
    shared by synthetic.py's generator and ingest.py (one's own joint clips into a dataset).
 
 Differences from the public HumanML3D code:
@@ -52,7 +51,6 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,11 +326,39 @@ def features_to_joints(features: torch.Tensor, n_joints: int = 22) -> torch.Tens
 # Dataset reader (HumanML3D layout)
 
 
+def load_array(path: Path, what: str, mmap: bool = False) -> np.ndarray:
+    """A numeric .npy file, read without pickle (mmap: memory-mapped, for its shape): any failure
+    (missing, empty, truncated, not an .npy, pickled objects, not numbers) is a ValueError naming
+    the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: {what} is missing")
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":  # the .npy magic string
+            raise ValueError(f"{path}: not an .npy file ({what}; empty or foreign bytes)")
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:  # numpy's words for truncated / foreign bytes
+        raise ValueError(f"{path}: not a readable .npy {what} ({type(err).__name__}: {err})") from None
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: {what} must hold numbers, got dtype {array.dtype}")
+    return array
+
+
+def read_lines(path: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file; missing or not UTF-8 is a ValueError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: {what} is missing")
+    try:
+        return path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+
+
 def _load_motion(path: Path, feat_dim: int) -> np.ndarray:
     """One feature file (T, D), checked: the right width and finite values."""
-    if not path.exists():
-        raise ValueError(f"{path}: motion file is missing")
-    motion = np.load(path)
+    motion = load_array(path, "motion file")
     if motion.ndim != 2 or motion.shape[1] != feat_dim:
         raise ValueError(f"{path}: expected features of shape (T, {feat_dim}), got {motion.shape}")
     if not np.isfinite(motion).all():
@@ -342,10 +368,8 @@ def _load_motion(path: Path, feat_dim: int) -> np.ndarray:
 
 def _read_captions(path: Path) -> list[tuple[str, float, float]]:
     """Lines `caption#word/POS ...#start#end` -> [(caption, start_s, end_s)]; 0#0 = whole clip."""
-    if not path.exists():
-        raise ValueError(f"{path}: caption file is missing")
     captions = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_lines(path, "caption file"), start=1):
         if not line.strip():
             continue
         parts = line.strip().split("#")
@@ -354,7 +378,10 @@ def _read_captions(path: Path) -> list[tuple[str, float, float]]:
         caption = parts[0].strip()
         if not caption:
             raise ValueError(f"{path}:{number}: empty caption")
-        start, end = float(parts[2] or 0.0), float(parts[3] or 0.0)
+        try:
+            start, end = float(parts[2] or 0.0), float(parts[3] or 0.0)
+        except ValueError:
+            raise ValueError(f"{path}:{number}: start and end must be seconds, got {parts[2]!r}, {parts[3]!r}") from None
         # HumanML3D writes nan for a missing time; it means the clip's edge.
         captions.append((caption, 0.0 if math.isnan(start) else start, 0.0 if math.isnan(end) else end))
     if not captions:
@@ -370,9 +397,7 @@ def fits_length(n: int, min_len: int, max_len: int, unit: int = 4) -> bool:
 
 def _read_names(root: Path, split: str) -> list[str]:
     path = root / f"{split}.txt"
-    if not path.exists():
-        raise ValueError(f"{path}: split file is missing (expected train/val/test.txt in {root})")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in read_lines(path, f"split file (train/val/test.txt in {root})") if line.strip()]
 
 
 class MotionTextDataset(torch.utils.data.Dataset):
@@ -416,9 +441,7 @@ class MotionTextDataset(torch.utils.data.Dataset):
               f"outside the length rules ({min_len}..{max_len} frames)")
 
     def _load_stat(self, path: Path) -> np.ndarray:
-        if not path.exists():
-            raise ValueError(f"{path}: missing (the dataset's per-dimension statistics)")
-        stat = np.load(path).astype(np.float32)
+        stat = load_array(path, "per-dimension statistic (Mean.npy / Std.npy)").astype(np.float32)
         if stat.shape != (self.skeleton.feat_dim,) or not np.isfinite(stat).all():
             raise ValueError(f"{path}: expected {self.skeleton.feat_dim} finite values, "
                              f"got shape {stat.shape}")
@@ -475,7 +498,7 @@ def dataset_summary(root) -> dict:
     files = sorted((root / "new_joint_vecs").glob("*.npy"))
     if not files:
         raise ValueError(f"{root / 'new_joint_vecs'}: no motion files")
-    lengths = [np.load(f, mmap_mode="r").shape[0] for f in files]
+    lengths = [load_array(f, "motion file", mmap=True).shape[0] for f in files]
     captions = [c for f in files for c, _, _ in _read_captions(root / "texts" / f"{f.stem}.txt")]
     vocabulary = {w for c in captions for w in re.findall(r"[a-z]+", c.lower())}
     histogram = Counter(20 * (n // 20) for n in lengths)  # 1-second buckets at 20 fps
@@ -488,6 +511,16 @@ def dataset_summary(root) -> dict:
         "splits": {s: len(_read_names(root, s)) for s in ("train", "val", "test", "styles")
                    if (root / f"{s}.txt").exists()},
     }
+
+
+def format_summary(summary: dict) -> str:
+    """dataset_summary as indented lines, the length histogram drawn with #."""
+    lines = [f"  {key}: {value}" for key, value in summary.items() if key != "length_histogram"]
+    hist = summary["length_histogram"]
+    top = max(hist.values()) if hist else 1
+    lines += ["  length histogram (frames: motions):"]
+    lines += [f"    {bucket:>9}: {count:6d} {'#' * max(1, round(40 * count / top))}" for bucket, count in hist.items()]
+    return "\n".join(lines)
 
 
 def feature_slices(n_joints: int = 22) -> dict[str, slice]:
@@ -508,61 +541,6 @@ def group_std(std: np.ndarray, n_joints: int = 22) -> np.ndarray:
     for group in feature_slices(n_joints).values():
         std[group] = std[group].mean()
     return std
-
-
-# ----------------------------------------------------------------------------
-# Prompt files (captions to generate from)
-
-# after the last '#': whole frames ("70") or seconds ("3.5s", "3.5 s")
-_LENGTH = re.compile(r"(?P<frames>\d+)|(?P<seconds>\d+(?:\.\d*)?|\.\d+)\s*s")
-
-
-def read_prompts(path, fps: float, min_len: int, max_len: int,
-                 default_length: int) -> list[tuple[str, int]]:
-    """A prompt file -> [(caption, frames)]. One prompt a line: `caption#FRAMES`, `caption#SECONDSs`
-    (frames = round(seconds * fps)) or a bare caption (`default_length` frames); blank lines and
-    lines starting with '#' are skipped. An empty caption (a '#' line that is only a length, as
-    `#70`, since that is a forgotten caption rather than a comment), an unreadable length or one
-    outside min_len..max_len frames raises ValueError naming `path:line`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: prompt file is missing")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err})") from None
-    prompts = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        line, where = line.strip(), f"{path}:{number}"
-        if line.startswith("#") and _LENGTH.fullmatch(line[1:].strip()):
-            raise ValueError(f"{where}: empty caption before the length {line!r}")
-        if not line or line.startswith("#"):
-            continue
-        caption, frames = line, default_length
-        if "#" in line:
-            caption, _, length = line.rpartition("#")
-            match = _LENGTH.fullmatch(length.strip())
-            if match is None:
-                raise ValueError(f"{where}: expected a length after the last '#', whole frames "
-                                 f"(70) or seconds (3.5s), got {length!r}")
-            frames = (int(match["frames"]) if match["frames"] is not None
-                      else round(float(match["seconds"]) * fps))
-        caption = caption.strip()  # not empty: the line does not start with '#'
-        if not min_len <= frames <= max_len:
-            raise ValueError(f"{where}: {frames} frames ({frames / fps:g} s at {fps:g} fps) is "
-                             f"outside {min_len}..{max_len} frames")
-        prompts.append((caption, frames))
-    if not prompts:
-        raise ValueError(f"{path}: no prompts")
-    return prompts
-
-
-def prompt_slug(index: int, caption: str, limit: int = 60) -> str:
-    """A file name for the index-th output: `03_a_person_walks_forward`, only [a-z0-9_], at most
-    `limit` characters, unique because the index (then '_' or the end) starts it."""
-    plain = unicodedata.normalize("NFKD", caption).encode("ascii", "ignore").decode().lower()
-    words = re.sub(r"[^a-z0-9]+", "_", plain).strip("_")  # "café, left!" -> "cafe_left"
-    return f"{index:02d}_{words}"[:limit].rstrip("_") if words else f"{index:02d}"
 
 
 # ----------------------------------------------------------------------------

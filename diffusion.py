@@ -14,7 +14,8 @@ with the denoiser of Sec. 4.1.1 (2) (a transformer with long skip connections ov
 for training and inference"): DDIM (Song et al., arXiv 2010.02502, Eqs. 12 and 16) with eta 0,
 and, for completeness, ancestral DDPM (Ho et al., arXiv 2006.11239, Eqs. 6-7). Every number
 follows MLD's configs (`configs/modules/scheduler.yaml`, `denoiser.yaml`,
-`config_mld_humanml3d.yaml`), which drive diffusers' DDPMScheduler / DDIMScheduler.
+`config_mld_humanml3d.yaml`), which drive diffusers' DDPMScheduler / DDIMScheduler;
+`from_mld_state_dict` renames MLD's released denoiser weights (`mld_denoiser.py`) into ours.
 
 Notation (code -> paper):
     x0, x_t           z_0^vae, z_t^vae     clean / noised VAE latent (B, n, d)
@@ -31,8 +32,10 @@ Glossary: B batch, n latent tokens, d latent width (= denoiser width), W text wi
 Differences from the paper:
 - Eq. (2) is a squared norm; we take its element mean (MLD: nn.MSELoss), and t is drawn
   uniformly from the T training steps (index 0..999 for the paper's 1..1000).
-- MLD's text projection is Sequential(ReLU, Linear(768 -> 256)) (its code flags the ReLU as
-  "debug why relu"); we use the plain Linear, so negative CLIP components are not discarded.
+- The text projection is MLD's Sequential(ReLU, Linear(768 -> 256)) by default, so MLD's released
+  weights mean the same here (`from_mld_state_dict`). MLD's code flags the ReLU ("debug why
+  relu"): it discards every negative CLIP component. `text_proj_relu=False` gives the plain
+  Linear, which keeps them (not MLD).
 - The schedule is built in float64 and stored in float32 (diffusers builds it in float32);
   the two agree to about 1e-7.
 - Eq. (8) is evaluated as written; MLD writes the same quantity as
@@ -80,6 +83,7 @@ class DiffusionConfig:
     set_alpha_to_one: bool = False  # MLD scheduler.yaml: the last DDIM step lands on abar_0
     guidance_scale: float = 7.5   # MLD config_mld_humanml3d.yaml guidance_scale, Eq. (8)
     cond_drop: float = 0.1        # MLD guidance_uncondp; LEAD Sec. 4.1.2 "10% dropout"
+    text_proj_relu: bool = True   # MLD mld_denoiser.py emb_proj = Sequential(ReLU, Linear); False: Linear
 
 
 # ----------------------------------------------------------------------------
@@ -102,20 +106,33 @@ class Denoiser(nn.Module):
         # time: sinusoid as wide as the text embedding -> Linear, SiLU, Linear (MLD
         # Timesteps(text_encoded_dim) + TimestepEmbedding(text_encoded_dim, latent_dim))
         self.time_mlp = nn.Sequential(nn.Linear(text_dim, d), nn.SiLU(), nn.Linear(d, d))
-        self.text_proj = nn.Linear(text_dim, d)
+        # text: MLD's emb_proj, ReLU then Linear (keys text_proj.1.*), or the plain Linear (text_proj.*)
+        if cfg.text_proj_relu:
+            self.text_proj = nn.Sequential(nn.ReLU(), nn.Linear(text_dim, d))
+        else:
+            self.text_proj = nn.Linear(text_dim, d)
         # note: MLD's learned positions start uniform in [0, 1), not centred on zero
         self.pos = nn.Parameter(torch.rand(n + 2, d))
         self.encoder = SkipTransformer(cfg.n_layers, d, cfg.n_heads, cfg.ff_dim, cfg.dropout,
                                        cfg.activation)
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """z_t (B, n, d), t (B,) long, c (B, W) -> eps_theta (B, n, d)."""
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
+                time_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """z_t (B, n, d), t (B,) long, c (B, W) -> eps_theta (B, n, d).
+
+        time_cond (B, W), optional, is added to the timestep sinusoid before the time MLP: the
+        input through which a latent consistency model (lcm.py) receives its guidance scale."""
         B, n, d = z_t.shape
         assert (n, d) == self.latent_shape, f"z_t must be (B, {n}, {d}), got {tuple(z_t.shape)}"
         assert t.shape == (B,), f"one timestep per sample: t is ({B},), got {tuple(t.shape)}"
         assert c.shape == (B, self.text_dim), \
             f"c must be (B, W) = ({B}, {self.text_dim}), got {tuple(c.shape)}"
-        time = self.time_mlp(timestep_embedding(t, self.text_dim))              # (B, d)
+        sinusoid = timestep_embedding(t, self.text_dim)                          # (B, W)
+        if time_cond is not None:
+            assert time_cond.shape == (B, self.text_dim), \
+                f"time_cond must be (B, W) = ({B}, {self.text_dim}), got {tuple(time_cond.shape)}"
+            sinusoid = sinusoid + time_cond
+        time = self.time_mlp(sinusoid)                                           # (B, d)
         text = self.text_proj(c)                                                 # (B, d)
         x = torch.cat([z_t, time[:, None], text[:, None]], dim=1) + self.pos    # (B, n+2, d)
         return self.encoder(x)[:, :n]                                            # (B, n, d)
@@ -310,3 +327,52 @@ class GaussianDiffusion(nn.Module):
             f"shape is (B, n, d) with B = len(c) = {c.shape[0]}, got {tuple(shape)}"
         # z_T ~ N(0, I) (diffusers' init_noise_sigma is 1 for DDIM and DDPM)
         return torch.randn(shape, device=c.device, generator=generator)
+
+
+# ----------------------------------------------------------------------------
+# MLD's released weights
+
+
+def from_mld_state_dict(sd: dict[str, torch.Tensor], n_tokens: int, n_heads: int = 4):
+    """MLD's denoiser weights -> (DiffusionConfig, latent_shape, text_dim, state_dict for Denoiser).
+
+    sd is the `denoiser.` part of MLD's Lightning state_dict with that prefix removed (MLD
+    `mld_denoiser.py` MldDenoiser, text condition, arch trans_enc with SKIP_CONNECT, PE type mld).
+    Key map (MLD -> here):
+        time_embedding.linear_1 / linear_2  -> time_mlp.0 / time_mlp.2   (Linear, SiLU, Linear)
+        emb_proj.1                          -> text_proj.1               (ReLU, Linear)
+        query_pos.pe (500, 1, d)            -> pos = pe[:n + 2, 0]       tokens [z_t, time, text]
+        mem_pos.pe                          -> unused (MLD's trans_dec architecture only)
+        encoder.*                           -> encoder.*                 (same layer names)
+    Widths, layer count and feed-forward size are read from the tensor shapes. The number of
+    latent tokens n is not in the denoiser's weights (it takes the VAE's: vae.from_mld_state_dict),
+    nor is the number of attention heads (MLD's denoiser.yaml: 4).
+    """
+    if any(k.startswith(("encoder.layers.", "decoder.")) for k in sd):
+        raise ValueError("this MLD denoiser is an ablation without the skip transformer "
+                         "(SKIP_CONNECT=False or arch trans_dec); only the released layout converts")
+    missing = {"time_embedding.linear_1.weight", "emb_proj.1.weight", "query_pos.pe",
+               "encoder.middle_block.linear1.weight"} - sd.keys()
+    if missing:
+        raise ValueError(f"not an MLD text-conditioned denoiser state dict: missing {sorted(missing)}")
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens is the VAE's number of latent tokens, >= 1; got {n_tokens}")
+    d, text_dim = sd["emb_proj.1.weight"].shape                                  # (d, W)
+    ff_dim = sd["encoder.middle_block.linear1.weight"].shape[0]
+    n_side = len({k.split(".")[2] for k in sd if k.startswith("encoder.input_blocks.")})
+    pe = sd["query_pos.pe"]                                                      # (500, 1, d)
+    if pe.dim() != 3 or pe.shape[1:] != (1, d) or pe.shape[0] < n_tokens + 2:
+        raise ValueError(f"query_pos.pe should be (max_len, 1, {d}) with at least {n_tokens + 2} "
+                         f"rows, got {tuple(pe.shape)}")
+    cfg = DiffusionConfig(n_layers=2 * n_side + 1, n_heads=n_heads, ff_dim=ff_dim, text_proj_relu=True)
+    renamed = {"time_embedding.linear_1.": "time_mlp.0.", "time_embedding.linear_2.": "time_mlp.2.",
+               "emb_proj.1.": "text_proj.1.", "encoder.": "encoder."}
+    out = {"pos": pe[: n_tokens + 2, 0].clone()}                                 # (n + 2, d)
+    for key, value in sd.items():
+        if key in ("query_pos.pe", "mem_pos.pe"):
+            continue
+        prefix = next((p for p in renamed if key.startswith(p)), None)
+        if prefix is None:
+            raise ValueError(f"MLD denoiser key {key!r} has no counterpart here")
+        out[renamed[prefix] + key[len(prefix):]] = value
+    return cfg, (n_tokens, d), text_dim, out

@@ -1,5 +1,6 @@
-"""Your own motion data in: a folder of joint-position clips and captions, written in the
-HumanML3D layout that the rest of the project reads (data.MotionTextDataset).
+"""Your own inputs: prompt files for generation (`read_prompts`, with the output names
+`prompt_slug`), and your own motion data, a folder of joint-position clips and captions written
+in the HumanML3D layout that the rest of the project reads (`build_from_joints`).
 
 The conversion is HumanML3D's processing from its joints on (`motion_representation.ipynb`,
 `cal_mean_variance`): features by data.joints_to_features, the joints recovered from them, Mean
@@ -16,12 +17,72 @@ ignores it; only the synthetic dataset's held-out styles read their verbs).
 import json
 import re
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 from scipy.interpolate import make_interp_spline
 
 from data import T2M, FeatureStats, fits_length, joints_to_features, save_features, write_splits
+
+
+# ----------------------------------------------------------------------------
+# Prompt files for generation
+
+# after the last '#': whole frames ("70") or seconds ("3.5s", "3.5 s")
+_LENGTH = re.compile(r"(?P<frames>\d+)|(?P<seconds>\d+(?:\.\d*)?|\.\d+)\s*s")
+
+
+def read_prompts(path, fps: float, min_len: int, max_len: int,
+                 default_length: int) -> list[tuple[str, int]]:
+    """A prompt file -> [(caption, frames)]. One prompt a line: `caption#FRAMES`, `caption#SECONDSs`
+    (frames = round(seconds * fps)) or a bare caption (`default_length` frames); blank lines and
+    lines starting with '#' are skipped. An empty caption (a '#' line that is only a length, as
+    `#70`, since that is a forgotten caption rather than a comment), an unreadable length or one
+    outside min_len..max_len frames raises ValueError naming `path:line`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: prompt file is missing")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err})") from None
+    prompts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line, where = line.strip(), f"{path}:{number}"
+        if line.startswith("#") and _LENGTH.fullmatch(line[1:].strip()):
+            raise ValueError(f"{where}: empty caption before the length {line!r}")
+        if not line or line.startswith("#"):
+            continue
+        caption, frames = line, default_length
+        if "#" in line:
+            caption, _, length = line.rpartition("#")
+            match = _LENGTH.fullmatch(length.strip())
+            if match is None:
+                raise ValueError(f"{where}: expected a length after the last '#', whole frames "
+                                 f"(70) or seconds (3.5s), got {length!r}")
+            frames = (int(match["frames"]) if match["frames"] is not None
+                      else round(float(match["seconds"]) * fps))
+        caption = caption.strip()  # not empty: the line does not start with '#'
+        if not min_len <= frames <= max_len:
+            raise ValueError(f"{where}: {frames} frames ({frames / fps:g} s at {fps:g} fps) is "
+                             f"outside {min_len}..{max_len} frames")
+        prompts.append((caption, frames))
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts
+
+
+def prompt_slug(index: int, caption: str, limit: int = 60) -> str:
+    """A file name for the index-th output: `03_a_person_walks_forward`, only [a-z0-9_], at most
+    `limit` characters, unique because the index (then '_' or the end) starts it."""
+    plain = unicodedata.normalize("NFKD", caption).encode("ascii", "ignore").decode().lower()
+    words = re.sub(r"[^a-z0-9]+", "_", plain).strip("_")  # "café, left!" -> "cafe_left"
+    return f"{index:02d}_{words}"[:limit].rstrip("_") if words else f"{index:02d}"
+
+
+# ----------------------------------------------------------------------------
+# Your own joint clips into the HumanML3D layout
 
 
 def _plain_tags(words: list[str]) -> list[str]:

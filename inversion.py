@@ -137,15 +137,10 @@ def load_example_motion(path, mean: np.ndarray, std: np.ndarray, skeleton: data.
     joint positions (T, J, 3) (`*_joints.npy`), which become T-1 feature rows through
     `data.joints_to_features`. Anything else raises ValueError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such motion file")
-    try:
-        array = np.load(path)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a .npy array ({err})") from None
+    array = data.load_array(path, "example motion")
     D, J = skeleton.feat_dim, skeleton.n_joints
-    if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
-        raise ValueError(f"{path}: the motion contains NaN, inf or non-numbers")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{path}: the motion contains NaN or inf")
     if array.ndim == 3 and array.shape[1:] == (J, 3):
         array = data.joints_to_features(array, skeleton)                       # (T-1, D)
     elif not (array.ndim == 2 and array.shape[1] == D):
@@ -395,7 +390,7 @@ def tagged_caption(root: Path, name: str, caption: str) -> str:
         path = root / "texts" / f"{name.rsplit('_', 2)[0]}.txt"
     if not path.exists():
         return ""
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in data.read_lines(path, "caption file"):
         parts = line.strip().split("#")
         if len(parts) == 4 and parts[0].strip() == caption:
             return parts[1]

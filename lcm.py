@@ -54,9 +54,6 @@ Differences from the paper:
 - MotionLCM never calls eval() on its teacher or target network, so dropout (0.1) acts in both
   during distillation. Here the caller sets their modes; we put both in eval(), so the target is
   a deterministic function of z^_{t_n}. With the tiny preset's dropout 0 the two agree.
-- diffusion.Denoiser has no input for a second time condition, so ConsistencyDenoiser.forward
-  repeats Denoiser.forward's four lines with the one addition marked (tested to agree with the
-  teacher when the w projection is zero).
 - MotionLCM's training schedule (batch 256, lr 2e-4 with 1000 warmup steps then cosine, AdamW
   without weight decay, gradients clipped to norm 1, 1000 epochs) belongs to train.py's fit loop;
   see the comment under LCMConfig for what that loop does instead.
@@ -69,7 +66,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from diffusion import Denoiser, GaussianDiffusion, timestep_embedding
+import metrics
+from diffusion import Denoiser, GaussianDiffusion
 
 
 # ----------------------------------------------------------------------------
@@ -200,20 +198,9 @@ class ConsistencyDenoiser(nn.Module):
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
                 w: torch.Tensor) -> torch.Tensor:
         """z_t (B, n, d), t (B,) long, c (B, W), w (B,) -> eps_theta (B, n, d)."""
-        B, n, d = z_t.shape
-        den = self.denoiser
-        assert (n, d) == den.latent_shape, f"z_t must be (B, {n}, {d}), got {tuple(z_t.shape)}"
-        assert t.shape == (B,) and w.shape == (B,), \
-            f"one timestep and one guidance scale per sample: t {tuple(t.shape)}, w {tuple(w.shape)}"
-        assert c.shape == (B, den.text_dim), f"c must be ({B}, {den.text_dim}), got {tuple(c.shape)}"
-        # diffusion.Denoiser.forward, plus (the one change) the w embedding joining the time
-        # sinusoid before the time MLP (MotionLCM TimestepEmbedding.forward: sample + cond_proj(w))
-        sinusoid = timestep_embedding(t, den.text_dim)                                  # (B, W)
-        sinusoid = sinusoid + self.w_proj(guidance_scale_embedding(w, self.cfg.w_embed_dim))  # (B, W)
-        time = den.time_mlp(sinusoid)                                                   # (B, d)
-        text = den.text_proj(c)                                                         # (B, d)
-        x = torch.cat([z_t, time[:, None], text[:, None]], dim=1) + den.pos            # (B, n+2, d)
-        return den.encoder(x)[:, :n]                                                    # (B, n, d)
+        assert w.shape == (z_t.shape[0],), f"one guidance scale per sample: w is (B,), got {tuple(w.shape)}"
+        # MotionLCM TimestepEmbedding.forward: the w embedding joins the time sinusoid before the MLP
+        return self.denoiser(z_t, t, c, time_cond=self.w_proj(guidance_scale_embedding(w, self.cfg.w_embed_dim)))
 
     def consistency_x0(self, schedule: GaussianDiffusion, z_t: torch.Tensor, t: torch.Tensor,
                        c: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -318,6 +305,19 @@ def distillation_loss(student: ConsistencyDenoiser, target: ConsistencyDenoiser,
     return loss, {cfg.loss_type: loss}
 
 
+def distillation_loss_fn(student: ConsistencyDenoiser, target: ConsistencyDenoiser, teacher: nn.Module,
+                         schedule: GaussianDiffusion, text, cfg: LCMConfig):
+    """loss_fn(batch) -> (loss, parts) for batches {"z", "caption"} of training latents, c from the
+    frozen text encoder `text`; the caller runs ema_update after each optimizer step."""
+    c_uncond = text.encode_cached([""])[0]                                                # (W,)
+
+    def loss_fn(batch):
+        target.eval()  # the target only supplies goals, whatever mode the training loop sets
+        return distillation_loss(student, target, teacher, schedule, batch["z"],
+                                 text.encode_cached(batch["caption"]), c_uncond, cfg)
+    return loss_fn
+
+
 # ----------------------------------------------------------------------------
 # Sampling in 1-4 steps, and the LEAD inference path
 
@@ -379,3 +379,19 @@ class LCMPipeline:
         c = self.text.encode_cached(captions)                                           # (B, C)
         return generate_lcm(self.vae, self.model, self.schedule, c, lengths.to(self.device),
                             steps=self.steps, realigner=realigner)
+
+
+def steps_rows(pipe, model: ConsistencyDenoiser, realigner, dataset, evaluator, cfg: "metrics.EvalConfig",
+               seed: int, steps=(1, 2, 4)) -> dict:
+    """The LEAD Tab. 5 protocol: MotionLCM and LEAD (MotionLCM), the LEAD projector `realigner`
+    trained on the teacher's latents and not retrained (Sec. 5.4), at 1, 2 and 4 steps, each row
+    with the metrics of metrics.t2m_rows and its per-prompt time. pipe: a metrics.Pipeline."""
+    rows = {}
+    for n in steps:
+        fast = LCMPipeline(pipe, model, n)
+        for name, r in (("MotionLCM", None), ("LEAD (MotionLCM)", realigner)):
+            label = f"{name}, {n} step{'s' if n > 1 else ''}"
+            rows.update(metrics.t2m_rows({label: lambda c, lengths, r=r: fast.generate(c, lengths, r)},
+                                         dataset, evaluator, pipe.text.tokenizer, cfg, seed))
+            rows[label]["s / prompt"] = metrics.seconds_per_prompt(fast, dataset, r, cfg.timing_prompts)
+    return rows

@@ -18,8 +18,14 @@ Euclidean distance) to its motion. train.py's `--stage evaluator` trains two ind
 seeded instances: `evaluator` (metrics only) and `alignment` (the training signal of ATM
 and MATE), so no method is scored by the model it was trained against.
 
+With the real data, `T2MEvaluator` is Guo et al.'s released evaluator itself (their
+networks/modules.py encoders under the official parameter names, GloVe and part-of-speech text
+input, their own normalisation, loaded from the files MLD downloads), so its numbers are the
+papers'. The differences listed below are the in-house `TextMotionEmbedder`'s, not its.
+
 Reading order: distance and statistics helpers, the formulas (Eqs. 11-14, R-precision,
-retrieval), the embedder and its loss, the evaluation driver, the text-to-motion protocol
+retrieval), the embedder and its loss, Guo et al.'s released evaluator (`WordVectorizer`, the
+three official encoders, `T2MEvaluator`), the evaluation driver, the text-to-motion protocol
 (`Pipeline` generates for the test captions, `t2m_rows` scores each method over the
 replications, per-prompt time, latent structure) and the VAE's reconstruction errors, the
 results tables.
@@ -68,8 +74,8 @@ import torch.nn.functional as F
 import diffusion
 import projector
 from data import collate, features_to_joints
+from t2m_evaluator import FOOT_CONTACT_DIMS, T2MEvaluator, output_head  # noqa: F401 (T2MEvaluator: Guo et al.'s released evaluator)
 
-FOOT_CONTACT_DIMS = 4  # HumanML3D (263-d) and KIT-ML (251-d) features end with 4 foot contacts
 DOWNSAMPLE = 4  # two stride-2 convolutions in the movement encoder: 4 frames -> 1 step
 
 
@@ -274,12 +280,6 @@ class EmbedderConfig:
     temperature: float = 0.1  # ours: InfoNCE temperature of `embedder_loss` (Guo et al.: margin loss)
 
 
-def _output_head(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    """Guo et al.'s output_net: Linear, LayerNorm, LeakyReLU(0.2), Linear."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden),
-                         nn.LeakyReLU(0.2), nn.Linear(hidden, out_dim))
-
-
 def _bigru_last(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Run a bidirectional GRU over the first lengths[b] steps of x (B, T, H) and return the
     last hidden state of both directions, concatenated: (B, 2H). Packing makes the
@@ -315,12 +315,12 @@ class TextMotionEmbedder(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.motion_in = nn.Linear(cfg.movement_dim, cfg.motion_hidden)
         self.motion_gru = nn.GRU(cfg.motion_hidden, cfg.motion_hidden, batch_first=True, bidirectional=True)
-        self.motion_out = _output_head(2 * cfg.motion_hidden, cfg.motion_hidden, cfg.embed_dim)
+        self.motion_out = output_head(2 * cfg.motion_hidden, cfg.motion_hidden, cfg.embed_dim)
         # text side
         self.token_emb = nn.Embedding(vocab_size, cfg.word_dim)
         self.text_in = nn.Linear(cfg.word_dim, cfg.text_hidden)
         self.text_gru = nn.GRU(cfg.text_hidden, cfg.text_hidden, batch_first=True, bidirectional=True)
-        self.text_out = _output_head(2 * cfg.text_hidden, cfg.text_hidden, cfg.embed_dim)
+        self.text_out = output_head(2 * cfg.text_hidden, cfg.text_hidden, cfg.embed_dim)
 
     def encode_motion(self, motion: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """motion (B, T, D) normalized, lengths (B,) -> (B, E). Frames past a length are ignored."""

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 import atm_losses
+import clip
 import data
 import diffusion
 import ingest
@@ -509,26 +510,19 @@ def clip_text_encoder(run: Run, mate: bool = False) -> TextEncoder:
     """The frozen text encoder: real CLIP with --clip, else the offline one of --stage data.
     mate=True: a second one with MATE's word table swapped in (MATE Sec. 4.1: the
     MATE-enhanced encoder replaces the original; everything but the table is unchanged)."""
-    if mate:
-        if run.cache.get("text_mate") is None:
-            clip_text_encoder(run)  # the prerequisite check and its message
-            encoder = TextEncoder.from_pretrained(run.clip or run.out / "text_encoder")
+    key, source = ("text_mate" if mate else "text"), run.clip or run.out / "text_encoder"
+    if key not in run.cache:
+        if not run.clip and not (source / "config.json").exists():
+            raise FileNotFoundError(f"{source} not found: run `python train.py --stage data` "
+                                    f"first (it builds the offline text encoder)")
+        encoder = TextEncoder.from_pretrained(source)
+        if mate:
             encoder.set_word_embeddings(finished(run, "mate")["model"]["word_table"])
-            run.cache["text_mate"] = encoder.to(run.device)
-        return run.cache["text_mate"]
-    if run.cache.get("text") is None:
-        if run.clip:
-            encoder = TextEncoder.from_pretrained(run.clip)
-        else:
-            folder = run.out / "text_encoder"
-            if not (folder / "config.json").exists():
-                raise FileNotFoundError(f"{folder} not found: run `python train.py --stage data` "
-                                        f"first (it builds the offline text encoder)")
-            print(f"[clip] offline text encoder from {folder} (random weights, not real CLIP; "
-                  f"--clip NAME_OR_DIR loads real weights)")
-            encoder = TextEncoder.from_pretrained(folder)
-        run.cache["text"] = encoder.to(run.device)
-    return run.cache["text"]
+        elif not run.clip:
+            print(f"[clip] offline text encoder from {source} (not real CLIP; --clip NAME_OR_DIR "
+                  f"loads real weights)")
+        run.cache[key] = encoder.to(run.device)
+    return run.cache[key]
 
 
 def text_encoder(run: Run):
@@ -562,35 +556,23 @@ def eval_embedder(run: Run):
     return load_model(run, "evaluator")
 
 
-# 6. Names of the results sections and STAGE.json records
-
-
-def eval_section(run: Run) -> str:
-    """The t2m table's section: `t2m`, `t2m_lamp` (LaMP-conditioned models), with
-    `_lamp_evaluator` appended when the metrics are LaMP's (--evaluator lamp)."""
-    return conditioned(run, "t2m") + ("_lamp_evaluator" if run.args.evaluator == "lamp" else "")
-
-
-def eval_title(run: Run) -> str:
+def eval_labels(run: Run) -> tuple[str, str, str]:
+    """The t2m table's results section, title and metric-space note: `t2m`, `t2m_lamp` (LaMP-
+    conditioned models), `_lamp_evaluator` appended when the metrics are LaMP's (Tab. 2)."""
+    lamp_space = run.args.evaluator == "lamp"
     title = ("Text-to-motion, LaMP evaluator (LaMP Tab. 2 analogue: LaMP-R-precision, LaMP-MMdist)"
-             if run.args.evaluator == "lamp" else "Text-to-motion (LEAD Tab. 1 analogue)")
-    return title + ("; LaMP text condition (LaMP Sec. 3.2)" if run.args.text_encoder == "lamp" else "")
-
-
-def eval_note_space(run: Run) -> str:
-    if run.args.evaluator == "lamp":
-        return ("Metrics in the space of this run's LaMP (L2-normalised features, so MMdist lies in "
-                "[0, 2]; not the paper's checkpoint)")
-    return "Metrics in the space of this run's `evaluator` embedder (not Guo et al.'s)"
-
-
-CONDITIONED_STAGES = ("diffusion", "projector", "atm", "eval", "sample")  # their models read the condition
+             if lamp_space else "Text-to-motion (LEAD Tab. 1 analogue)")
+    space = ("Metrics in the space of this run's LaMP (L2-normalised features, so MMdist lies in [0, 2]; "
+             "not the paper's checkpoint)" if lamp_space else
+             "Metrics in the space of this run's `evaluator` embedder (not Guo et al.'s)")
+    return (conditioned(run, "t2m") + ("_lamp_evaluator" if lamp_space else ""),
+            title + ("; LaMP text condition (LaMP Sec. 3.2)" if run.args.text_encoder == "lamp" else ""), space)
 
 
 def record_name(run: Run, stage: str) -> str:
-    """Name of a stage's STAGE.json: `diffusion_lamp` with --text-encoder lamp,
-    `eval_lamp_evaluator` with --evaluator lamp, so no record overwrites another."""
-    name = conditioned(run, stage) if stage in CONDITIONED_STAGES else stage
+    """Name of a stage's STAGE.json: `diffusion_lamp` with --text-encoder lamp (the stages whose
+    models read the condition), `eval_lamp_evaluator` with --evaluator lamp: none overwrites another."""
+    name = conditioned(run, stage) if stage in ("diffusion", "projector", "atm", "eval", "sample") else stage
     return name + ("_lamp_evaluator" if stage == "eval" and run.args.evaluator == "lamp" else "")
 
 
@@ -624,25 +606,19 @@ def stage_data(run: Run) -> dict:
                                  min_len=c.min_len, max_len=c.max_len)
     root = dataset_root(run)
     summary = data.dataset_summary(root)
-    print(f"[data] {root}")
-    for key, value in summary.items():
-        if key != "length_histogram":
-            print(f"  {key}: {value}")
-    print("  length histogram (frames: motions):")
-    hist = summary["length_histogram"]
-    top = max(hist.values()) if hist else 1
-    for bucket, count in hist.items():
-        print(f"    {bucket:>9}: {count:6d} {'#' * max(1, round(40 * count / top))}")
+    print(f"[data] {root}\n" + data.format_summary(summary))
     usable = {split: len(open_split(run, split)) for split in ("train", "val", "test")}
     print(f"  usable after the length rules: {usable}")
     figures = {"summary": summary, "usable": usable}
-    if not run.clip:
-        captions = open_split(run, "train").captions()
-        encoder = TextEncoder.offline(captions, run.out / "text_encoder", seed=run.cfg.run.seed,
-                                      config=run.cfg.text)
-        print(f"  offline BPE vocabulary: {len(encoder.tokenizer)} tokens "
-              f"(asked for {run.cfg.text.vocab_size}), in {run.out / 'text_encoder'}")
+    if not run.clip:  # the offline stand-in, pretrained on the training captions alone (clip.py)
+        groups = [captions for _, _, captions in open_split(run, "train").items]  # paraphrases per motion
+        encoder = TextEncoder.offline(groups, run.out / "text_encoder", seed=run.cfg.run.seed, config=run.cfg.text)
         figures["bpe_vocab_size"] = len(encoder.tokenizer)
+        print(f"  offline text encoder in {run.out / 'text_encoder'}: {len(encoder.tokenizer)} BPE tokens")
+        test_groups = [captions for _, _, captions in open_split(run, "test").items]
+        if test_groups:
+            figures["text_paraphrase"] = r = clip.offline_report(encoder, test_groups, run.cfg.run.seed, run.cfg.text)
+            print(f"  test paraphrase retrieval top-1: {r['before']['top1']:.3f} (random) -> {r['after']['top1']:.3f}")
     return figures
 
 
@@ -836,24 +812,18 @@ def stage_lcm(run: Run) -> dict:
     """MotionLCM (lcm.py): distil a latent consistency model from the finished diffusion.pt, the
     teacher, VAE and text encoder frozen; the student starts as the teacher, its EMA is the
     target. Writes lcm.pt (the student, as MotionLCM samples with it, and the target)."""
-    train, text, teacher = open_split(run, "train"), text_encoder(run), load_denoiser(run)
-    cfg, sched, seed = run.cfg.lcm, run.cfg.lcm_train, run.cfg.run.seed
     if run.args.text_encoder != "clip":
         raise ValueError("--stage lcm distils the CLIP-conditioned diffusion.pt: run it without --text-encoder lamp")
+    train, text, teacher = open_split(run, "train"), text_encoder(run), load_denoiser(run)
+    cfg, sched, seed = run.cfg.lcm, run.cfg.lcm_train, run.cfg.run.seed
     mu, logvar = training_latents(run)
     schedule = diffusion.GaussianDiffusion(teacher.cfg).to(run.device)
     text.encode_cached(train.captions())
-    c_uncond = text.encode_cached([""])[0]                                          # (W,)
     torch.manual_seed(seed)
     student = lcm.ConsistencyDenoiser.from_teacher(teacher, cfg).to(run.device)
     target = lcm.ema_copy(student)
     pair = torch.nn.ModuleDict({"student": student, "target": target})  # both in lcm.pt, for --resume
-
-    def loss_fn(batch):
-        target.eval()  # fit sets train mode on the pair; the target only supplies goals
-        return lcm.distillation_loss(student, target, teacher, schedule, batch["z"],
-                                     text.encode_cached(batch["caption"]), c_uncond, cfg)
-
+    loss_fn = lcm.distillation_loss_fn(student, target, teacher, schedule, text, cfg)
     meta = {"latent_shape": list(teacher.latent_shape), "text_dim": text.dim,
             "denoiser": dataclasses.asdict(teacher.cfg)}
     stream = latent_batches(train, mu, logvar, sched.batch_size, seed)
@@ -949,10 +919,11 @@ def stage_eval(run: Run) -> dict:
     pipe = pipeline(run)
     evaluator, lead = eval_embedder(run), load_projector(run)
     rows = metrics.t2m_rows(eval_methods(run, pipe, lead), test, evaluator, pipe.text.tokenizer, cfg, run.cfg.run.seed)
+    section, title, space = eval_labels(run)
     note = (f"{len(test)} test motions of {dataset_name(run)}, mean ± 1.96 std / sqrt(R) over "
             f"R = {cfg.replications} replications; MModality over {cfg.mm_num_texts} texts x "
-            f"{cfg.mm_num_gens} generations. " + eval_note_space(run) + ", so they compare methods within this run only.")
-    metrics.write_results(run.out, eval_section(run), rows, eval_title(run), note)
+            f"{cfg.mm_num_gens} generations. {space}, so they compare methods within this run only.")
+    metrics.write_results(run.out, section, rows, title, note)
     timing = {name: {"s / prompt": metrics.seconds_per_prompt(pipe, test, r, cfg.timing_prompts)}
               for name, r in (("MLD", None), ("LEAD", lead))}
     metrics.write_results(run.out, conditioned(run, "timing"), timing, "Inference time per prompt",
@@ -967,29 +938,16 @@ def stage_eval(run: Run) -> dict:
             "Latent structure (stand-in for LEAD Fig. 3, t-SNE)",
             f"leave-one-out nearest neighbour (Euclidean) over {structure['motions']} single-action "
             f"test motions, {structure['actions']} action labels")
-    steps = lcm_steps_table(run, pipe, lead, test, evaluator) if "MotionLCM" in rows else None
+    steps = None
+    if "MotionLCM" in rows:  # LEAD Tab. 5: few-step sampling, realigned by the same projector
+        steps = lcm.steps_rows(pipe, load_lcm(run), lead, test, evaluator, cfg, run.cfg.run.seed)
+        metrics.write_results(run.out, "lcm_steps", steps, "Few-step sampling (LEAD Tab. 5 analogue)",
+                              f"{len(test)} test motions, R = {cfg.replications} replications; the projector is "
+                              f"LEAD's, trained on the teacher's latents and not retrained (LEAD Sec. 5.4); s / "
+                              f"prompt: batch of 1 on {run.device.type} (MotionLCM: ~0.03 s at one step).")
     print((run.out / "results.md").read_text())
     return {"rows": _as_lists(rows), "timing": {n: list(v["s / prompt"]) for n, v in timing.items()},
-            "latent_structure": structure, "lcm_steps": steps}
-
-
-def lcm_steps_table(run: Run, pipe: metrics.Pipeline, lead, test, evaluator) -> dict:
-    """The LEAD Tab. 5 analogue: MotionLCM and LEAD (MotionLCM) at 1, 2 and 4 steps, the same
-    projector as LEAD's (trained on the teacher's latents, not retrained), with per-prompt time."""
-    student, cfg = load_lcm(run), run.cfg.eval
-    rows = {}
-    for steps in (1, 2, 4):
-        fast = lcm.LCMPipeline(pipe, student, steps)
-        for name, r in (("MotionLCM", None), ("LEAD (MotionLCM)", lead)):
-            label = f"{name}, {steps} step{'s' if steps > 1 else ''}"
-            rows.update(metrics.t2m_rows({label: lambda c, n, f=fast, r=r: f.generate(c, n, r)}, test, evaluator,
-                                         pipe.text.tokenizer, cfg, run.cfg.run.seed))
-            rows[label]["s / prompt"] = metrics.seconds_per_prompt(fast, test, r, cfg.timing_prompts)
-    metrics.write_results(run.out, "lcm_steps", rows, "Few-step sampling (LEAD Tab. 5 analogue)",
-                          f"{len(test)} test motions, R = {cfg.replications} replications; the projector is "
-                          f"LEAD's, trained on the teacher's latents and not retrained (LEAD Sec. 5.4); "
-                          f"s / prompt: batch of 1 on {run.device.type} (MotionLCM reports ~0.03 s at one step).")
-    return _as_lists(rows)
+            "latent_structure": structure, "lcm_steps": steps and _as_lists(steps)}
 
 
 DEFAULT_PROMPTS = ["a person walks forward", "a person jumps then waves with the right hand",
@@ -1008,7 +966,7 @@ def stage_sample(run: Run) -> dict:
         raise ValueError("--steps sets MotionLCM's sampling steps: give it with --sampler lcm")
     prompts = [(text, args.length) for text in args.text]
     if args.prompts:
-        prompts += data.read_prompts(args.prompts, stats.skeleton.fps, lo, hi, args.length)
+        prompts += ingest.read_prompts(args.prompts, stats.skeleton.fps, lo, hi, args.length)
     prompts = prompts or [(text, args.length) for text in DEFAULT_PROMPTS]
     pipe = pipeline(run)
     learned = inversion.load_tokens(pipe.text, run.out / "tokens", [text for text, _ in prompts])
@@ -1022,7 +980,7 @@ def stage_sample(run: Run) -> dict:
         torch.manual_seed(run.cfg.run.seed + i)
         motion = pipe.generate([text] * args.num, torch.full((args.num,), frames), realigner).cpu()  # (N, T, D)
         for k in range(args.num):
-            written += render.save_motion(folder / f"{data.prompt_slug(i, text)}_{k}",
+            written += render.save_motion(folder / f"{ingest.prompt_slug(i, text)}_{k}",
                                           stats.denormalize(motion[k].numpy()), stats.skeleton, text,
                                           animations, args.bvh)
     for path in written:

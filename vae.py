@@ -14,6 +14,7 @@ below follow MLD's public code and configs (`mld_vae.py`, `cross_attention.py`,
     loss     SmoothL1(x_hat, x) + SmoothL1(J(x_hat), J(x)) + lambda_KL KL(N(mu, sigma^2) || N(0, I))
 
 where J recovers the 3D joints from de-normalised features (`data.features_to_joints`).
+`from_mld_state_dict` renames MLD's released VAE weights (`mld_vae.py`) into this model's.
 
 The skip transformer (`SkipTransformer`, also used by the denoiser in diffusion.py) is MLD's
 U-Net-like stack of an odd number of post-norm layers: (L-1)/2 input blocks, one middle block,
@@ -284,6 +285,58 @@ def encode_dataset(model: MotionVAE, dataset, device, batch_size: int = 64) -> t
         mus.append(mu)
         logvars.append(logvar)
     return torch.cat(mus), torch.cat(logvars)
+
+
+# ----------------------------------------------------------------------------
+# MLD's released weights
+
+
+def from_mld_state_dict(sd: dict[str, torch.Tensor], max_len: int = 196, n_heads: int = 4):
+    """MLD's VAE weights -> (VAEConfig, feat_dim, state_dict for MotionVAE).
+
+    sd is the `vae.` part of MLD's Lightning state_dict with that prefix removed (MLD
+    `mld_vae.py` MldVae, arch encoder_decoder, PE type mld, MLP_DIST off). Key map (MLD -> here):
+        global_motion_token (2n, d)     -> dist_tokens       (n mu tokens, then n logvar tokens)
+        query_pos_encoder.pe (500, 1, d) -> enc_pos = pe[:max_len + 2n, 0]
+        query_pos_decoder.pe (500, 1, d) -> dec_pos = pe[:max_len, 0]
+        everything else (skel_embedding, encoder, decoder, final_layer) keeps its name.
+    MLD adds `pe` to the sequence-first tokens exactly as enc_pos / dec_pos are added here, learned
+    (PositionEmbeddingLearned1D, a parameter) or sinusoidal (a buffer) alike: only the values move.
+    n, d, D, the layer count and feed-forward size are read from the tensor shapes; the number of
+    attention heads is not in them (MLD's motion_vae.yaml: 4), nor is normalize_before (MLD: False,
+    our default post-norm).
+    """
+    if "dist_layer.weight" in sd:
+        raise ValueError("this MLD VAE uses the MLP_DIST ablation (a Linear(d -> 2d) distribution "
+                         "head); only the released two-token layout converts")
+    missing = {"global_motion_token", "skel_embedding.weight", "query_pos_encoder.pe", "query_pos_decoder.pe",
+               "encoder.middle_block.linear1.weight", "decoder.middle_block.multihead_attn.in_proj_weight"} - sd.keys()
+    if missing:
+        hint = (" (a decoder without cross-attention is MLD's all_encoder ablation)"
+                if "decoder.middle_block.linear1.weight" in sd else "")
+        raise ValueError(f"not an MLD encoder_decoder VAE state dict: missing {sorted(missing)}{hint}")
+    d, feat_dim = sd["skel_embedding.weight"].shape                              # (d, D)
+    two_n, d_token = sd["global_motion_token"].shape                             # (2n, d)
+    if d_token != d or two_n % 2:
+        raise ValueError(f"global_motion_token should be (2n, {d}) (n mu then n logvar tokens), "
+                         f"got {tuple(sd['global_motion_token'].shape)}")
+    n = two_n // 2
+    n_sides = {len({k.split(".")[2] for k in sd if k.startswith(f"{part}.input_blocks.")})
+               for part in ("encoder", "decoder")}
+    if len(n_sides) != 1:
+        raise ValueError("MLD's VAE encoder and decoder should have the same number of layers")
+    for name, rows in (("query_pos_encoder.pe", max_len + 2 * n), ("query_pos_decoder.pe", max_len)):
+        if sd[name].dim() != 3 or sd[name].shape[1:] != (1, d) or sd[name].shape[0] < rows:
+            raise ValueError(f"{name} should be (max_len, 1, {d}) with at least {rows} rows "
+                             f"(max_len={max_len}), got {tuple(sd[name].shape)}")
+    cfg = VAEConfig(n_tokens=n, latent_dim=d, n_layers=2 * n_sides.pop() + 1, n_heads=n_heads,
+                    ff_dim=sd["encoder.middle_block.linear1.weight"].shape[0], max_len=max_len)
+    out = {key: value for key, value in sd.items()
+           if key not in ("global_motion_token", "query_pos_encoder.pe", "query_pos_decoder.pe")}
+    out["dist_tokens"] = sd["global_motion_token"].clone()                       # (2n, d)
+    out["enc_pos"] = sd["query_pos_encoder.pe"][: max_len + 2 * n, 0].clone()    # (max_len + 2n, d)
+    out["dec_pos"] = sd["query_pos_decoder.pe"][:max_len, 0].clone()             # (max_len, d)
+    return cfg, feat_dim, out
 
 
 # ----------------------------------------------------------------------------

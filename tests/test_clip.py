@@ -2,10 +2,13 @@
 round trips, and the text encoder against transformers' own CLIP forward."""
 import gzip
 import html
+import inspect
 import json
+import math
 import random
 import shutil
 
+import numpy as np
 import pytest
 import regex
 import torch
@@ -328,13 +331,26 @@ def test_device_and_dtype_follow_to(clip_dir):
         assert enc.encode(["a person walks"])[0].device.type == "cuda"
 
 
+SMALL = dict(vocab_size=700, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, projection_dim=16)
+
+
+def paraphrase_groups(n_groups, seed=0):
+    """Groups of 3 captions that say one thing with different subjects ("a person jogs slowly",
+    "the man jogs slowly", ...): the paraphrase structure of a caption set, in miniature."""
+    rng = random.Random(seed)
+    meanings = sorted({f"{verb} {tail}" for verb in VERBS[:8] for tail in TAILS[:10]})
+    return [[f"{subject} {meaning}" for subject in rng.sample(SUBJECTS, 3)]
+            for meaning in rng.sample(meanings, n_groups)]
+
+
 def test_offline_encoder_is_seeded_saved_and_reused(tmp_path):
-    config = clip.ClipConfig(vocab_size=700, hidden_size=32, num_layers=1, num_heads=2,
-                             intermediate_size=64, projection_dim=16)
+    """A flat caption list (one group per caption): no paraphrase pair, so the random tower."""
+    config = clip.ClipConfig(**SMALL, pretrain_steps=5)
     texts = captions(100)
     logs = []
     enc = clip.TextEncoder.offline(texts, tmp_path / "a", seed=0, config=config, log=logs.append)
-    assert "NOT real CLIP" in logs[0] and "building" in logs[0]
+    assert "NOT real CLIP" in logs[0] and "building" in logs[0] and "random weights" in logs[0]
+    assert "nothing to pretrain" in logs[1]
     assert enc.dim == 16 and len(enc.tokenizer) <= 700
     assert all(not p.requires_grad for p in enc.parameters())
     # The folder is a normal Hugging Face one: transformers loads model and tokenizer from it.
@@ -347,12 +363,154 @@ def test_offline_encoder_is_seeded_saved_and_reused(tmp_path):
     # Same settings: reused (same weights); same seed elsewhere: same weights; other seed: rebuilt.
     again = clip.TextEncoder.offline(texts, tmp_path / "a", seed=0, config=config, log=logs.append)
     assert "reusing" in logs[-1]
-    same = clip.TextEncoder.offline(texts, tmp_path / "b", seed=0, config=config, log=logs.append)
+    same = clip.TextEncoder.offline(list(reversed(texts)), tmp_path / "b", seed=0, config=config, log=logs.append)
+    n = len(logs)
     other = clip.TextEncoder.offline(texts, tmp_path / "a", seed=1, config=config, log=logs.append)
-    assert "building" in logs[-1]
+    assert "building" in logs[n]
     weight = enc.model.text_projection.weight
     assert again.model.text_projection.weight.equal(weight) and same.model.text_projection.weight.equal(weight)
     assert not other.model.text_projection.weight.equal(weight)
+
+
+def test_offline_encoder_pretrains_on_caption_groups(tmp_path):
+    """Caption groups: pretrained (weights move from the seeded initialisation, paraphrases
+    come together), cached by settings and groups, and pretrain_steps=0 is the random tower."""
+    groups = paraphrase_groups(40)
+    config = clip.ClipConfig(**SMALL, pretrain_steps=60, pretrain_batch=16, pretrain_lr=3e-3, pretrain_warmup=5)
+    logs = []
+    enc = clip.TextEncoder.offline(groups, tmp_path / "a", seed=0, config=config, log=logs.append)
+    assert "pretrained on 40 caption groups" in logs[0] and "NOT real CLIP" in logs[0]
+    stamp = json.loads((tmp_path / "a" / clip.OFFLINE_STAMP).read_text())
+    stats = stamp["pretraining"]
+    assert stats["steps"] == 60 and stats["loss_last"] < stats["loss_first"]
+    assert all(not p.requires_grad for p in enc.parameters())
+    report = clip.offline_report(enc, groups, seed=0, config=config)
+    assert report["after"]["top1"] > report["before"]["top1"] + 0.2
+    assert report["after"]["paraphrase_cos_mean"] - report["after"]["other_cos_mean"] > \
+        report["before"]["paraphrase_cos_mean"] - report["before"]["other_cos_mean"] + 0.2
+    # Cached: the order of groups and captions does not matter; other groups rebuild.
+    shuffled = [list(reversed(g)) for g in reversed(groups)]
+    again = clip.TextEncoder.offline(shuffled, tmp_path / "a", seed=0, config=config, log=logs.append)
+    assert "reusing" in logs[-1] and again.model.text_projection.weight.equal(enc.model.text_projection.weight)
+    n = len(logs)
+    clip.TextEncoder.offline(groups[:-1], tmp_path / "a", seed=0, config=config, log=logs.append)
+    assert "building" in logs[n]
+    # pretrain_steps=0: exactly the seeded random initialisation that offline_report calls "before".
+    random_enc = clip.TextEncoder.offline(groups, tmp_path / "b", seed=0, log=logs.append,
+                                          config=clip.ClipConfig(**SMALL, pretrain_steps=0))
+    initial = clip._initial_model(random_enc.tokenizer, config, seed=0)
+    assert random_enc.model.text_projection.weight.equal(initial.text_projection.weight)
+    assert not enc.model.text_projection.weight.equal(initial.text_projection.weight)
+
+
+def test_paraphrase_loss_hand_worked():
+    """Two 2x2 and 3x3 cases worked by hand.
+
+    2x2, temperature 1, a = (e1, e2), b = (e1, (e1 + e2)/sqrt 2), every j != i a negative:
+      s = [[1, r], [0, r]], r = 1/sqrt 2
+      L_ab = ( -log(e / (e + e^r)) - log(e^r / (1 + e^r)) ) / 2
+      L_ba = ( -log(e / (e + 1))   - log(e^r / (e^r + e^r)) ) / 2
+    3x3, temperature 1, a = (e1, e2, e3), b = (e1, e1, e3): s = [[1, 1, 0], [0, 0, 0], [0, 0, 1]];
+    rows 0 and 2 are one group (so (0, 2) and (2, 0) are no negatives), and b_1 is the same
+    string as a_0 (so (0, 1) is no negative):
+      rows:    0: only the target left -> 0;  1: -log(1/3);  2: -log(e / (e + 1))
+      columns: 0: -log(e / (e + 1));  1: -log(1/2);  2: -log(e / (e + 1))
+    """
+    e1, e2, e3 = torch.eye(3)
+    r = 1 / math.sqrt(2)
+    a = torch.stack([e1[:2], e2[:2]])
+    b = torch.stack([e1[:2], (e1[:2] + e2[:2]) * r])
+    ids = torch.tensor([0, 1])
+    loss, parts = clip.paraphrase_loss(3 * a, b, ids, ids, ids, ids + 10, temperature=1.0)  # scale: cosine only
+    a_to_b = (-math.log(math.e / (math.e + math.exp(r))) - math.log(math.exp(r) / (1 + math.exp(r)))) / 2
+    b_to_a = (-math.log(math.e / (math.e + 1)) + math.log(2)) / 2
+    assert parts["a_to_b"].item() == pytest.approx(a_to_b, rel=1e-5)
+    assert parts["b_to_a"].item() == pytest.approx(b_to_a, rel=1e-5)
+    assert loss.item() == pytest.approx((a_to_b + b_to_a) / 2, rel=1e-5)
+    # 3x3 with a shared group and an identical string
+    a, b = torch.stack([e1, e2, e3]), torch.stack([e1, e1, e3])
+    group = torch.tensor([0, 1, 0])
+    text_a, text_b = torch.tensor([0, 1, 2]), torch.tensor([3, 0, 4])
+    loss, parts = clip.paraphrase_loss(a, b, group, group, text_a, text_b, temperature=1.0)
+    softplus = math.log(1 + math.exp(-1))  # -log(e / (e + 1))
+    assert parts["a_to_b"].item() == pytest.approx((0 + math.log(3) + softplus) / 3, rel=1e-5)
+    assert parts["b_to_a"].item() == pytest.approx((2 * softplus + math.log(2)) / 3, rel=1e-5)
+    # Temperature divides the cosines: at 0.5 the 3x3 case's terms are those of s / 0.5.
+    loss, _ = clip.paraphrase_loss(a, b, group, group, text_a, text_b, temperature=0.5)
+    assert loss.item() == pytest.approx(((0 + math.log(3) + math.log(1 + math.exp(-2)))
+                                         + (2 * math.log(1 + math.exp(-2)) + math.log(2))) / 6, rel=1e-5)
+    with pytest.raises(AssertionError, match="same group"):
+        clip.paraphrase_loss(a, b, group, torch.tensor([1, 0, 0]), text_a, text_b, temperature=1.0)
+
+
+class StubEncoder:
+    """Fixed 2-d embeddings by caption, for hand-worked reports."""
+
+    def __init__(self, vectors):
+        self.vectors = vectors
+
+    def encode_cached(self, texts):
+        return torch.tensor([self.vectors[t] for t in texts])
+
+
+def test_paraphrase_report_hand_worked():
+    """Groups {x, y}, {x, z}, {w} (x in two groups), x = (1, 0), y = (.6, .8), z = (0, 1), w = (-1, 0).
+    Queries (w is alone: no paraphrase to find): x of {x,y} -> nearest other string y (.6 > 0 > -1),
+    in its group: hit; y -> z (.8): miss; x of {x,z} -> y: miss; z -> y (.8): miss. top1 = 1/4.
+    Pairs of distinct strings: paraphrases (x, y) .6 and (x, z) 0; the 7 others
+    -1, -.6, -1, 0, 0, .6, .8 (mean -1.2/7, median 0)."""
+    enc = StubEncoder({"x": [1, 0], "y": [.6, .8], "z": [0, 1], "w": [-1, 0]})
+    report = clip.paraphrase_report(enc, [["y", "x"], ["x", "z"], ["w"]])
+    assert report["top1"] == 0.25 and report["queries"] == 4 and report["captions"] == 5
+    assert report["paraphrase_cos_mean"] == pytest.approx(0.3) and report["paraphrase_cos_median"] == 0
+    assert report["other_cos_mean"] == pytest.approx(-1.2 / 7, abs=1e-4) and report["other_cos_median"] == 0
+    enc = StubEncoder({"a1": [1, 0], "a2": [.8, .6], "b1": [0, 1], "b2": [.6, .8]})
+    assert clip.paraphrase_report(enc, [["a1", "a2"], ["b1", "b2"]])["top1"] == 0.5  # a1 and b1 hit
+
+
+def test_pretraining_sees_text_only(clip_dir):
+    """The stand-in never sees motion (CLIP never did): pretrain_text takes captions only."""
+    assert list(inspect.signature(clip.pretrain_text).parameters) == [
+        "encoder", "groups", "steps", "batch_size", "lr", "temperature", "warmup", "seed", "log"]
+    enc = clip.TextEncoder.from_pretrained(clip_dir)
+    for bad in ([["a person walks", torch.zeros(3)], ["someone runs", "a man runs"]],  # a feature row
+                [torch.zeros(4, 263)],                                               # a motion
+                [np.array(["a person walks", "someone walks"])],                     # not a list of str
+                "a person walks"):
+        with pytest.raises(TypeError):
+            clip.pretrain_text(enc, bad, steps=1, batch_size=2, lr=1e-3, temperature=0.07)
+    with pytest.raises(TypeError, match="strings only"):
+        clip.TextEncoder.offline([["a person walks", torch.zeros(263)]], "unused", config=clip.ClipConfig(**SMALL))
+    with pytest.raises(ValueError, match="2 distinct captions"):
+        clip.pretrain_text(enc, [["a", "a"], ["b"]], steps=1, batch_size=2, lr=1e-3, temperature=0.07)
+    assert all(not p.requires_grad for p in enc.parameters())
+
+
+def test_pretrain_text_brings_paraphrases_together(clip_dir):
+    enc = clip.TextEncoder.from_pretrained(clip_dir)
+    groups = paraphrase_groups(30, seed=1)
+    before = clip.paraphrase_report(enc, groups)
+    logs = []
+    stats = clip.pretrain_text(enc, groups, steps=40, batch_size=16, lr=3e-3, temperature=0.1, warmup=4,
+                               seed=0, log=logs.append)
+    after = clip.paraphrase_report(enc, groups)
+    assert stats["steps"] == 40 and stats["groups"] == 30 and stats["captions"] == 90 and len(logs) == 5
+    assert stats["loss_last"] < stats["loss_first"]
+    assert after["top1"] > before["top1"] + 0.2
+    assert all(not p.requires_grad for p in enc.parameters())
+    c, _ = enc.encode(["a person walks"])
+    assert not c.requires_grad
+
+
+def test_text_encoder_save_pretrained_round_trip(clip_dir, tmp_path):
+    enc = clip.TextEncoder.from_pretrained(clip_dir)
+    loaded = clip.TextEncoder.from_pretrained(enc.save_pretrained(tmp_path / "saved"))
+    texts = ["a person walks forward", "someone jumps twice!"]
+    torch.testing.assert_close(loaded.encode(texts)[0], enc.encode(texts)[0])
+    assert isinstance(enc.model.get_input_embeddings(), clip.WordEmbeddings)  # the wrapper is back
+    enc.add_token("<*>", "walks")
+    with pytest.raises(ValueError, match="add_token"):
+        enc.save_pretrained(tmp_path / "with_added")
 
 
 def test_model_name_resolves_from_the_local_cache_only(clip_dir, tmp_path, monkeypatch):

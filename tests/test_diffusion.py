@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from diffusion import (Denoiser, DiffusionConfig, GaussianDiffusion, diffusion_loss,
                        timestep_embedding)
@@ -228,3 +229,106 @@ def test_ddim_sampling_is_repeatable_and_needs_eval_mode():
     den.train()
     with pytest.raises(AssertionError, match="eval"):
         diff.ddim_sample(den, c, c_uncond, (3, 2, 8), steps=5)
+
+
+# ----------------------------------------------------------------------------
+# MLD's text projection, time_cond, and MLD's released weights
+
+
+def test_text_projection_is_mlds_relu_then_linear_by_default():
+    torch.manual_seed(0)
+    mld = Denoiser(TINY, (1, 8), 16)
+    assert isinstance(mld.text_proj[0], nn.ReLU) and isinstance(mld.text_proj[1], nn.Linear)
+    assert "text_proj.1.weight" in mld.state_dict(), "MLD's emb_proj.1 keys"
+    c = torch.randn(4, 16)
+    torch.testing.assert_close(mld.text_proj(c), mld.text_proj[1](c.clamp(min=0)))
+    plain = Denoiser(DiffusionConfig(n_layers=3, n_heads=2, ff_dim=32, text_proj_relu=False), (1, 8), 16)
+    assert isinstance(plain.text_proj, nn.Linear) and "text_proj.weight" in plain.state_dict()
+    assert not torch.allclose(plain.text_proj(c), plain.text_proj(c.clamp(min=0))), "negative parts count"
+
+
+def test_time_cond_is_added_to_the_sinusoid_before_the_time_mlp():
+    torch.manual_seed(0)
+    den = tiny_denoiser().eval()
+    seen = []
+    den.time_mlp.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    z, t, c, w = torch.randn(2, 1, 8), torch.tensor([3, 500]), torch.randn(2, 16), torch.randn(2, 16)
+    with torch.no_grad():
+        plain, zero, cond = den(z, t, c), den(z, t, c, time_cond=torch.zeros(2, 16)), den(z, t, c, time_cond=w)
+    torch.testing.assert_close(zero, plain)
+    torch.testing.assert_close(seen[2], timestep_embedding(t, 16) + w)
+    assert not torch.allclose(cond, plain)
+
+
+def mld_denoiser_state_dict(d=256, text_dim=768, ff=1024, n_layers=9, pe_rows=500) -> dict[str, torch.Tensor]:
+    """A random state dict with the keys and shapes of MLD-1's MldDenoiser (mld_denoiser.py:
+    text condition, arch trans_enc, SKIP_CONNECT, PE type mld with learned `pe` (500, 1, d)),
+    written from MLD's module structure (TimestepEmbedding linear_1/linear_2, emb_proj =
+    Sequential(ReLU, Linear), query_pos, mem_pos, SkipTransformerEncoder), not from ours."""
+    layer = {"self_attn.in_proj_weight": (3 * d, d), "self_attn.in_proj_bias": (3 * d,),
+             "self_attn.out_proj.weight": (d, d), "self_attn.out_proj.bias": (d,),
+             "linear1.weight": (ff, d), "linear1.bias": (ff,), "linear2.weight": (d, ff), "linear2.bias": (d,),
+             "norm1.weight": (d,), "norm1.bias": (d,), "norm2.weight": (d,), "norm2.bias": (d,)}
+    side = (n_layers - 1) // 2
+    blocks = [f"input_blocks.{i}" for i in range(side)] + ["middle_block"] + [f"output_blocks.{i}" for i in range(side)]
+    shapes = {f"encoder.{b}.{k}": v for b in blocks for k, v in layer.items()}
+    for i in range(side):
+        shapes.update({f"encoder.linear_blocks.{i}.weight": (d, 2 * d), f"encoder.linear_blocks.{i}.bias": (d,)})
+    shapes.update({"encoder.norm.weight": (d,), "encoder.norm.bias": (d,),
+                   "time_embedding.linear_1.weight": (d, text_dim), "time_embedding.linear_1.bias": (d,),
+                   "time_embedding.linear_2.weight": (d, d), "time_embedding.linear_2.bias": (d,),
+                   "emb_proj.1.weight": (d, text_dim), "emb_proj.1.bias": (d,),
+                   "query_pos.pe": (pe_rows, 1, d), "mem_pos.pe": (pe_rows, 1, d)})
+    g = torch.Generator().manual_seed(0)
+    return {k: torch.randn(shape, generator=g) * 0.05 for k, shape in shapes.items()}
+
+
+def test_mld_denoiser_weights_load_strictly_and_land_in_place():
+    from diffusion import from_mld_state_dict
+    sd = mld_denoiser_state_dict()
+    cfg, latent_shape, text_dim, ours = from_mld_state_dict(sd, n_tokens=1)
+    assert (latent_shape, text_dim) == ((1, 256), 768)
+    assert (cfg.n_layers, cfg.n_heads, cfg.ff_dim, cfg.text_proj_relu) == (9, 4, 1024, True)
+    den = Denoiser(cfg, latent_shape, text_dim)
+    den.load_state_dict(ours, strict=True)
+    assert torch.equal(den.pos, sd["query_pos.pe"][:3, 0]), "tokens [z_t, time, text]"
+    assert torch.equal(den.time_mlp[0].weight, sd["time_embedding.linear_1.weight"])
+    assert torch.equal(den.time_mlp[2].bias, sd["time_embedding.linear_2.bias"])
+    assert torch.equal(den.text_proj[1].weight, sd["emb_proj.1.weight"])
+    assert torch.equal(den.encoder.output_blocks[3].linear2.weight, sd["encoder.output_blocks.3.linear2.weight"])
+
+
+def test_mld_denoiser_input_is_mlds_by_hand():
+    """MLD's forward builds xseq = cat(sample, time_emb, emb_proj(c)) + query_pos.pe[:n+2] with
+    time_emb = linear_2(silu(linear_1(sinusoid))), sinusoid = [cos | sin](t * 10000^(-i/(W/2)))
+    (Timesteps with flip_sin_to_cos, freq_shift 0), emb_proj = Linear(ReLU(c)). Computed here
+    from the MLD tensors (the sinusoid in numpy) and compared at the first block's input."""
+    from diffusion import from_mld_state_dict
+    sd = mld_denoiser_state_dict(d=32, text_dim=16, ff=64, n_layers=3, pe_rows=20)
+    cfg, latent_shape, text_dim, ours = from_mld_state_dict(sd, n_tokens=2, n_heads=2)
+    den = Denoiser(cfg, latent_shape, text_dim).eval()
+    den.load_state_dict(ours, strict=True)
+    seen = {}
+    den.encoder.input_blocks[0].register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    z, t, c = torch.randn(2, 2, 32), torch.tensor([0, 981]), torch.randn(2, 16)
+    with torch.no_grad():
+        den(z, t, c)
+    freqs = np.exp(-math.log(10000.0) * np.arange(8) / 8)
+    args = t.numpy()[:, None] * freqs[None, :]
+    sinusoid = torch.tensor(np.concatenate([np.cos(args), np.sin(args)], axis=1), dtype=torch.float32)  # (2, 16)
+    hidden = F.silu(sinusoid @ sd["time_embedding.linear_1.weight"].T + sd["time_embedding.linear_1.bias"])
+    time = hidden @ sd["time_embedding.linear_2.weight"].T + sd["time_embedding.linear_2.bias"]
+    text = c.clamp(min=0) @ sd["emb_proj.1.weight"].T + sd["emb_proj.1.bias"]
+    expected = torch.cat([z, time[:, None], text[:, None]], dim=1) + sd["query_pos.pe"][:4, 0]
+    torch.testing.assert_close(seen["x"], expected)
+
+
+def test_mld_denoiser_ablations_and_unknown_keys_are_refused():
+    from diffusion import from_mld_state_dict
+    sd = mld_denoiser_state_dict(d=32, text_dim=16, ff=64, n_layers=3, pe_rows=20)
+    with pytest.raises(ValueError, match="SKIP_CONNECT"):
+        from_mld_state_dict({**sd, "encoder.layers.0.linear1.weight": torch.zeros(64, 32)}, n_tokens=1)
+    with pytest.raises(ValueError, match="pose_embd"):
+        from_mld_state_dict({**sd, "pose_embd.weight": torch.zeros(32, 263)}, n_tokens=1)
+    with pytest.raises(ValueError, match="emb_proj"):
+        from_mld_state_dict({k: v for k, v in sd.items() if not k.startswith("emb_proj")}, n_tokens=1)

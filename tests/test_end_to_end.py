@@ -16,6 +16,7 @@ import train
 SMOKE = [
     "data.synthetic_motions=300",
     "text.num_layers=1", "text.hidden_size=32", "text.intermediate_size=64", "text.projection_dim=32",
+    "text.pretrain_steps=3", "text.pretrain_batch=8", "text.pretrain_warmup=1",
     "evaluator.word_dim=16", "evaluator.text_hidden=16", "evaluator.movement_hidden=16",
     "evaluator.movement_dim=16", "evaluator.motion_hidden=16", "evaluator.embed_dim=16",
     "vae.n_layers=1", "vae.latent_dim=16", "vae.ff_dim=32",
@@ -174,7 +175,7 @@ def test_data_from_your_own_joints(tmp_path, capsys):
     args = ["--stage", "data", "--from-joints", str(tmp_path / "mine"), "--data", str(tmp_path / "dataset"),
             "--out", str(tmp_path / "run"), "--device", "cpu",
             "--set", "text.num_layers=1", "--set", "text.hidden_size=32", "--set", "text.intermediate_size=64",
-            "--set", "text.projection_dim=32"]
+            "--set", "text.projection_dim=32", "--set", "text.pretrain_steps=2", "--set", "text.pretrain_batch=2"]
     assert train.main(args) == 0
     out = capsys.readouterr().out
     assert "[data] skipped nan: " in out and "kept 4 of" in out

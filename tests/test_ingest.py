@@ -1,6 +1,8 @@
-"""Tests for ingest.py: a folder of one's own joint clips and captions, some of them bad, becomes
-a dataset in the HumanML3D layout that data.MotionTextDataset reads."""
+"""Tests for ingest.py: prompt files (lengths in frames or seconds, bad lines named) and their
+output names; a folder of one's own joint clips and captions, some of them bad, becomes a
+dataset in the HumanML3D layout that data.MotionTextDataset reads."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,64 @@ import synthetic
 def motion(actions, seed=0):
     joints, names, params, bounds = synthetic.synthesize_motion(np.random.default_rng(seed), actions=actions)
     return joints
+
+# ----------------------------------------------------------------------------
+# Prompt files
+
+
+def test_read_prompts_lengths_in_frames_seconds_or_default(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("# a comment line\n"
+                    "a person walks forward#60\n"
+                    "\n"
+                    "a person jumps#3.5s\n"           # round(3.5 * 20) = 70
+                    "  someone waves # 2.26 s  \n"    # round(45.2) = 45
+                    "a person claps\n"                # the default length
+                    "a person kicks#.5s\n", encoding="utf-8")  # round(10.0) = 10
+    assert ingest.read_prompts(path, fps=20, min_len=10, max_len=196, default_length=120) == [
+        ("a person walks forward", 60), ("a person jumps", 70), ("someone waves", 45),
+        ("a person claps", 120), ("a person kicks", 10)]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("a person walks#30", "prompts.txt:2: 30 frames (1.5 s at 20 fps) is outside 40..196"),
+    ("a person walks#10s", "prompts.txt:2: 200 frames"),
+    ("#70", "prompts.txt:2: empty caption before the length '#70'"),  # not a comment
+    ("  # 3.5 s", "prompts.txt:2: empty caption"),
+    ("a person walks#3.5", "prompts.txt:2: expected a length after the last '#'"),
+    ("a person walks#fast", "prompts.txt:2: expected a length"),
+    ("a person walks#", "prompts.txt:2: expected a length"),
+])
+def test_read_prompts_refuses_bad_lines(tmp_path, line, message):
+    path = tmp_path / "prompts.txt"
+    path.write_text(f"a person jumps\n{line}\n")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ingest.read_prompts(path, 20, 40, 196, 60)
+
+
+def test_read_prompts_refuses_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="prompt file is missing"):
+        ingest.read_prompts(tmp_path / "absent.txt", 20, 40, 196, 60)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("une personne saute à droite\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.txt: not UTF-8 text"):
+        ingest.read_prompts(latin1, 20, 40, 196, 60)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n\n")
+    with pytest.raises(ValueError, match="empty.txt: no prompts"):
+        ingest.read_prompts(empty, 20, 40, 196, 60)
+
+
+def test_prompt_slug():
+    assert ingest.prompt_slug(3, "A person walks forward.") == "03_a_person_walks_forward"
+    assert ingest.prompt_slug(12, "Café: the man's  kick!") == "12_cafe_the_man_s_kick"
+    assert ingest.prompt_slug(0, "?!") == "00"
+    long = ingest.prompt_slug(7, "a person " * 20)
+    assert len(long) <= 60 and long.startswith("07_a_person_") and not long.endswith("_")
+    same = [ingest.prompt_slug(i, "a person walks") for i in (1, 10, 100)]
+    assert len(set(same)) == 3
+    assert all(re.fullmatch(r"[a-z0-9_]+", s) for s in same + [long])
+
 
 # ----------------------------------------------------------------------------
 # build_from_joints: one's own clips into the layout

@@ -192,3 +192,100 @@ def test_position_init_and_norm_first_options():
     assert out.shape == (2, 16, D) and out[0, 10:].abs().max() == 0
     with pytest.raises(ValueError, match="position_init"):
         MotionVAE(tiny_cfg(position_init="fourier"), D)
+
+
+# ----------------------------------------------------------------------------
+# MLD's released weights
+
+
+def mld_layer_shapes(d: int, ff: int, cross: bool) -> dict[str, tuple]:
+    """Parameter shapes of one MLD TransformerEncoderLayer / TransformerDecoderLayer
+    (mld/models/operator/cross_attention.py): nn.MultiheadAttention self_attn (and
+    multihead_attn), linear1, linear2, norm1, norm2 (and norm3)."""
+    attn = {"in_proj_weight": (3 * d, d), "in_proj_bias": (3 * d,), "out_proj.weight": (d, d), "out_proj.bias": (d,)}
+    shapes = {f"self_attn.{k}": v for k, v in attn.items()}
+    if cross:
+        shapes.update({f"multihead_attn.{k}": v for k, v in attn.items()})
+    shapes.update({"linear1.weight": (ff, d), "linear1.bias": (ff,), "linear2.weight": (d, ff), "linear2.bias": (d,)})
+    for norm in ("norm1", "norm2", "norm3") if cross else ("norm1", "norm2"):
+        shapes.update({f"{norm}.weight": (d,), f"{norm}.bias": (d,)})
+    return shapes
+
+
+def mld_skip_stack_shapes(prefix: str, n_layers: int, d: int, ff: int, cross: bool) -> dict[str, tuple]:
+    """MLD's SkipTransformerEncoder / SkipTransformerDecoder: input_blocks.i, middle_block,
+    output_blocks.i, linear_blocks.i = Linear(2d -> d), norm = LayerNorm(d)."""
+    layer = mld_layer_shapes(d, ff, cross)
+    blocks = ([f"input_blocks.{i}" for i in range((n_layers - 1) // 2)] + ["middle_block"]
+              + [f"output_blocks.{i}" for i in range((n_layers - 1) // 2)])
+    shapes = {f"{prefix}.{b}.{k}": v for b in blocks for k, v in layer.items()}
+    for i in range((n_layers - 1) // 2):
+        shapes.update({f"{prefix}.linear_blocks.{i}.weight": (d, 2 * d), f"{prefix}.linear_blocks.{i}.bias": (d,)})
+    shapes.update({f"{prefix}.norm.weight": (d,), f"{prefix}.norm.bias": (d,)})
+    return shapes
+
+
+def mld_vae_state_dict(nfeats=263, n=1, d=256, ff=1024, n_layers=9, pe_rows=500) -> dict[str, torch.Tensor]:
+    """A random state dict with the keys and shapes of MLD-1's MldVae (mld_vae.py, arch
+    encoder_decoder, PE type mld with position_embedding learned: PositionEmbeddingLearned1D's
+    `pe` is (500, 1, d)), written from MLD's module structure, not from ours."""
+    shapes = {"query_pos_encoder.pe": (pe_rows, 1, d), "query_pos_decoder.pe": (pe_rows, 1, d),
+              **mld_skip_stack_shapes("encoder", n_layers, d, ff, cross=False),
+              **mld_skip_stack_shapes("decoder", n_layers, d, ff, cross=True),
+              "global_motion_token": (2 * n, d),
+              "skel_embedding.weight": (d, nfeats), "skel_embedding.bias": (d,),
+              "final_layer.weight": (nfeats, d), "final_layer.bias": (nfeats,)}
+    g = torch.Generator().manual_seed(0)
+    return {k: torch.randn(shape, generator=g) * 0.05 for k, shape in shapes.items()}
+
+
+def test_mld_vae_weights_load_strictly_and_land_in_place():
+    from vae import from_mld_state_dict
+    sd = mld_vae_state_dict()
+    cfg, feat_dim, ours = from_mld_state_dict(sd)
+    assert feat_dim == 263
+    assert (cfg.n_tokens, cfg.latent_dim, cfg.n_layers, cfg.n_heads, cfg.ff_dim, cfg.max_len) == (1, 256, 9, 4, 1024, 196)
+    vae = MotionVAE(cfg, feat_dim)
+    vae.load_state_dict(ours, strict=True)
+    assert torch.equal(vae.dist_tokens, sd["global_motion_token"])
+    assert torch.equal(vae.enc_pos, sd["query_pos_encoder.pe"][:198, 0]), "max_len + 2 tokens of positions"
+    assert torch.equal(vae.dec_pos, sd["query_pos_decoder.pe"][:196, 0])
+    assert torch.equal(vae.decoder.output_blocks[3].multihead_attn.in_proj_weight,
+                       sd["decoder.output_blocks.3.multihead_attn.in_proj_weight"])
+    assert torch.equal(vae.encoder.linear_blocks[0].weight, sd["encoder.linear_blocks.0.weight"])
+
+
+def test_mld_vae_inputs_are_mlds_by_hand():
+    """MLD's encode: xseq = cat(global_motion_token, skel_embedding(x)) + pe[:2n+T] (sequence
+    first); its decode: queries = zeros + pe_dec[:T]. Both are checked at the first block's input
+    against that computation from the MLD tensors."""
+    from vae import from_mld_state_dict
+    sd = mld_vae_state_dict(n=2, d=32, ff=64, n_layers=3, pe_rows=60)
+    cfg, feat_dim, ours = from_mld_state_dict(sd, max_len=40, n_heads=2)
+    vae = MotionVAE(cfg, feat_dim).eval()
+    vae.load_state_dict(ours, strict=True)
+    seen = {}
+    vae.encoder.input_blocks[0].register_forward_pre_hook(lambda m, args: seen.update(enc=args[0]))
+    vae.decoder.input_blocks[0].register_forward_pre_hook(lambda m, args: seen.update(dec=args[0]))
+    T = 7
+    motion = torch.randn(2, T, 263)
+    with torch.no_grad():
+        z, _, _ = vae.encode(motion, torch.tensor([7, 5]), sample=False)
+        vae.decode(z, torch.tensor([7, 5]))
+    frames = motion @ sd["skel_embedding.weight"].T + sd["skel_embedding.bias"]         # (2, T, 32)
+    tokens = torch.cat([sd["global_motion_token"].expand(2, 4, 32), frames], dim=1)      # (2, 4+T, 32)
+    torch.testing.assert_close(seen["enc"], tokens + sd["query_pos_encoder.pe"][: 4 + T, 0])
+    torch.testing.assert_close(seen["dec"], sd["query_pos_decoder.pe"][:T, 0].expand(2, T, 32))
+
+
+def test_mld_vae_ablations_and_short_tables_are_refused():
+    from vae import from_mld_state_dict
+    small = dict(d=32, ff=64, n_layers=3, pe_rows=60)
+    sd = mld_vae_state_dict(**small)
+    with pytest.raises(ValueError, match="MLP_DIST"):
+        from_mld_state_dict({**sd, "dist_layer.weight": torch.zeros(64, 32)}, max_len=40)
+    no_cross = {k: v for k, v in sd.items() if "multihead_attn" not in k and "norm3" not in k}
+    with pytest.raises(ValueError, match="all_encoder"):
+        from_mld_state_dict(no_cross, max_len=40)
+    with pytest.raises(ValueError, match="query_pos_encoder.pe"):
+        from_mld_state_dict(sd, max_len=59)  # 59 frames + 2 tokens > 60 rows
