@@ -408,6 +408,7 @@ def embedder_loss_fn(model: TextMotionEmbedder, tokenizer, temperature: float, d
 # ---------------------------------------------------------------------------------------
 # Evaluation driver (Guo et al.'s protocol)
 
+MM_PAIRS = 10  # MModality: pairs of generations compared per text (Guo et al.'s d = 10)
 METRICS = ("FID", "R-precision top-1", "R-precision top-2", "R-precision top-3", "MMdist", "Diversity", "MModality")
 
 
@@ -467,7 +468,7 @@ def _multimodality_embeddings(generate_fn, dataset, evaluator, num_texts: int, n
 
 
 def evaluate(generate_fn, dataset, evaluator, tokenizer, replications: int, batch_size: int = 32,
-             mm_num_texts: int = 100, mm_num_gens: int = 30, mm_times: int = 10, diversity_times: int = 300,
+             mm_num_texts: int = 100, mm_num_gens: int = 30, mm_times: int = MM_PAIRS, diversity_times: int = 300,
              seed: int = 0, collate_fn=None, log=print) -> dict[str, tuple[float, float]]:
     """Every metric over R replications: {metric: (mean, 1.96 std / sqrt(R))}.
 

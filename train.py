@@ -28,6 +28,7 @@ This file stays importable: nothing runs at import time, so tests call `main([..
 """
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -233,6 +234,42 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, object]) -> RunConfig:
     return cfg
 
 
+# Allowed ranges of the numeric fields, by field name (any section); every other int must be >= 1
+# (sizes, counts, steps), every other float > 0 (rates, scales, temperatures).
+AT_LEAST_ZERO = {"seed", "threads", "synthetic_seed", "steps_offset", "mm_num_texts", "styles",
+                 "pretrain_steps", "pretrain_warmup", "lambda_kl", "lambda_align", "lambda_rec", "lambda_var",
+                 "lambda_atm", "prior_lambda", "lambda_word", "lambda_sent", "vq_commit", "vq_velocity",
+                 "vq_reset_below", "huber_c", "w_min", "w_max", "guidance_scale", "label_smoothing"}
+FRACTIONS = {"dropout", "cond_drop", "eta", "vq_ema", "ema_decay", "eps", "gamma", "label_smoothing"}  # [0, 1]
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Every numeric field in its range and the fields that constrain each other, before any work:
+    a ValueError names `section.field` and the allowed range."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            value, key = getattr(values, f.name), f"{section.name}.{f.name}"
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if f.name in FRACTIONS and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{key}={value}: must lie in [0, 1]")
+            if f.name in AT_LEAST_ZERO and not value >= 0:
+                raise ValueError(f"{key}={value}: must be >= 0")
+            if f.name not in FRACTIONS | AT_LEAST_ZERO and not (value >= 1 if isinstance(value, int) else value > 0):
+                raise ValueError(f"{key}={value}: must be {'>= 1' if isinstance(value, int) else '> 0'}")
+    pairs = [("data.min_len", cfg.data.min_len, "data.max_len", cfg.data.max_len),
+             ("diffusion.beta_start", cfg.diffusion.beta_start, "diffusion.beta_end", cfg.diffusion.beta_end),
+             ("lcm.w_min", cfg.lcm.w_min, "lcm.w_max", cfg.lcm.w_max),
+             ("lcm.sample_steps", cfg.lcm.sample_steps, "lcm.num_ddim_timesteps", cfg.lcm.num_ddim_timesteps)]
+    if cfg.eval.mm_num_texts > 0:  # MModality draws its pairs without replacement
+        pairs.append(("MModality's pairs", metrics.MM_PAIRS, "eval.mm_num_gens", cfg.eval.mm_num_gens))
+    for low_key, low, high_key, high in pairs:
+        if low > high:
+            raise ValueError(f"{high_key}={high}: must be >= {low_key} ({low})")
+    return cfg
+
+
 def build_config(preset: str, sets: list[str]) -> RunConfig:
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r}: choose one of {sorted(PRESETS)}")
@@ -243,7 +280,7 @@ def build_config(preset: str, sets: list[str]) -> RunConfig:
         if not eq:
             raise ValueError(f"--set {item!r}: expected section.field=value")
         overrides[key.strip()] = value.strip()
-    return apply_overrides(cfg, overrides)
+    return validate(apply_overrides(cfg, overrides))
 
 
 # ----------------------------------------------------------------------------
@@ -261,12 +298,39 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path, stage: str) -> dict:
-    """Load a checkpoint written by `--stage stage`; a missing file names the stage to run."""
+    """Load a checkpoint written by `--stage stage` (weights only: nothing in it can run code). A
+    missing file names the stage to run; an unreadable one says what is wrong and which stage
+    rewrites it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `python train.py --stage {stage}` first "
                                 f"(with the same --out)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    rewrite = f"`python train.py --stage {stage}` (without --resume) rewrites it"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's zip reader, unpickler, EOF and allow-list refusals
+        reason = ("it holds Python objects a checkpoint of this project never holds (refused: loading "
+                  "them could run code)" if "Weights only load failed" in str(err)
+                  else f"{type(err).__name__}: {(str(err).strip().splitlines() or ['empty file'])[0][:120]}")
+        raise ValueError(f"{path}: not a readable checkpoint ({reason}); {rewrite}") from None
+    if not isinstance(state, dict) or not {"model", "step", "done"} <= set(state):
+        raise ValueError(f"{path}: not a checkpoint of this project (no model, step, done); {rewrite}")
+    return state
+
+
+def fingerprint(run: "Run", path: Path) -> str:
+    """sha256 of a checkpoint file or a folder's files (first 16 hex digits), cached per process
+    by size and modification time: what a later checkpoint records it was trained on."""
+    path = Path(path)
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    known = run.cache.setdefault("fingerprints", {})  # (path, sizes and times) -> digest
+    key = (str(path), tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key not in known:
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.read_bytes())
+        known[key] = digest.hexdigest()[:16]
+    return known[key]
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -276,14 +340,19 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu."""
+    """`auto` picks cuda, then mps, then cpu; a device this machine lacks is an error naming those it has."""
+    available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
+        ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+        return torch.device("cuda" if "cuda" in available else "mps" if "mps" in available else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: not a device name; this machine has {', '.join(available)}") from None
+    if device.type not in available or (device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"--device {name}: not available here; this machine has {', '.join(available)}"
+                         + (" (this torch is a CPU build)" if torch.version.cuda is None else ""))
+    return device
 
 
 # ----------------------------------------------------------------------------
@@ -301,6 +370,7 @@ class Run:
     resume: bool
     args: argparse.Namespace
     cache: dict = field(default_factory=dict)  # models loaded once per process (text encoder)
+    loaded: dict = field(default_factory=dict)  # file -> fingerprint of what this stage loaded
 
 
 def dataset_root(run: Run) -> Path:
@@ -372,6 +442,8 @@ def training_latents(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
     same file (`--stage all` would otherwise encode the same motions three times)."""
     path = run.out / "vae.pt"
     key = (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
+    if key is not None:
+        run.loaded["vae.pt"] = fingerprint(run, path)
     if key is None or run.cache.get("latents", (None,))[0] != key:
         # the data first, then the VAE: each missing prerequisite is named by its own error
         train, motion_vae = open_split(run, "train"), load_model(run, "vae")
@@ -408,33 +480,42 @@ def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sc
         meta: dict, after_step=None) -> dict:
     """Minimise `loss_fn(batch) -> (loss, parts)` over `sched.steps` batches of `stream`.
 
-    Writes run.out/NAME.pt = {model, optimizer, config, meta, step, done} (config: the model's
-    dataclass, meta: what else its constructor needs) every ckpt_every steps
-    and at the end; `--resume` continues from it. A non-finite loss stops the stage and keeps
-    the last good checkpoint. `after_step()` runs after each update (MotionLCM's EMA). Returns
-    the final running averages of the loss parts.
+    Writes run.out/NAME.pt = {model, optimizer, config, meta, step, done, running, rng} (config:
+    the model's dataclass; meta: what else its constructor needs, and `trained_on`, the
+    fingerprints of the checkpoints this stage loaded) at least four times and at the end.
+    `--resume` continues from it to the same weights as an uninterrupted run: the stream is
+    replayed to its position (the streams are seeded) and the RNG that drives noise and dropout
+    restored. Without --resume an existing NAME.pt is kept as NAME.prev.pt until the new one is
+    done. A non-finite loss stops the stage and keeps the last good checkpoint. `after_step()`
+    runs after each update (MotionLCM's EMA). Returns the final running averages of the loss parts.
     """
-    path = run.out / f"{name}.pt"
+    path, previous = run.out / f"{name}.pt", run.out / f"{name}.prev.pt"
     optimizer = torch.optim.AdamW(_trainable(model), lr=sched.lr)
-    step = 0
-    if path.exists():
-        state = load_checkpoint(path, name)
-        if run.resume:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            step = state["step"]
-            print(f"[{name}] resuming from {path} at step {step}/{sched.steps}")
-        elif not state.get("done"):
-            print(f"[{name}] note: {path} holds an interrupted run (step {state['step']}); "
-                  f"starting over (pass --resume to continue it)")
+    step, running = 0, {}
+    if run.resume and path.exists():
+        state = load_checkpoint(path, WRITTEN_BY.get(name, name.split("_")[0]))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, running = state["step"], state.get("running", {})
+        print(f"[{name}] resuming from {path} at step {step}/{sched.steps}")
+        for _ in range(step if step < sched.steps else 0):  # the stream back where it was
+            next(stream)
+        if "rng" in state:  # (checkpoints of older versions resume, but not bit for bit)
+            torch.set_rng_state(state["rng"])
+    elif path.exists():
+        os.replace(path, previous)
+        print(f"[{name}] retraining from scratch; the existing checkpoint is kept as {previous} until "
+              f"the new one is done (pass --resume to continue an interrupted run instead)")
+    meta = {**meta, "trained_on": dict(run.loaded)}
+    every = max(1, min(sched.ckpt_every, sched.steps // 4))
 
     def checkpoint(done: bool):
         save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "config": dataclasses.asdict(config), "meta": meta,
-                               "step": step, "done": done})
+                               "config": dataclasses.asdict(config), "meta": meta, "step": step,
+                               "done": done, "running": running, "rng": torch.get_rng_state()})
 
     model.train()
-    running, start, start_step = {}, time.time(), step
+    start, start_step = time.time(), step
     while step < sched.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(sched, step)
@@ -458,9 +539,10 @@ def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sc
             print(f"[{name}] step {step}/{sched.steps} "
                   + " ".join(f"{k} {v:.4f}" for k, v in running.items())
                   + f" | {rate:.1f} it/s, {eta:.0f} s left", flush=True)
-        if step % sched.ckpt_every == 0 and step < sched.steps:
+        if step % every == 0 and step < sched.steps:
             checkpoint(done=False)
     checkpoint(done=True)
+    previous.unlink(missing_ok=True)
     model.eval()
     return {k: round(v, 5) for k, v in running.items()}
 
@@ -487,13 +569,20 @@ WRITTEN_BY = {"alignment": "evaluator", "lamp_vq": "lamp", "diffusion_atm": "atm
 
 
 def finished(run: Run, name: str) -> dict:
-    """run.out/NAME.pt of a finished stage; a missing or interrupted one names the stage to run."""
+    """run.out/NAME.pt of a finished stage; a missing or interrupted one names the stage to run.
+    A checkpoint trained on another version of a file it depends on (a retrained vae.pt, say)
+    is used with a warning naming the stage to rerun."""
     stage = WRITTEN_BY.get(name, name.split("_")[0])
-    state = load_checkpoint(run.out / f"{name}.pt", stage)
+    path = run.out / f"{name}.pt"
+    state = load_checkpoint(path, stage)
     if not state.get("done"):
-        raise FileNotFoundError(f"{run.out / (name + '.pt')} is an interrupted run (step "
-                                f"{state['step']}): finish it with `python train.py --stage "
-                                f"{stage} --resume`")
+        raise FileNotFoundError(f"{path} is an interrupted run (step {state['step']}): finish it "
+                                f"with `python train.py --stage {stage} --resume`")
+    for file, recorded in state["meta"].get("trained_on", {}).items():
+        if (run.out / file).exists() and fingerprint(run, run.out / file) != recorded:
+            print(f"[provenance] warning: {path} was trained on another {run.out / file} than the one "
+                  f"there now; rerun `python train.py --stage {stage}` to train it on this one")
+    run.loaded[f"{name}.pt"] = fingerprint(run, path)
     return state
 
 
@@ -522,6 +611,8 @@ def clip_text_encoder(run: Run, mate: bool = False) -> TextEncoder:
             print(f"[clip] offline text encoder from {source} (not real CLIP; --clip NAME_OR_DIR "
                   f"loads real weights)")
         run.cache[key] = encoder.to(run.device)
+    if not run.clip:
+        run.loaded["text_encoder"] = fingerprint(run, source)
     return run.cache[key]
 
 
@@ -569,11 +660,28 @@ def eval_labels(run: Run) -> tuple[str, str, str]:
             title + ("; LaMP text condition (LaMP Sec. 3.2)" if run.args.text_encoder == "lamp" else ""), space)
 
 
-def record_name(run: Run, stage: str) -> str:
-    """Name of a stage's STAGE.json: `diffusion_lamp` with --text-encoder lamp (the stages whose
-    models read the condition), `eval_lamp_evaluator` with --evaluator lamp: none overwrites another."""
+def record_path(run: Run, stage: str) -> Path:
+    """A stage's STAGE.json: `diffusion_lamp.json` with --text-encoder lamp (the stages whose models
+    read the condition), `eval_lamp_evaluator.json` with --evaluator lamp; a single call with the
+    user's inputs writes its own (samples/RUN_ID/sample.json, inversion_WORD.json), so none
+    overwrites the full run's records."""
+    if stage == "sample" and (run.args.text or run.args.prompts):
+        return user_folder(run) / "sample.json"
+    if stage == "inversion" and run.args.motion:
+        return run.out / f"inversion_{run.args.word}.json"
     name = conditioned(run, stage) if stage in ("diffusion", "projector", "atm", "eval", "sample") else stage
-    return name + ("_lamp_evaluator" if stage == "eval" and run.args.evaluator == "lamp" else "")
+    return run.out / f"{name}{'_lamp_evaluator' if stage == 'eval' and run.args.evaluator == 'lamp' else ''}.json"
+
+
+def user_folder(run: Run) -> Path:
+    """samples/RUN_ID/ for the motions of one `--stage sample` call with the user's prompts
+    (RUN_ID: the time it started, with -2, -3, ... for calls within the same second)."""
+    if "run_id" not in run.cache:
+        base, stamp, k = run.out / conditioned(run, "samples"), time.strftime("%Y%m%d-%H%M%S"), 1
+        while (base / (stamp + (f"-{k}" if k > 1 else ""))).exists():
+            k += 1
+        run.cache["run_id"] = base / (stamp + (f"-{k}" if k > 1 else ""))
+    return run.cache["run_id"]
 
 
 # ----------------------------------------------------------------------------
@@ -975,7 +1083,8 @@ def stage_sample(run: Run) -> dict:
     if args.sampler == "lcm":
         pipe = lcm.LCMPipeline(pipe, load_lcm(run), args.steps)
     realigner = None if args.no_realign else load_projector(run)
-    folder, animations, written = run.out / conditioned(run, "samples"), render.animation_kinds(), []
+    folder = user_folder(run) if args.text or args.prompts else run.out / conditioned(run, "samples")
+    animations, written = render.animation_kinds(), []
     for i, (text, frames) in enumerate(prompts):
         torch.manual_seed(run.cfg.run.seed + i)
         motion = pipe.generate([text] * args.num, torch.full((args.num,), frames), realigner).cpu()  # (N, T, D)
@@ -1093,12 +1202,13 @@ def run_stage(run: Run, stage: str) -> dict:
     for key, dataset in run.cache.items():
         if key.startswith("split:"):
             dataset.reseed(run.cfg.run.seed)
-    start = time.time()
+    start, run.loaded = time.time(), {}
     figures = STAGE_FUNCTIONS[stage](run) or {}
     figures["wall_time_s"] = round(time.time() - start, 2)
-    run.out.mkdir(parents=True, exist_ok=True)
-    write_json(run.out / f"{record_name(run, stage)}.json", figures)
-    print(f"[{stage}] done in {figures['wall_time_s']:.1f} s -> {run.out / (record_name(run, stage) + '.json')}")
+    path = record_path(run, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, figures)
+    print(f"[{stage}] done in {figures['wall_time_s']:.1f} s -> {path}")
     return figures
 
 
@@ -1165,18 +1275,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = build_config(args.preset, args.sets)
+        cfg, device = build_config(args.preset, args.sets), pick_device(args.device)
+        if args.num < 1:
+            raise ValueError(f"--num {args.num}: motions per prompt must be >= 1")
+        if any(not text.strip() for text in args.text):
+            raise ValueError("--text '': an empty prompt would sample unconditionally (MLD's null "
+                             "condition is the empty string); give a caption")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     run = Run(cfg=cfg, out=args.out, data_root=args.data or args.synthetic_dir,
-              synthetic=args.data is None, device=pick_device(args.device), clip=args.clip,
-              resume=args.resume, args=args)
+              synthetic=args.data is None, device=device, clip=args.clip, resume=args.resume, args=args)
     stages = ALL_ORDER if args.stage == "all" else [args.stage]
     for stage in stages:
-        if args.stage == "all" and args.resume and (run.out / f"{record_name(run, stage)}.json").exists():
+        if args.stage == "all" and args.resume and record_path(run, stage).exists():
             print(f"[{stage}] already finished in {run.out}, skipped (--resume)")
             continue
         try:

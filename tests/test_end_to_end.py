@@ -95,7 +95,7 @@ def test_results_table_has_the_papers_rows(smoke_run):
 
 
 def test_samples_are_written_as_features_joints_and_gifs(smoke_run):
-    files = sorted((smoke_run / "run" / "samples").iterdir())
+    files = sorted(f for f in (smoke_run / "run" / "samples").iterdir() if f.is_file())
     assert list((smoke_run / "run" / "tokens").glob("*_lead.pt")), "inversion saves its style words"
     joints = [f for f in files if f.name.endswith("_joints.npy")]
     assert len(joints) == len(train.DEFAULT_PROMPTS)
@@ -118,8 +118,14 @@ def test_sample_without_realignment(smoke_run):
     code = train.main(["--stage", "sample", "--no-realign", "--text", "a person jumps", "--num", "2",
                        "--length", "60", *smoke_args(smoke_run)])
     assert code == 0
-    out = smoke_run / "run" / "samples"
+    out = latest_user_samples(smoke_run)
     assert np.load(out / "00_a_person_jumps_1_joints.npy").shape == (60, 22, 3)
+    assert json.loads((out / "sample.json").read_text())["realigned"] is False  # its own record
+
+
+def latest_user_samples(smoke_run):
+    """samples/RUN_ID/ of the last --stage sample call with the user's prompts."""
+    return max((p for p in (smoke_run / "run" / "samples").iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime_ns)
 
 
 def test_missing_checkpoint_names_the_stage(smoke_run, tmp_path, capsys):
@@ -157,7 +163,7 @@ def test_sample_from_a_prompt_file_with_bvh_and_few_steps(smoke_run, tmp_path, c
     prompts.write_text("a person walks forward#64\n\na person jumps#3s\n")
     assert train.main(["--stage", "sample", "--prompts", str(prompts), "--bvh", "--sampler", "lcm",
                        "--steps", "2", *smoke_args(smoke_run)]) == 0
-    out = smoke_run / "run" / "samples"
+    out = latest_user_samples(smoke_run)
     assert np.load(out / "00_a_person_walks_forward_0_joints.npy").shape == (64, 22, 3)
     assert np.load(out / "01_a_person_jumps_0_joints.npy").shape == (60, 22, 3)  # 3 s at 20 fps
     text = (out / "00_a_person_walks_forward_0.bvh").read_text()

@@ -38,7 +38,8 @@ def test_presets_only_name_existing_fields():
 
 def test_checkpoint_is_atomic_and_safe(tmp_path):
     path = tmp_path / "x.pt"
-    train.save_checkpoint(path, {"model": {"w": torch.ones(2)}, "config": {"a": 1, "t": (1, 2)}, "step": 3})
+    train.save_checkpoint(path, {"model": {"w": torch.ones(2)}, "config": {"a": 1, "t": (1, 2)}, "step": 3,
+                                 "done": True})
     assert not list(tmp_path.glob("*.tmp"))
     state = train.load_checkpoint(path, "vae")
     assert state["step"] == 3 and torch.equal(state["model"]["w"], torch.ones(2))
@@ -52,7 +53,7 @@ class ToyConfig:
 
 
 def _toy_run(tmp_path, resume: bool):
-    return types.SimpleNamespace(out=tmp_path, resume=resume, device=torch.device("cpu"))
+    return types.SimpleNamespace(out=tmp_path, resume=resume, device=torch.device("cpu"), loaded={})
 
 
 def _toy_stream():
@@ -176,7 +177,8 @@ def test_training_latents_are_encoded_once_per_vae_checkpoint(tmp_path, monkeypa
     monkeypatch.setattr(train, "open_split", lambda run, name: split)
     monkeypatch.setattr(train.vae, "encode_dataset",
                         lambda model, dataset, device: calls.append(model) or (torch.zeros(3, 1, 2), torch.ones(3, 1, 2)))
-    run = types.SimpleNamespace(out=tmp_path, cache={}, device="cpu", cfg=train.build_config("tiny", ["run.seed=7"]))
+    run = types.SimpleNamespace(out=tmp_path, cache={}, loaded={}, device="cpu",
+                                cfg=train.build_config("tiny", ["run.seed=7"]))
     (tmp_path / "vae.pt").write_bytes(b"first")
     first = train.training_latents(run)
     assert train.training_latents(run) is first and len(calls) == 1 and split.reseeds == [7]

@@ -1,0 +1,111 @@
+"""Benchmark: MotionLCM's 1-, 2- and 4-step sampling against 50-step guided DDIM, same denoiser.
+
+    python bench/bench_lcm.py [--repeats 5] [--run runs/default]
+
+MotionLCM's target: one-step sampling of 32 motions at least 20x faster than 50-step guided DDIM
+on the same denoiser size (the README's figure for the latter: 0.82 s for 32 motions). With
+the tiny preset's sizes (train.build_config("tiny", [])) and random weights (the speed does not
+depend on them), one torch thread, this times generating 32 motions of 120 frames with the VAE
+decode included: guided DDIM as projector.generate runs it (MLD, no realigner: per step one
+denoiser pass over the conditional and unconditional batch of 64) and lcm.generate_lcm at 1, 2
+and 4 steps (per step one pass over 32, the guidance scale an input); each figure is the median
+of `--repeats` calls after one warm-up. Also printed: the VAE decode alone, which every sampler
+pays once and which therefore bounds the ratio from above.
+
+--run DIR loads DIR's vae.pt and diffusion.pt (and lcm.pt if the `lcm` stage has run; else the
+student is a copy of the denoiser, as lcm.ConsistencyDenoiser.from_teacher makes it).
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import diffusion  # noqa: E402
+import lcm  # noqa: E402
+import projector  # noqa: E402
+import train  # noqa: E402
+import vae  # noqa: E402
+
+FEAT_DIM = 263      # HumanML3D features (the synthetic dataset's too)
+N_MOTIONS = 32
+FRAMES = 120
+LCM_STEPS = (1, 2, 4)
+TARGET = 20.0       # the issue's speed-up target for one step
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """fn() once to warm up, then the median wall time of `repeats` calls."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def random_models(cfg):
+    """-> (VAE, denoiser, student) at the preset's sizes with random weights, in eval mode."""
+    latent_shape = (cfg.vae.n_tokens, cfg.vae.latent_dim)
+    motion_vae = vae.MotionVAE(cfg.vae, FEAT_DIM)
+    denoiser = diffusion.Denoiser(cfg.diffusion, latent_shape, cfg.text.projection_dim)
+    student = lcm.ConsistencyDenoiser.from_teacher(denoiser, cfg.lcm)
+    return [m.eval().requires_grad_(False) for m in (motion_vae, denoiser, student)]
+
+
+def trained_models(cfg, out: Path):
+    """-> (VAE, denoiser, student) from a run folder's checkpoints, on the CPU."""
+    run = train.Run(cfg=cfg, out=out, data_root=Path("data/synthetic"), synthetic=True,
+                    device=torch.device("cpu"), clip=None, resume=False,
+                    args=argparse.Namespace(ablations=False, text_encoder="clip", evaluator="evaluator"))
+    motion_vae, denoiser = train.load_model(run, "vae"), train.load_denoiser(run)
+    if (out / "lcm.pt").exists():
+        student = train.load_lcm(run)
+    else:
+        print(f"note: {out / 'lcm.pt'} not found: the student is a copy of the denoiser")
+        student = lcm.ConsistencyDenoiser.from_teacher(denoiser, cfg.lcm).eval().requires_grad_(False)
+    return motion_vae, denoiser, student
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per sampler (median)")
+    p.add_argument("--run", type=Path, help="a run folder of the tiny preset (default: random weights)")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        raise ValueError("--repeats must be at least 1")
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = train.build_config("tiny", [])
+    motion_vae, denoiser, student = trained_models(cfg, args.run) if args.run else random_models(cfg)
+    schedule = diffusion.GaussianDiffusion(denoiser.cfg)
+    c = torch.randn(N_MOTIONS, denoiser.text_dim)                                 # (B, W)
+    c_uncond = torch.randn(denoiser.text_dim)                                     # tau("")
+    lengths = torch.full((N_MOTIONS,), FRAMES)                                    # (B,)
+    z = torch.randn(N_MOTIONS, *motion_vae.latent_shape)                          # (B, n, d)
+
+    print(f"{'trained weights from ' + str(args.run) if args.run else 'random weights'}, tiny preset: "
+          f"latent {tuple(motion_vae.latent_shape)}, denoiser {denoiser.cfg.n_layers} layers "
+          f"(ff {denoiser.cfg.ff_dim}), text width {denoiser.text_dim}; {N_MOTIONS} motions of "
+          f"{FRAMES} frames, 1 thread, median of {args.repeats}")
+    decode = median_seconds(lambda: motion_vae.decode(z, lengths), args.repeats)
+    ddim = median_seconds(lambda: projector.generate(motion_vae, denoiser, schedule, c, c_uncond, lengths),
+                          args.repeats)
+    lcm_seconds = {n: median_seconds(lambda: lcm.generate_lcm(motion_vae, student, schedule, c, lengths, steps=n),
+                                     args.repeats) for n in LCM_STEPS}
+    print(f"  VAE decode alone:         {decode:.3f} s")
+    print(f"  guided DDIM, {schedule.cfg.sample_steps} steps:    {ddim:.3f} s   (README: 0.82 s)")
+    for n, seconds in lcm_seconds.items():
+        print(f"  MotionLCM, {n} step{'s' if n > 1 else ' '}:        {seconds:.3f} s   DDIM / LCM {ddim / seconds:5.1f}x")
+    one = lcm_seconds[1]
+    print(f"  one step: {ddim / one:.1f}x faster (target >= {TARGET:.0f}x: {'met' if ddim / one >= TARGET else 'missed'}); "
+          f"without the decode both pay, {(ddim - decode) / max(one - decode, 1e-9):.1f}x; "
+          f"the decode alone caps the ratio at {ddim / decode:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
