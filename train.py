@@ -27,6 +27,7 @@ section.field=value` overrides single fields, type-checked, unknown keys rejecte
 This file stays importable: nothing runs at import time, so tests call `main([...])`.
 """
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 import atm_losses
 import clip
@@ -103,6 +105,8 @@ def learning_rate(sched: Schedule, step: int) -> float:
 class RunOptions:
     seed: int = 0     # seeds the offline text encoder and every training stage
     threads: int = 0  # CPU threads for torch (0: torch's default, one per core)
+    precision: str = "fp32"  # fp32, bf16 or fp16 (CUDA): one autocast context in fit and sampling
+    compile: bool = False    # torch.compile the denoiser for sampling (eval, sample)
 
 
 @dataclass
@@ -243,6 +247,9 @@ AT_LEAST_ZERO = {"seed", "threads", "synthetic_seed", "steps_offset", "mm_num_te
 FRACTIONS = {"dropout", "cond_drop", "eta", "vq_ema", "ema_decay", "eps", "gamma", "label_smoothing"}  # [0, 1]
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Every numeric field in its range and the fields that constrain each other, before any work:
     a ValueError names `section.field` and the allowed range."""
@@ -258,6 +265,8 @@ def validate(cfg: RunConfig) -> RunConfig:
                 raise ValueError(f"{key}={value}: must be >= 0")
             if f.name not in FRACTIONS | AT_LEAST_ZERO and not (value >= 1 if isinstance(value, int) else value > 0):
                 raise ValueError(f"{key}={value}: must be {'>= 1' if isinstance(value, int) else '> 0'}")
+    if cfg.run.precision not in PRECISIONS:
+        raise ValueError(f"run.precision={cfg.run.precision!r}: choose one of {', '.join(PRECISIONS)}")
     pairs = [("data.min_len", cfg.data.min_len, "data.max_len", cfg.data.max_len),
              ("diffusion.beta_start", cfg.diffusion.beta_start, "diffusion.beta_end", cfg.diffusion.beta_end),
              ("lcm.w_min", cfg.lcm.w_min, "lcm.w_max", cfg.lcm.w_max),
@@ -371,6 +380,26 @@ class Run:
     args: argparse.Namespace
     cache: dict = field(default_factory=dict)  # models loaded once per process (text encoder)
     loaded: dict = field(default_factory=dict)  # file -> fingerprint of what this stage loaded
+    rank: int = 0   # this process under torchrun (0 alone)
+    world: int = 1  # processes under torchrun (1 without)
+
+
+def autocast(run: Run):
+    """The run's mixed precision (run.precision) as one autocast context; fp32: none."""
+    dtype = PRECISIONS[run.cfg.run.precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(run.device.type, dtype=dtype)
+
+
+def shard(batch: dict, rank: int, world: int) -> dict:
+    """This rank's rows of a global batch (rows rank*B/W .. (rank+1)*B/W of every tensor and list
+    of B entries): the configured batch size is the global one, split evenly across the ranks."""
+    B = len(batch["caption"]) if "caption" in batch else len(next(v for v in batch.values() if torch.is_tensor(v)))
+    if B % world:
+        raise ValueError(f"a batch of {B} does not split evenly over {world} processes: make the "
+                         f"batch size (*_train.batch_size) a multiple of {world}")
+    rows = slice(rank * B // world, (rank + 1) * B // world)
+    return {k: v[rows] if (torch.is_tensor(v) or isinstance(v, list)) and len(v) == B else v
+            for k, v in batch.items()}
 
 
 def dataset_root(run: Run) -> Path:
@@ -476,6 +505,34 @@ def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def averaged(run: Run, values: list) -> torch.Tensor:
+    """Scalars (tensors or numbers) as one float64 tensor, averaged over the ranks under torchrun."""
+    flat = torch.tensor([float(v.detach()) if torch.is_tensor(v) else float(v) for v in values], dtype=torch.float64)
+    if run.world > 1:
+        dist.all_reduce(flat)
+        flat /= run.world
+    return flat
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Data parallelism by hand: every rank's gradients replaced by their mean over the ranks, in
+    one all_reduce. note: DistributedDataParallel's wrapper would sync only the calls that go
+    through its forward(), and the stages' losses call their models' methods (encode_motion,
+    tokenize, loss); the arithmetic is DDP's, without its overlap of communication and backward."""
+    grads = []
+    for p in params:
+        if p.grad is None:  # unused on this rank's shard: a zero gradient, so all ranks match
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sched: Schedule,
         meta: dict, after_step=None) -> dict:
     """Minimise `loss_fn(batch) -> (loss, parts)` over `sched.steps` batches of `stream`.
@@ -490,7 +547,9 @@ def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sc
     runs after each update (MotionLCM's EMA). Returns the final running averages of the loss parts.
     """
     path, previous = run.out / f"{name}.pt", run.out / f"{name}.prev.pt"
-    optimizer = torch.optim.AdamW(_trainable(model), lr=sched.lr)
+    params = _trainable(model)
+    optimizer = torch.optim.AdamW(params, lr=sched.lr)
+    scaler = torch.amp.GradScaler("cuda") if run.cfg.run.precision == "fp16" else None
     step, running = 0, {}
     if run.resume and path.exists():
         state = load_checkpoint(path, WRITTEN_BY.get(name, name.split("_")[0]))
@@ -502,36 +561,46 @@ def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sc
             next(stream)
         if "rng" in state:  # (checkpoints of older versions resume, but not bit for bit)
             torch.set_rng_state(state["rng"])
-    elif path.exists():
+    elif path.exists() and run.rank == 0:
         os.replace(path, previous)
         print(f"[{name}] retraining from scratch; the existing checkpoint is kept as {previous} until "
               f"the new one is done (pass --resume to continue an interrupted run instead)")
+    if run.world > 1:  # the same weights everywhere; noise and dropout differ by rank
+        dist.barrier()
+        torch.manual_seed(1000 * run.cfg.run.seed + 7919 * step + run.rank)
     meta = {**meta, "trained_on": dict(run.loaded)}
     every = max(1, min(sched.ckpt_every, sched.steps // 4))
 
     def checkpoint(done: bool):
-        save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "config": dataclasses.asdict(config), "meta": meta, "step": step,
-                               "done": done, "running": running, "rng": torch.get_rng_state()})
+        if run.rank == 0:
+            save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "config": dataclasses.asdict(config), "meta": meta, "step": step,
+                                   "done": done, "running": running, "rng": torch.get_rng_state()})
 
     model.train()
     start, start_step = time.time(), step
     while step < sched.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(sched, step)
-        loss, parts = loss_fn(next(stream))
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"[{name}] the loss became {loss.item()} at step {step + 1}; "
+        batch = next(stream)
+        with autocast(run):
+            loss, parts = loss_fn(shard(batch, run.rank, run.world) if run.world > 1 else batch)
+        logged = {key: float(v) for key, v in zip(["loss", *parts], averaged(run, [loss, *parts.values()]))}
+        if not math.isfinite(logged["loss"]):
+            raise NonFiniteLoss(f"[{name}] the loss became {logged['loss']} at step {step + 1}; "
                                 f"the last good checkpoint ({path}) is kept. Lower the learning "
                                 f"rate ({name}_train.lr) and rerun with --resume.")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        (scaler.scale(loss) if scaler else loss).backward()
+        if run.world > 1:
+            average_gradients(params, run.world)
+        scaler.step(optimizer) if scaler else optimizer.step()
+        if scaler:
+            scaler.update()
         if after_step is not None:
             after_step()
         step += 1
-        for key, value in {"loss": loss, **parts}.items():
-            value = float(value.detach()) if torch.is_tensor(value) else float(value)
+        for key, value in logged.items():
             running[key] = 0.98 * running.get(key, value) + 0.02 * value
         if step % sched.log_every == 0 or step == sched.steps:
             rate = (step - start_step) / (time.time() - start)
@@ -700,7 +769,10 @@ def dataset_name(run: Run) -> str:
 def pipeline(run: Run, denoiser_name: str | None = None, mate: bool = False) -> metrics.Pipeline:
     """The frozen models of a finished run (mate=True: the MATE text encoder), text -> motion."""
     text = clip_text_encoder(run, mate=True) if mate else text_encoder(run)
-    return metrics.Pipeline(text, load_model(run, "vae"), load_denoiser(run, denoiser_name))
+    pipe = metrics.Pipeline(text, load_model(run, "vae"), load_denoiser(run, denoiser_name))
+    if run.cfg.run.compile:  # run.compile: the denoiser's 50 x 2 calls per sample compiled once
+        pipe.denoiser = torch.compile(pipe.denoiser)
+    return pipe
 
 
 def stage_data(run: Run) -> dict:
@@ -1203,11 +1275,13 @@ def run_stage(run: Run, stage: str) -> dict:
         if key.startswith("split:"):
             dataset.reseed(run.cfg.run.seed)
     start, run.loaded = time.time(), {}
-    figures = STAGE_FUNCTIONS[stage](run) or {}
+    with autocast(run) if stage in ("eval", "sample") else contextlib.nullcontext():  # fit has its own
+        figures = STAGE_FUNCTIONS[stage](run) or {}
     figures["wall_time_s"] = round(time.time() - start, 2)
     path = record_path(run, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, figures)
+    if run.rank == 0:
+        write_json(path, figures)
     print(f"[{stage}] done in {figures['wall_time_s']:.1f} s -> {path}")
     return figures
 
@@ -1276,6 +1350,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg, device = build_config(args.preset, args.sets), pick_device(args.device)
+        if cfg.run.precision == "fp16" and device.type != "cuda":
+            raise ValueError(f"run.precision=fp16 needs CUDA (its GradScaler); on {device.type} use bf16")
         if args.num < 1:
             raise ValueError(f"--num {args.num}: motions per prompt must be >= 1")
         if any(not text.strip() for text in args.text):
@@ -1289,6 +1365,12 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(cfg=cfg, out=args.out, data_root=args.data or args.synthetic_dir,
               synthetic=args.data is None, device=device, clip=args.clip, resume=args.resume, args=args)
     stages = ALL_ORDER if args.stage == "all" else [args.stage]
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
+        try:
+            start_distributed(run, stages)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     for stage in stages:
         if args.stage == "all" and args.resume and record_path(run, stage).exists():
             print(f"[{stage}] already finished in {run.out}, skipped (--resume)")
@@ -1301,7 +1383,28 @@ def main(argv: list[str] | None = None) -> int:
         except NonFiniteLoss as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
+    if run.world > 1:
+        dist.destroy_process_group()
     return 0
+
+
+DISTRIBUTED_STAGES = ("evaluator", "vae", "diffusion", "projector", "atm", "lcm")  # the others: one process
+
+
+def start_distributed(run: Run, stages: list[str]) -> None:
+    """Under torchrun: one process per GPU (NCCL) or CPU process (gloo), the process group from the
+    environment torchrun sets; rank 0 alone prints and writes files."""
+    others = [s for s in stages if s not in DISTRIBUTED_STAGES]
+    if others and int(os.environ["WORLD_SIZE"]) > 1:
+        raise ValueError(f"--stage {' '.join(others)} runs on one process (python train.py ...); under "
+                         f"torchrun run the training stages one at a time: {', '.join(DISTRIBUTED_STAGES)}")
+    run.rank, run.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if run.device.type == "cuda":
+        run.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(run.device)
+    dist.init_process_group("nccl" if run.device.type == "cuda" else "gloo")
+    if run.rank != 0:
+        sys.stdout = open(os.devnull, "w")
 
 
 if __name__ == "__main__":

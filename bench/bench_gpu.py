@@ -161,7 +161,7 @@ def report_training(cfg, precisions, steps, warmup, batch_div, device) -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     print("  paper: the projector's 200 epochs (~4,600 steps of 1024) took ~2 h on a 3090 "
-          "(Sec. 5.2), ~1.6 s/step with the CLIP text encoding")
+          "(Sec. 5.2): ~1.6 s/step, everything included")
 
 
 # ----------------------------------------------------------------------------

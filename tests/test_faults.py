@@ -103,7 +103,8 @@ def stream(seed=0):
 
 
 def toy_run(out, resume=False):
-    return types.SimpleNamespace(out=out, resume=resume, device=torch.device("cpu"), loaded={}, cache={})
+    return types.SimpleNamespace(out=out, resume=resume, device=torch.device("cpu"), loaded={}, cache={},
+                                 cfg=train.build_config("tiny", []), rank=0, world=1)
 
 
 def train_toy(out, sched, interrupt_at=None, resume=False):

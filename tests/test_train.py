@@ -53,7 +53,8 @@ class ToyConfig:
 
 
 def _toy_run(tmp_path, resume: bool):
-    return types.SimpleNamespace(out=tmp_path, resume=resume, device=torch.device("cpu"), loaded={})
+    return types.SimpleNamespace(out=tmp_path, resume=resume, device=torch.device("cpu"), loaded={},
+                                 cfg=train.build_config("tiny", []), rank=0, world=1)
 
 
 def _toy_stream():
@@ -196,7 +197,7 @@ def test_each_stage_restarts_the_splits_random_choices(tmp_path, monkeypatch):
     the stage runs, so a stage draws the same crops alone, within --stage all, or after --resume."""
     split, seen = _Split(), []
     monkeypatch.setitem(train.STAGE_FUNCTIONS, "data", lambda run: seen.append(list(split.reseeds)) or {})
-    run = types.SimpleNamespace(out=tmp_path / "run", cache={"split:train": split, "other": object()},
+    run = types.SimpleNamespace(out=tmp_path / "run", cache={"split:train": split, "other": object()}, rank=0,
                                 cfg=train.build_config("tiny", ["run.seed=5"]), args=types.SimpleNamespace(
                                     text_encoder="clip", evaluator="evaluator"))
     train.run_stage(run, "data")

@@ -1,0 +1,119 @@
+"""Data parallelism and mixed precision, on the CPU: two gloo processes stepping on halves of each
+batch end with the parameters of one process stepping on the whole batch, and only rank 0 writes;
+bf16 autocast gives a finite loss close to fp32's; torch.compile gives the same samples."""
+import os
+import socket
+import types
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import train
+
+STEPS = 4
+
+
+def toy_run(out, rank=0, world=1, precision="fp32"):
+    return types.SimpleNamespace(out=out, resume=False, device=torch.device("cpu"), loaded={}, cache={},
+                                 cfg=train.build_config("tiny", [f"run.precision={precision}"]), rank=rank, world=world)
+
+
+def stream():
+    g = torch.Generator().manual_seed(0)
+    while True:
+        x = torch.randn(8, 3, generator=g)  # a global batch of 8: 4 rows per rank
+        yield {"x": x, "y": x.sum(1, keepdim=True) + 1.0, "caption": [str(i) for i in range(8)]}
+
+
+class Config:
+    pass
+
+
+def fit_toy(run) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+    def loss_fn(batch):
+        return ((model(batch["x"]) - batch["y"]) ** 2).mean(), {}  # a per-row mean: shards average exactly
+
+    train.fit(run, "toy", model, Config(), loss_fn, stream(), train.Schedule(STEPS, 8, 1e-2, log_every=1), {})
+    return model
+
+
+def _rank(rank: int, world: int, port: int, out: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    train.dataclasses.asdict = lambda cfg: {}
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = fit_toy(toy_run(train.Path(out) / f"rank{rank}", rank, world))
+        torch.save(model.state_dict(), train.Path(out) / f"params{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_step_like_one_on_the_whole_batch(tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    monkeypatch.setattr(train.dataclasses, "asdict", lambda cfg: {})
+    single = fit_toy(toy_run(tmp_path / "single")).state_dict()
+    for r in range(2):
+        shared = torch.load(tmp_path / f"params{r}.pt", weights_only=True)
+        for name, value in single.items():
+            assert torch.allclose(shared[name], value, atol=1e-5), (r, name)
+    assert (tmp_path / "rank0" / "toy.pt").exists(), "rank 0 writes the checkpoint"
+    assert not (tmp_path / "rank1").exists() or not any((tmp_path / "rank1").iterdir()), "rank 1 writes nothing"
+
+
+def test_shards_split_every_batched_field():
+    batch = {"x": torch.arange(8)[:, None], "caption": list("abcdefgh"), "fps": 20}
+    part = train.shard(batch, 1, 2)
+    assert part["x"].flatten().tolist() == [4, 5, 6, 7] and part["caption"] == list("efgh") and part["fps"] == 20
+    with pytest.raises(ValueError, match="multiple of 3"):
+        train.shard(batch, 0, 3)
+
+
+def test_bf16_autocast_loss_is_finite_and_close_to_fp32(tmp_path):
+    """One fixed batch through a small transformer denoiser's loss in fp32 and under bf16
+    autocast: finite, within a few percent (bf16 keeps 8 bits of mantissa)."""
+    import diffusion
+    torch.manual_seed(0)
+    cfg = diffusion.DiffusionConfig(n_layers=3, n_heads=2, ff_dim=32, cond_drop=0.0)
+    model, schedule = diffusion.Denoiser(cfg, (1, 16), 8), diffusion.GaussianDiffusion(cfg)
+    z, c = torch.randn(16, 1, 16), torch.randn(16, 8)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(1)  # the same t and noise
+        with train.autocast(toy_run(tmp_path, precision=precision)):
+            losses[precision] = schedule.loss(model, z, c, torch.zeros(8))[0].float()
+    assert torch.isfinite(losses["bf16"])
+    assert abs(losses["bf16"] - losses["fp32"]) / losses["fp32"] < 0.05
+
+
+def test_fp16_on_a_cpu_is_refused(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA, where fp16 is allowed")
+    assert train.main(["--stage", "sample", "--set", "run.precision=fp16"]) == 2
+    assert "fp16 needs CUDA" in capsys.readouterr().err
+
+
+def test_compiled_denoiser_samples_the_same():
+    """torch.compile of the denoiser (run.compile) gives the same DDIM samples, where it works."""
+    import diffusion
+    torch.manual_seed(0)
+    cfg = diffusion.DiffusionConfig(n_layers=1, n_heads=2, ff_dim=16, sample_steps=3)
+    model, schedule = diffusion.Denoiser(cfg, (1, 8), 4).eval(), diffusion.GaussianDiffusion(cfg)
+    c, c_uncond = torch.randn(2, 4), torch.zeros(4)
+    try:
+        compiled = torch.compile(model)
+        with torch.no_grad():
+            fast = schedule.ddim_sample(compiled, c, c_uncond, (2, 1, 8), generator=torch.Generator().manual_seed(3))
+    except Exception as err:  # no C compiler, an unsupported platform or Python version
+        pytest.skip(f"torch.compile is not supported here: {type(err).__name__}: {str(err)[:100]}")
+    with torch.no_grad():
+        plain = schedule.ddim_sample(model, c, c_uncond, (2, 1, 8), generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(fast, plain, atol=1e-5)
