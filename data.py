@@ -366,8 +366,9 @@ def _load_motion(path: Path, feat_dim: int) -> np.ndarray:
     return motion.astype(np.float32)
 
 
-def _read_captions(path: Path) -> list[tuple[str, float, float]]:
-    """Lines `caption#word/POS ...#start#end` -> [(caption, start_s, end_s)]; 0#0 = whole clip."""
+def _read_captions(path: Path) -> list[tuple[str, float, float, str]]:
+    """Lines `caption#word/POS ...#start#end` -> [(caption, start_s, end_s, "word/POS ...")];
+    0#0 = the whole clip."""
     captions = []
     for number, line in enumerate(read_lines(path, "caption file"), start=1):
         if not line.strip():
@@ -383,7 +384,8 @@ def _read_captions(path: Path) -> list[tuple[str, float, float]]:
         except ValueError:
             raise ValueError(f"{path}:{number}: start and end must be seconds, got {parts[2]!r}, {parts[3]!r}") from None
         # HumanML3D writes nan for a missing time; it means the clip's edge.
-        captions.append((caption, 0.0 if math.isnan(start) else start, 0.0 if math.isnan(end) else end))
+        captions.append((caption, 0.0 if math.isnan(start) else start, 0.0 if math.isnan(end) else end,
+                         parts[1].strip()))
     if not captions:
         raise ValueError(f"{path}: no captions")
     return captions
@@ -422,12 +424,14 @@ class MotionTextDataset(torch.utils.data.Dataset):
             raise ValueError(f"{root / 'Std.npy'}: standard deviations must be positive")
         self._rng = np.random.default_rng(seed)
         self.items: list[tuple[str, np.ndarray, list[str]]] = []  # (name, (T, D) raw motion, captions)
+        self.tags: dict[str, str] = {}  # caption -> its "word/POS ..." field (Guo et al.'s evaluator)
         total = 0
         for name in _read_names(root, split):
             motion = _load_motion(root / "new_joint_vecs" / f"{name}.npy", skeleton.feat_dim)
             spans: dict[tuple[float, float], list[str]] = {}
-            for caption, start, end in _read_captions(root / "texts" / f"{name}.txt"):
+            for caption, start, end, tags in _read_captions(root / "texts" / f"{name}.txt"):
                 spans.setdefault((start, end), []).append(caption)
+                self.tags.setdefault(caption, tags)
             for (start, end), captions in spans.items():
                 total += 1
                 if (start, end) == (0.0, 0.0):
@@ -499,7 +503,7 @@ def dataset_summary(root) -> dict:
     if not files:
         raise ValueError(f"{root / 'new_joint_vecs'}: no motion files")
     lengths = [load_array(f, "motion file", mmap=True).shape[0] for f in files]
-    captions = [c for f in files for c, _, _ in _read_captions(root / "texts" / f"{f.stem}.txt")]
+    captions = [c for f in files for c, *_ in _read_captions(root / "texts" / f"{f.stem}.txt")]
     vocabulary = {w for c in captions for w in re.findall(r"[a-z]+", c.lower())}
     histogram = Counter(20 * (n // 20) for n in lengths)  # 1-second buckets at 20 fps
     return {

@@ -381,8 +381,8 @@ class LCMPipeline:
                             steps=self.steps, realigner=realigner)
 
 
-def steps_rows(pipe, model: ConsistencyDenoiser, realigner, dataset, evaluator, cfg: "metrics.EvalConfig",
-               seed: int, steps=(1, 2, 4)) -> dict:
+def steps_rows(pipe, model: ConsistencyDenoiser, realigner, dataset, evaluator, tokenizer,
+               cfg: "metrics.EvalConfig", seed: int, steps=(1, 2, 4)) -> dict:
     """The LEAD Tab. 5 protocol: MotionLCM and LEAD (MotionLCM), the LEAD projector `realigner`
     trained on the teacher's latents and not retrained (Sec. 5.4), at 1, 2 and 4 steps, each row
     with the metrics of metrics.t2m_rows and its per-prompt time. pipe: a metrics.Pipeline."""
@@ -392,6 +392,6 @@ def steps_rows(pipe, model: ConsistencyDenoiser, realigner, dataset, evaluator, 
         for name, r in (("MotionLCM", None), ("LEAD (MotionLCM)", realigner)):
             label = f"{name}, {n} step{'s' if n > 1 else ''}"
             rows.update(metrics.t2m_rows({label: lambda c, lengths, r=r: fast.generate(c, lengths, r)},
-                                         dataset, evaluator, pipe.text.tokenizer, cfg, seed))
+                                         dataset, evaluator, tokenizer, cfg, seed))
             rows[label]["s / prompt"] = metrics.seconds_per_prompt(fast, dataset, r, cfg.timing_prompts)
     return rows

@@ -279,3 +279,42 @@ class T2MEvaluator(nn.Module):
         movements = self.movement_encoder(x[order][..., : D - FOOT_CONTACT_DIMS])  # (B, T//4, 512)
         emb = self.motion_encoder(movements, lengths[order] // unit)  # (B, E) sorted
         return emb[torch.argsort(order)]
+
+
+# ---------------------------------------------------------------------------------------
+# The evaluator behind metrics.py's embedder interface
+
+
+class CaptionTokens(list):
+    """Captions as word/POS token lists; `.to(device)` returns them unchanged, so they pass
+    where metrics.py moves a tokenizer's ids to the evaluator's device."""
+
+    def to(self, device) -> "CaptionTokens":
+        return self
+
+
+class DatasetEvaluator(nn.Module):
+    """T2MEvaluator for one dataset, with the interface of metrics.TextMotionEmbedder that
+    metrics.evaluate calls: `tokenizer(captions)` looks up each caption's word/POS tokens in the
+    dataset's texts/ files (`tags`: caption -> "word/POS ..."), `encode_text(tokens)`, and
+    `encode_motion(x, lengths)` on the dataset's normalized features, de-normalised here with
+    its Mean/Std before the evaluator renormalises them with its own (as MLD's renorm4t2m)."""
+
+    def __init__(self, evaluator: T2MEvaluator, mean, std, tags: dict[str, str]):
+        super().__init__()
+        self.evaluator, self.tags = evaluator, tags
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32))  # (D,)
+        self.register_buffer("std", torch.as_tensor(np.asarray(std), dtype=torch.float32))    # (D,)
+
+    def tokenizer(self, captions: list[str]) -> CaptionTokens:
+        missing = [c for c in captions if c not in self.tags]
+        if missing:
+            raise ValueError(f"no word/POS tokens for the caption {missing[0]!r}: Guo et al.'s evaluator "
+                             f"reads the tagged captions of the dataset's texts/*.txt")
+        return CaptionTokens(self.tags[c].split() for c in captions)
+
+    def encode_text(self, tokens: list[list[str]]) -> torch.Tensor:
+        return self.evaluator.embed_texts(tokens)                                       # (B, 512)
+
+    def encode_motion(self, motion: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.evaluator.embed_motions(motion * self.std + self.mean, lengths)     # (B, 512)

@@ -55,6 +55,7 @@ import mate
 import metrics
 import projector
 import render
+import safe_pickle
 import synthetic
 import vae
 from atm_losses import ATMConfig
@@ -65,6 +66,7 @@ from lcm import LCMConfig
 from lamp import LaMPConfig
 from mate import MATEConfig
 from metrics import EmbedderConfig, EvalConfig
+from t2m_evaluator import DatasetEvaluator, T2MEvaluator
 from projector import ProjectorConfig
 from vae import VAEConfig
 
@@ -710,28 +712,43 @@ def load_projector(run: Run, name: str | None = None) -> projector.Projector:
 
 
 def eval_embedder(run: Run):
-    """The embedder the eval metrics are computed in: `evaluator`, or LaMP (Tab. 2)."""
+    """The embedder the eval metrics are computed in: this run's `evaluator`, LaMP (LaMP Tab. 2),
+    or Guo et al.'s released evaluator (--evaluator t2m: the space every paper reports in)."""
     if run.args.evaluator == "lamp":
         return lamp.LaMPEvaluator(load_model(run, "lamp_vq"), load_model(run, "lamp"))
+    if run.args.evaluator == "t2m":
+        if not run.args.t2m_dir or not run.args.glove_dir:
+            raise ValueError("--evaluator t2m needs --t2m-dir DIR (t2m/ or kit/ with text_mot_match/, "
+                             "Comp_v6_KLD01/) and --glove-dir DIR (our_vab_*), as MLD's deps/ lay them out")
+        test = open_split(run, "test")
+        official = T2MEvaluator.from_official(run.args.t2m_dir, run.args.glove_dir,
+                                              "kit" if test.skeleton is data.KIT else "t2m")
+        return DatasetEvaluator(official, test.mean, test.std, test.tags).to(run.device)
     return load_model(run, "evaluator")
 
 
 def eval_labels(run: Run) -> tuple[str, str, str]:
     """The t2m table's results section, title and metric-space note: `t2m`, `t2m_lamp` (LaMP-
-    conditioned models), `_lamp_evaluator` appended when the metrics are LaMP's (Tab. 2)."""
-    lamp_space = run.args.evaluator == "lamp"
+    conditioned models), `_lamp_evaluator` / `_t2m_evaluator` appended when the metrics are
+    LaMP's (its Tab. 2) or Guo et al.'s released evaluator's."""
+    space = {"lamp": "Metrics in the space of this run's LaMP (L2-normalised features, so MMdist lies in [0, 2]; "
+                     "not the paper's checkpoint)",
+             "t2m": "Metrics in the space of Guo et al.'s released T2M evaluator (as the papers report)",
+             "evaluator": "Metrics in the space of this run's `evaluator` embedder (not Guo et al.'s)"}
     title = ("Text-to-motion, LaMP evaluator (LaMP Tab. 2 analogue: LaMP-R-precision, LaMP-MMdist)"
-             if lamp_space else "Text-to-motion (LEAD Tab. 1 analogue)")
-    space = ("Metrics in the space of this run's LaMP (L2-normalised features, so MMdist lies in [0, 2]; "
-             "not the paper's checkpoint)" if lamp_space else
-             "Metrics in the space of this run's `evaluator` embedder (not Guo et al.'s)")
-    return (conditioned(run, "t2m") + ("_lamp_evaluator" if lamp_space else ""),
-            title + ("; LaMP text condition (LaMP Sec. 3.2)" if run.args.text_encoder == "lamp" else ""), space)
+             if run.args.evaluator == "lamp" else "Text-to-motion (LEAD Tab. 1 analogue)")
+    return (conditioned(run, "t2m") + evaluator_suffix(run),
+            title + ("; LaMP text condition (LaMP Sec. 3.2)" if run.args.text_encoder == "lamp" else ""),
+            space[run.args.evaluator])
+
+
+def evaluator_suffix(run: Run) -> str:
+    return "" if run.args.evaluator == "evaluator" else f"_{run.args.evaluator}_evaluator"
 
 
 def record_path(run: Run, stage: str) -> Path:
     """A stage's STAGE.json: `diffusion_lamp.json` with --text-encoder lamp (the stages whose models
-    read the condition), `eval_lamp_evaluator.json` with --evaluator lamp; a single call with the
+    read the condition), `eval_lamp_evaluator.json` with --evaluator lamp (t2m: `_t2m_evaluator`); a single call with the
     user's inputs writes its own (samples/RUN_ID/sample.json, inversion_WORD.json), so none
     overwrites the full run's records."""
     if stage == "sample" and (run.args.text or run.args.prompts):
@@ -739,7 +756,7 @@ def record_path(run: Run, stage: str) -> Path:
     if stage == "inversion" and run.args.motion:
         return run.out / f"inversion_{run.args.word}.json"
     name = conditioned(run, stage) if stage in ("diffusion", "projector", "atm", "eval", "sample") else stage
-    return run.out / f"{name}{'_lamp_evaluator' if stage == 'eval' and run.args.evaluator == 'lamp' else ''}.json"
+    return run.out / f"{name}{evaluator_suffix(run) if stage == 'eval' else ''}.json"
 
 
 def user_folder(run: Run) -> Path:
@@ -1020,6 +1037,35 @@ def load_lcm(run: Run) -> "lcm.ConsistencyDenoiser":
     return model.to(run.device).eval().requires_grad_(False)
 
 
+def stage_import(run: Run) -> dict:
+    """MLD's released checkpoint (--mld FILE, read without running its pickled code) -> vae.pt and
+    diffusion.pt of the paper preset, marked done, so --stage projector, eval, sample and
+    inversion run on MLD's weights: LEAD on top of MLD, as the paper trains it."""
+    if run.args.mld is None:
+        raise ValueError("--stage import needs --mld FILE: MLD's released checkpoint (e.g. a .ckpt of MLD-1)")
+    state = safe_pickle.load_torch_checkpoint(run.args.mld)
+    sd = state.get("state_dict") if isinstance(state, dict) else None
+    if not isinstance(sd, dict) or not any(k.startswith("denoiser.") for k in sd):
+        raise ValueError(f"{run.args.mld}: no `state_dict` with `vae.` and `denoiser.` keys (MLD's Lightning checkpoint)")
+    part = lambda prefix: {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}  # noqa: E731
+    vae_cfg, feat_dim, vae_sd = vae.from_mld_state_dict(part("vae."))
+    den_cfg, latent_shape, text_dim, den_sd = diffusion.from_mld_state_dict(part("denoiser."), n_tokens=vae_cfg.n_tokens)
+    vae.MotionVAE(vae_cfg, feat_dim).load_state_dict(vae_sd, strict=True)  # refuse what does not fit, before writing
+    diffusion.Denoiser(den_cfg, latent_shape, text_dim).load_state_dict(den_sd, strict=True)
+    source = {"imported_from": str(run.args.mld), "sha256_16": fingerprint(run, run.args.mld)}
+    for name, cfg, sd_, meta in (("vae", vae_cfg, vae_sd, {"feat_dim": feat_dim}),
+                                 ("diffusion", den_cfg, den_sd, {"latent_shape": list(latent_shape), "text_dim": text_dim})):
+        save_checkpoint(run.out / f"{name}.pt", {"model": sd_, "config": dataclasses.asdict(cfg), "step": 0, "done": True,
+                                                 "meta": {**meta, **source}, "running": {}})
+    if run.clip and text_dim != clip_text_encoder(run).dim:
+        raise ValueError(f"MLD's denoiser reads a {text_dim}-d text condition, --clip {run.clip} gives "
+                         f"{clip_text_encoder(run).dim}: pass MLD's, openai/clip-vit-large-patch14")
+    print(f"[import] {run.args.mld} -> {run.out / 'vae.pt'} (latent {vae_cfg.n_tokens} x {vae_cfg.latent_dim}) and "
+          f"{run.out / 'diffusion.pt'}; next: --stage projector, then eval, each with --clip (MLD's CLIP, "
+          f"openai/clip-vit-large-patch14) and --data (HumanML3D)")
+    return {**source, "latent_shape": list(latent_shape), "text_dim": text_dim}
+
+
 def stage_lamp(run: Run) -> dict:
     """LaMP (Sec. 3.1): the motion VQ-VAE (3.1.1), then LaMP over its frozen encoder with the
     four objectives (3.1.3); the Tab. 3 analogue on the test split beside the `evaluator`."""
@@ -1098,7 +1144,9 @@ def stage_eval(run: Run) -> dict:
     test, cfg = open_split(run, "test"), run.cfg.eval
     pipe = pipeline(run)
     evaluator, lead = eval_embedder(run), load_projector(run)
-    rows = metrics.t2m_rows(eval_methods(run, pipe, lead), test, evaluator, pipe.text.tokenizer, cfg, run.cfg.run.seed)
+    # the evaluator's own reading of the captions: Guo et al.'s word/POS tokens, else the run's tokenizer
+    tokenizer = evaluator.tokenizer if isinstance(evaluator, DatasetEvaluator) else pipe.text.tokenizer
+    rows = metrics.t2m_rows(eval_methods(run, pipe, lead), test, evaluator, tokenizer, cfg, run.cfg.run.seed)
     section, title, space = eval_labels(run)
     note = (f"{len(test)} test motions of {dataset_name(run)}, mean ± 1.96 std / sqrt(R) over "
             f"R = {cfg.replications} replications; MModality over {cfg.mm_num_texts} texts x "
@@ -1120,7 +1168,7 @@ def stage_eval(run: Run) -> dict:
             f"test motions, {structure['actions']} action labels")
     steps = None
     if "MotionLCM" in rows:  # LEAD Tab. 5: few-step sampling, realigned by the same projector
-        steps = lcm.steps_rows(pipe, load_lcm(run), lead, test, evaluator, cfg, run.cfg.run.seed)
+        steps = lcm.steps_rows(pipe, load_lcm(run), lead, test, evaluator, tokenizer, cfg, run.cfg.run.seed)
         metrics.write_results(run.out, "lcm_steps", steps, "Few-step sampling (LEAD Tab. 5 analogue)",
                               f"{len(test)} test motions, R = {cfg.replications} replications; the projector is "
                               f"LEAD's, trained on the teacher's latents and not retrained (LEAD Sec. 5.4); s / "
@@ -1262,6 +1310,7 @@ STAGE_FUNCTIONS = {
     "lamp": stage_lamp,
     "mate": stage_mate,
     "lcm": stage_lcm,
+    "import": stage_import,
 }
 # eval comes after every stage that adds a row to its table
 ALL_ORDER = ["data", "evaluator", "lamp", "vae", "diffusion", "projector", "atm", "mate", "lcm", "eval", "sample",
@@ -1309,9 +1358,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text-encoder", default="clip", choices=["clip", "lamp"],
                    help="diffusion/projector/eval/sample: condition on CLIP or on LaMP text features "
                         "(LaMP Sec. 3.2); LaMP models are saved as diffusion_lamp.pt, projector_lamp.pt")
-    p.add_argument("--evaluator", default="evaluator", choices=["evaluator", "lamp"],
+    p.add_argument("--evaluator", default="evaluator", choices=["evaluator", "lamp", "t2m"],
                    help="eval: the embedder the metrics are computed in; lamp gives LaMP-R-precision "
-                        "and LaMP-MMdist (LaMP Tab. 2)")
+                        "and LaMP-MMdist (LaMP Tab. 2); t2m: Guo et al.'s released evaluator (--t2m-dir, --glove-dir)")
+    p.add_argument("--t2m-dir", type=Path, default=None,
+                   help="eval --evaluator t2m: MLD's deps/t2m (t2m/text_mot_match/model/finest.tar, t2m/Comp_v6_KLD01/meta)")
+    p.add_argument("--glove-dir", type=Path, default=None,
+                   help="eval --evaluator t2m: MLD's deps/glove (our_vab_data.npy, our_vab_words.pkl, our_vab_idx.pkl)")
+    p.add_argument("--mld", type=Path, default=None,
+                   help="import: MLD's released checkpoint (a Lightning .ckpt) -> vae.pt and diffusion.pt in --out")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted stage from its last checkpoint; with --stage all, "

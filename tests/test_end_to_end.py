@@ -9,6 +9,7 @@ finished stages, and `--no-realign` gives MLD samples.
 import json
 
 import numpy as np
+import torch
 import pytest
 
 import train
@@ -188,3 +189,50 @@ def test_data_from_your_own_joints(tmp_path, capsys):
     assert (tmp_path / "dataset" / "Mean.npy").exists() and (tmp_path / "run" / "text_encoder").is_dir()
     assert train.main(args[:2] + ["--from-joints", str(tmp_path / "mine"), "--out", str(tmp_path / "run")]) == 2
     assert "--from-joints DIR needs --data OUT" in capsys.readouterr().err
+
+
+class LightningHyperParameters:
+    """Stands for the OmegaConf objects a Lightning .ckpt keeps beside its weights."""
+
+    def __init__(self):
+        self.cfg = {"model": "mld"}
+
+
+def test_import_mlds_released_checkpoint(tmp_path, capsys):
+    """--stage import reads an MLD-1 Lightning checkpoint (random weights in MLD's key layout, plus
+    a hyper-parameter object, which is never constructed) into vae.pt and diffusion.pt that the
+    later stages load; the text width is checked against --clip's."""
+    from test_diffusion import mld_denoiser_state_dict
+    from test_vae import mld_vae_state_dict
+    sd = {**{f"vae.{k}": v for k, v in mld_vae_state_dict(n_layers=3, ff=64).items()},
+          **{f"denoiser.{k}": v for k, v in mld_denoiser_state_dict(n_layers=3, ff=64).items()},
+          "text_encoder.text_model.embeddings.position_ids": torch.arange(77)}
+    ckpt = tmp_path / "mld.ckpt"
+    torch.save({"state_dict": sd, "hyper_parameters": LightningHyperParameters(), "epoch": 2999}, ckpt)
+    out = tmp_path / "run"
+    assert train.main(["--stage", "import", "--mld", str(ckpt), "--out", str(out), "--device", "cpu"]) == 0
+    assert "--clip" in capsys.readouterr().out
+    run = train.Run(cfg=train.build_config("paper", []), out=out, data_root=tmp_path, synthetic=False,
+                    device=torch.device("cpu"), clip=None, resume=False, args=None)
+    motion_vae, denoiser = train.load_model(run, "vae"), train.load_model(run, "diffusion")
+    assert motion_vae.latent_shape == (1, 256) and denoiser.text_dim == 768
+    assert torch.equal(motion_vae.dist_tokens, sd["vae.global_motion_token"])
+    assert torch.equal(denoiser.pos, sd["denoiser.query_pos.pe"][:3, 0])
+    (tmp_path / "broken.ckpt").write_bytes(b"not a checkpoint")
+    assert train.main(["--stage", "import", "--mld", str(tmp_path / "broken.ckpt"), "--out", str(out)]) == 2
+    assert "broken.ckpt" in capsys.readouterr().err
+
+
+def test_eval_in_guo_et_als_evaluator_space(smoke_run, tmp_path):
+    """--evaluator t2m loads the official files (here random weights in MLD's deps/ layout) and
+    scores the rows on the captions' word/POS tokens, in a section of its own."""
+    from test_t2m_evaluator import write_official
+    write_official(tmp_path)
+    args = ["--stage", "eval", "--evaluator", "t2m", "--t2m-dir", str(tmp_path / "t2m"),
+            "--glove-dir", str(tmp_path / "glove"), *smoke_args(smoke_run)]
+    assert train.main(args) == 0
+    results = json.loads((smoke_run / "run" / "results.json").read_text())
+    rows = results["t2m_t2m_evaluator"]["rows"]
+    assert list(rows)[:3] == ["Real", "MLD", "LEAD"] and 0.0 <= rows["LEAD"]["R-precision top-1"][0] <= 1.0
+    assert "Guo et al.'s released" in results["t2m_t2m_evaluator"]["note"]
+    assert (smoke_run / "run" / "eval_t2m_evaluator.json").exists()

@@ -67,8 +67,11 @@ def write_glove(folder, dim: int = 300) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
-    """deps/t2m/{t2m,kit}/... and deps/glove in MLD's layout, random weights."""
-    root = tmp_path_factory.mktemp("deps")
+    return write_official(tmp_path_factory.mktemp("deps"))
+
+
+def write_official(root):
+    """deps/t2m/{t2m,kit}/... and deps/glove in MLD's layout under root, random weights."""
     g = torch.Generator().manual_seed(0)
     written = {}
     for dataset, feat_dim, comp in (("t2m", 263, "Comp_v6_KLD01"), ("kit", 251, "Comp_v6_KLD005")):
