@@ -111,7 +111,7 @@ def main(argv=None) -> None:
         print(f"  {name:22s} latents {latents:.3f} s, with decode {full:.3f} s   "
               f"DDIM / this: {ddim_z / latents:5.1f}x latents, {ddim / full:5.1f}x with decode")
     one = rows["MotionLCM, 1 step"][1]
-    print(f"  README: 0.82 s for 32 motions with guided DDIM (decode included)")
+    print("  README: 0.82 s for 32 motions with guided DDIM (decode included)")
     print(f"  target: one step >= {TARGET:.0f}x faster with the decode: {ddim / one:.1f}x, "
           f"{'met' if ddim / one >= TARGET else 'missed'}; the decode alone ({decode:.3f} s) caps "
           f"that ratio near DDIM / decode = {ddim / decode:.1f}x")

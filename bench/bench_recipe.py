@@ -54,7 +54,7 @@ def main():
     run = train.Run(cfg=train.build_config("tiny", []), out=args.out, data_root=Path("data/synthetic"),
                     synthetic=True, device=train.pick_device("auto"), clip=None, resume=False,
                     args=argparse.Namespace(ablations=False, text_encoder="clip", evaluator="evaluator"))
-    pipe = train.Pipeline(run)
+    pipe = train.pipeline(run)
     realigner = train.load_projector(run)
     test = train.open_split(run, "test")
     items = [test[i] for i in range(32)]

@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
+import metrics  # noqa: E402
 import train  # noqa: E402
 import vae  # noqa: E402
 
@@ -42,8 +43,8 @@ VARIANTS = {  # name -> (VAEConfig fields beyond SIZES, batch size, learning rat
 
 
 def errors(reconstruct, dataset) -> dict:
-    """train.joint_errors in centimetres."""
-    return {k: round(100 * v, 2) for k, v in train.joint_errors(reconstruct, dataset, torch.device("cpu")).items()}
+    """metrics.joint_errors in centimetres."""
+    return {k: round(100 * v, 2) for k, v in metrics.joint_errors(reconstruct, dataset, torch.device("cpu")).items()}
 
 
 def dct_basis(lengths: torch.Tensor, frames: int, k: int) -> torch.Tensor:
@@ -106,7 +107,7 @@ def train_for(seconds: float, fields: dict, batch_size: int, lr: float, train_se
             running[key] = 0.98 * running.get(key, value) + 0.02 * value
     model.eval()
     with torch.no_grad():
-        val = errors(train.vae_reconstruct(model), val_set)
+        val = errors(model.reconstruct, val_set)
         batch = data.collate([val_set[i] for i in range(min(64, len(val_set)))])
         _, _, logvar = model.encode(batch["motion"], batch["lengths"], sample=False)
     return {"steps": step, "seconds": round(time.time() - start), **{k: round(v, 4) for k, v in running.items()},
