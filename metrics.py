@@ -264,6 +264,51 @@ def nearest_neighbour_accuracy(emb, labels: list) -> float:
     return float(np.mean([labels[i] == labels[j] for i, j in enumerate(nearest)]))
 
 
+def body_frame_spread(features: torch.Tensor, lengths) -> torch.Tensor:
+    """How far each clip's joints move about their own mean place in the body frame: (B,) metres.
+
+    features (B, T, D) de-normalised HumanML3D-style features (D = 12 J - 1), lengths (B,). With
+    p_btj the root-invariant position of non-root joint j (features 4 : 3J + 1: heading removed,
+    the root's x/z at the origin, heights kept) and n_b the clip's valid frames:
+
+        s_b = 1/(J-1) sum_j sqrt( 1/n_b sum_{t < n_b} || p_btj - pbar_bj ||^2 ),
+        pbar_bj = 1/n_b sum_{t < n_b} p_btj
+
+    i.e. per joint the root-mean-square distance from its temporal mean (the temporal std of
+    its 3D position), averaged over the joints. A held pose scores 0; the limbs' swing, a
+    crouch or a jump raise it. The root (always at the origin here) is left out.
+    """
+    B, T, D = features.shape
+    assert (D + 1) % 12 == 0, (f"HumanML3D-style features have 12 J - 1 dims (263 for 22 joints, "
+                               f"251 for 21), got {D}")
+    J = (D + 1) // 12
+    lengths = torch.as_tensor(lengths, device=features.device)
+    p = features[..., 4:4 + 3 * (J - 1)].double().unflatten(-1, (J - 1, 3))   # (B, T, J-1, 3)
+    valid = _valid(lengths, T)[..., None, None]                               # (B, T, 1, 1)
+    n = lengths.double()[:, None, None]                                       # (B, 1, 1)
+    centre = (p * valid).sum(1) / n                                           # (B, J-1, 3)
+    square = ((p - centre[:, None]) ** 2 * valid).sum(1).sum(-1) / n[..., 0]  # (B, J-1)
+    return square.sqrt().mean(-1)                                             # (B,)
+
+
+def swing(motions: torch.Tensor, real: torch.Tensor, lengths) -> float:
+    """Swing (ours, not a paper metric): how much motions move against the real motions of the
+    same clips, at the same lengths; 1.0 = as lively as the real ones, 0 = frozen poses.
+
+        Swing = sum_b s_b(motions) / sum_b s_b(real)          (s: body_frame_spread)
+
+    the ratio of the clip-averaged spreads (not the mean of per-clip ratios, which a clip that
+    barely moves, "a person stands", would dominate). Both (B, T, D) de-normalised features.
+    The evaluator's features, trained only to tell captions apart, barely register a motion
+    that shows the right pose but not its swing; this figure does.
+    """
+    assert motions.shape[0] == real.shape[0], f"{motions.shape[0]} motions for {real.shape[0]} real ones"
+    denominator = float(body_frame_spread(real, lengths).sum())
+    if denominator <= 0:
+        raise ValueError("the real motions do not move at all: Swing is a ratio to their spread")
+    return float(body_frame_spread(motions, lengths).sum()) / denominator
+
+
 # ---------------------------------------------------------------------------------------
 # The feature extractor (after Guo et al. 2022's T2M evaluator)
 
@@ -409,7 +454,8 @@ def embedder_loss_fn(model: TextMotionEmbedder, tokenizer, temperature: float, d
 # Evaluation driver (Guo et al.'s protocol)
 
 MM_PAIRS = 10  # MModality: pairs of generations compared per text (Guo et al.'s d = 10)
-METRICS = ("FID", "R-precision top-1", "R-precision top-2", "R-precision top-3", "MMdist", "Diversity", "MModality")
+METRICS = ("FID", "R-precision top-1", "R-precision top-2", "R-precision top-3", "MMdist", "Diversity", "MModality",
+           "Swing")
 
 
 def _device_of(model) -> torch.device:
@@ -421,6 +467,14 @@ def _default_collate(collate_fn):
     return collate_fn or collate  # data.py pads items into {"motion", "lengths", "caption", "name"}
 
 
+def _statistics(dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The dataset's per-dimension (mean, std) as float32 CPU tensors, to de-normalise motions,
+    or None for a dataset without them (the tests' lists of items): then there is no Swing."""
+    if not (hasattr(dataset, "mean") and hasattr(dataset, "std")):
+        return None
+    return tuple(torch.as_tensor(a, dtype=torch.float32) for a in (dataset.mean, dataset.std))
+
+
 @torch.no_grad()
 def embed_dataset(dataset, evaluator, tokenizer, generate_fn=None, batch_size: int = 32,
                   collate_fn=None) -> dict:
@@ -428,26 +482,37 @@ def embed_dataset(dataset, evaluator, tokenizer, generate_fn=None, batch_size: i
 
     Returns {"text": (N, E), "real": (N, E) ground-truth motions, "captions": [N]} and,
     with a generate_fn(captions, lengths) -> (B, Tmax, D), "generated": (N, E) for motions
-    generated from the same captions and lengths. Arrays are float64 numpy.
+    generated from the same captions and lengths. When the dataset has `mean` and `std`, also
+    "real_spread" and "generated_spread" (N,): each clip's `body_frame_spread` (metres, at its
+    length), what Swing compares; they draw no random numbers. Arrays are float64 numpy.
     """
     collate_fn = _default_collate(collate_fn)
     device = _device_of(evaluator)
+    stats = _statistics(dataset)
     text, real, generated, captions = [], [], [], []
+    spread = {"real": [], "generated": []}  # name -> [(B,) per batch]
     for start in range(0, len(dataset), batch_size):
         batch = collate_fn([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         lengths = batch["lengths"].to(device)  # (B,)
         ids = tokenizer(batch["caption"]).to(device)  # (B, 77)
         text.append(evaluator.encode_text(ids))
         real.append(evaluator.encode_motion(batch["motion"].to(device), lengths))
+        motions = {"real": batch["motion"]}
         if generate_fn is not None:
             motion = generate_fn(batch["caption"], batch["lengths"])  # (B, Tmax, D)
             assert motion.shape[0] == len(lengths) and motion.shape[1] >= int(lengths.max()), (
                 f"generate_fn returned {tuple(motion.shape)} for lengths up to {int(lengths.max())}")
             generated.append(evaluator.encode_motion(motion.to(device), lengths))
+            motions["generated"] = motion
+        if stats is not None:
+            mean, std = stats
+            for name, m in motions.items():  # de-normalised, on the CPU
+                spread[name].append(body_frame_spread(m.detach().cpu().float() * std + mean, batch["lengths"]))
         captions += list(batch["caption"])
     out = {"text": _as_numpy(torch.cat(text)), "real": _as_numpy(torch.cat(real)), "captions": captions}
     if generate_fn is not None:
         out["generated"] = _as_numpy(torch.cat(generated))
+    out.update({f"{name}_spread": _as_numpy(torch.cat(s)) for name, s in spread.items() if s})
     return out
 
 
@@ -477,9 +542,12 @@ def evaluate(generate_fn, dataset, evaluator, tokenizer, replications: int, batc
     (generated motions vs the captions they were generated from), Diversity (300 pairs of
     generated motions) and, when generate_fn is given and mm_num_texts > 0, MModality
     (mm_num_gens generations for mm_num_texts captions, mm_times pairs each).
+    When the dataset has `mean` and `std`, also Swing (`swing`: the generated motions' body-frame
+    spread over that of the ground-truth clips they stand beside, same items and lengths).
     generate_fn=None gives the Real row: a second pass over the ground-truth motions (fresh
     random crops) stands in for the generated ones, so FID is near but not exactly 0 (Guo et
-    al.'s Real row reads 0.002 on HumanML3D for the same reason); there is no MModality.
+    al.'s Real row reads 0.002 on HumanML3D for the same reason) and Swing is the second pass's
+    spread over the first's, near but not exactly 1; there is no MModality.
     generate_fn(captions: list[str], lengths: LongTensor (B,)) -> normalized (B, Tmax, D).
     """
     assert replications >= 1, "need at least one replication"
@@ -493,9 +561,10 @@ def evaluate(generate_fn, dataset, evaluator, tokenizer, replications: int, batc
             torch.manual_seed(seed + r)  # generate_fn's noise: each replication reproducible
             emb = embed_dataset(dataset, evaluator, tokenizer, generate_fn, batch_size, collate_fn)
             if generate_fn is not None:
-                motion = emb["generated"]
+                motion, spread = emb["generated"], emb.get("generated_spread")
             else:  # Real row: a second pass (fresh crops) of the ground truth, as Guo et al.
-                motion = embed_dataset(dataset, evaluator, tokenizer, None, batch_size, collate_fn)["real"]
+                second = embed_dataset(dataset, evaluator, tokenizer, None, batch_size, collate_fn)
+                motion, spread = second["real"], second.get("real_spread")
             top = r_precision(emb["text"], motion, top_k=3, seed=seed + r)
             values = {"FID": fid(emb["real"], motion),
                       "R-precision top-1": top[0], "R-precision top-2": top[1], "R-precision top-3": top[2],
@@ -504,6 +573,9 @@ def evaluate(generate_fn, dataset, evaluator, tokenizer, replications: int, batc
             if generate_fn is not None and mm_num_texts > 0:
                 mm = _multimodality_embeddings(generate_fn, dataset, evaluator, mm_num_texts, mm_num_gens, seed + r)
                 values["MModality"] = multimodality(mm, mm_times, seed=seed + r)
+            if spread is not None:
+                # Swing = sum_b s_b(motions) / sum_b s_b(real), as `swing` (no random numbers drawn)
+                values["Swing"] = float(spread.sum() / emb["real_spread"].sum())
             for name, value in values.items():
                 per_rep.setdefault(name, []).append(float(value))
             log(f"eval replication {r + 1}/{replications}: "
@@ -619,6 +691,21 @@ def joint_errors(reconstruct, dataset, device, batch_size: int = 64) -> dict[str
 
 
 @torch.no_grad()
+def reconstruction_swing(reconstruct, dataset, device, batch_size: int = 64) -> float:
+    """Swing of reconstruct(x, lengths) -> x_hat (normalised features, (B, T, D)) over `dataset`:
+    sum over clips of x_hat's `body_frame_spread` over that of x (1.0 = the reconstructions move
+    as much as the motions; a decoder that renders each clip's mean pose scores 0)."""
+    mean, std = _statistics(dataset)
+    sums = {"reconstruction": 0.0, "real": 0.0}
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
+        for name, f in (("reconstruction", reconstruct(x, lengths)), ("real", x)):
+            sums[name] += float(body_frame_spread(f.cpu().float() * std + mean, batch["lengths"]).sum())
+    return sums["reconstruction"] / sums["real"]
+
+
+@torch.no_grad()
 def reconstruction_metrics(reconstruct, dataset, evaluator, tokenizer, seed: int, batch_size: int = 64) -> dict:
     """How the evaluator sees reconstructions reconstruct(x, lengths) of `dataset` against the
     motions themselves: R-precision top-1..3 and MMdist with their captions for both, and the
@@ -646,7 +733,7 @@ def reconstruction_metrics(reconstruct, dataset, evaluator, tokenizer, seed: int
 # ---------------------------------------------------------------------------------------
 # Results tables (results.md / results.json in the run folder)
 
-ARROWS = {"FID": "↓", "MMdist": "↓", "Diversity": "→", "MModality": "↑"}  # → : closer to Real is better
+ARROWS = {"FID": "↓", "MMdist": "↓", "Diversity": "→", "MModality": "↑", "Swing": "→"}  # → : closer to Real is better
 
 
 def _arrow(metric: str) -> str:

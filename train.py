@@ -322,7 +322,7 @@ def load_checkpoint(path: Path, stage: str) -> dict:
     except Exception as err:  # torch's zip reader, unpickler, EOF and allow-list refusals
         reason = ("it holds Python objects a checkpoint of this project never holds (refused: loading "
                   "them could run code)" if "Weights only load failed" in str(err)
-                  else f"{type(err).__name__}: {(str(err).strip().splitlines() or ['empty file'])[0][:120]}")
+                  else f"{type(err).__name__}: {(str(err).strip().splitlines() or ['empty file'])[0].split('. ')[0]}")
         raise ValueError(f"{path}: not a readable checkpoint ({reason}); {rewrite}") from None
     if not isinstance(state, dict) or not {"model", "step", "done"} <= set(state):
         raise ValueError(f"{path}: not a checkpoint of this project (no model, step, done); {rewrite}")

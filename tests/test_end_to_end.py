@@ -142,7 +142,8 @@ def test_lamp_condition_and_evaluator(smoke_run):
     beside the CLIP models; --evaluator lamp adds the LaMP-evaluator table (LaMP Tab. 2)."""
     run = smoke_run / "run"
     results = json.loads((run / "results.json").read_text())
-    assert set(results["lamp_retrieval"]["rows"]) == {"LaMP (best query)", "LaMP (mean of queries)", "evaluator"}
+    assert set(results["lamp_retrieval"]["rows"]) == {f"{m}, {p}" for m in ("LaMP (best query)", "LaMP (mean of queries)",
+                                                      "evaluator") for p in ("whole split", "batches of 32")}
     for stage in ("diffusion", "projector", "atm", "eval", "sample"):
         assert train.main(["--stage", stage, "--text-encoder", "lamp", *smoke_args(smoke_run)]) == 0
     assert train.main(["--stage", "eval", "--evaluator", "lamp", *smoke_args(smoke_run)]) == 0
