@@ -110,7 +110,10 @@ def _mean_over(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ATMConfig:
-    lambda_atm: float = 0.01       # Sec. 4.1 "weight factor lambda = 0.01", Eq. (8)
+    # Sec. 4.1 "weight factor lambda = 0.01", Eq. (8): one lambda on (L_inter + L_intra); two fields
+    # (equal by default) so that Tab. 3's ablations and the L_mse-only control switch each off
+    lambda_inter: float = 0.01
+    lambda_intra: float = 0.01
     eps: float = 0.85              # Sec. 4.1 "similarity threshold eps = 0.85", Sec. 3.2
     gamma: float = 0.8             # Sec. 4.1 "gamma = 0.8", the gate of L_intra, Sec. 3.3
     clip_seconds: float = 2.0      # Sec. 4.1 "a duration of 2 seconds" (40 frames HumanML3D, 25 KIT)
@@ -280,8 +283,8 @@ def atm_loss(text_emb: torch.Tensor, gen_emb: torch.Tensor, real_emb: torch.Tens
     # Sec. 3.3: cos(m^_i, m_i) of the whole sequences, in the alignment embedding space
     seq_cos = F.cosine_similarity(gen_emb, real_emb, dim=-1)                         # (B,)
     L_intra, intra = intra_motion_loss(gen_clip_emb, real_clip_emb, seq_cos, cfg.gamma, clip_mask)
-    # Eq. (8): lambda (L_inter + L_intra)
-    loss = cfg.lambda_atm * (L_inter + L_intra)
+    # Eq. (8): lambda (L_inter + L_intra), as lambda_inter L_inter + lambda_intra L_intra
+    loss = cfg.lambda_inter * L_inter + cfg.lambda_intra * L_intra
     return loss, {"inter": L_inter, "intra": L_intra, "atm": loss,
                   "inter_rows": inter["valid"].float().mean(), "intra_rows": intra["active"].float().mean()}
 
@@ -307,7 +310,7 @@ def diffusion_atm_loss(schedule, denoiser, motion_vae, embedder, batch: dict, c_
     eps_pred = denoiser(z_t, t, c_in)                                                # (B, n, d)
     mse, _ = diffusion_loss(eps_pred, noise)
     keep = ~drop  # ATM on the rows that saw their text
-    if int(keep.sum()) < 2:  # no in-batch negative can exist
+    if int(keep.sum()) < 2 or cfg.lambda_inter == cfg.lambda_intra == 0.0:  # no negative / the L_mse control
         zero = mse.new_zeros(())
         return mse, {"mse": mse, "inter": zero, "intra": zero, "atm": zero,
                      "inter_rows": zero, "intra_rows": zero}

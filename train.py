@@ -244,7 +244,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, object]) -> RunConfig:
 # (sizes, counts, steps), every other float > 0 (rates, scales, temperatures).
 AT_LEAST_ZERO = {"seed", "threads", "synthetic_seed", "steps_offset", "mm_num_texts", "styles",
                  "pretrain_steps", "pretrain_warmup", "lambda_kl", "lambda_align", "lambda_rec", "lambda_var",
-                 "lambda_atm", "prior_lambda", "lambda_word", "lambda_sent", "vq_commit", "vq_velocity",
+                 "lambda_inter", "lambda_intra", "prior_lambda", "lambda_word", "lambda_sent", "vq_commit", "vq_velocity",
                  "vq_reset_below", "huber_c", "w_min", "w_max", "guidance_scale", "label_smoothing"}
 FRACTIONS = {"dropout", "cond_drop", "eta", "vq_ema", "ema_decay", "eps", "gamma", "label_smoothing"}  # [0, 1]
 
@@ -554,7 +554,7 @@ def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sc
     scaler = torch.amp.GradScaler("cuda") if run.cfg.run.precision == "fp16" else None
     step, running = 0, {}
     if run.resume and path.exists():
-        state = load_checkpoint(path, WRITTEN_BY.get(name, name.split("_")[0]))
+        state = load_checkpoint(path, stage_of(name))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, running = state["step"], state.get("running", {})
@@ -635,15 +635,20 @@ BUILDERS = {
 }
 BUILDERS["alignment"] = BUILDERS["evaluator"]
 BUILDERS["lcm"] = lambda c, m: lcm.ConsistencyDenoiser(BUILDERS["diffusion"](m["denoiser"], m), LCMConfig(**c))
-WRITTEN_BY = {"alignment": "evaluator", "lamp_vq": "lamp", "diffusion_atm": "atm", "diffusion_atm_lamp": "atm",
-              "diffusion_mate": "mate", "projector_mate": "mate", "mate": "mate"}  # else: the name's first word
+# checkpoint name (its start) -> the stage writing it; else the name's first word
+WRITTEN_BY = {"alignment": "evaluator", "lamp_vq": "lamp", "diffusion_atm": "atm", "diffusion_mse": "atm",
+              "diffusion_mate": "mate", "projector_mate": "mate"}
+
+
+def stage_of(name: str) -> str:
+    return next((s for prefix, s in WRITTEN_BY.items() if name.startswith(prefix)), name.split("_")[0])
 
 
 def finished(run: Run, name: str) -> dict:
     """run.out/NAME.pt of a finished stage; a missing or interrupted one names the stage to run.
     A checkpoint trained on another version of a file it depends on (a retrained vae.pt, say)
     is used with a warning naming the stage to rerun."""
-    stage = WRITTEN_BY.get(name, name.split("_")[0])
+    stage = stage_of(name)
     path = run.out / f"{name}.pt"
     state = load_checkpoint(path, stage)
     if not state.get("done"):
@@ -934,27 +939,36 @@ def stage_projector(run: Run) -> dict:
     return {name: train_projector(run, name, text, latents, overrides) for name, overrides in variants.items()}
 
 
+ATM_VARIANTS = {  # checkpoint -> ATM config overrides: the method, its equal-budget control, Tab. 3
+    "diffusion_atm": {}, "diffusion_mse": {"lambda_inter": 0.0, "lambda_intra": 0.0}}
+ATM_ABLATIONS = {"diffusion_atm_inter": {"lambda_intra": 0.0}, "diffusion_atm_intra": {"lambda_inter": 0.0}}
+
+
 def stage_atm(run: Run) -> dict:
     """ATM: fine-tune the trained denoiser with L_mse + lambda (L_inter + L_intra) (ATM Eq. 8) on
     z0^ = F(eps) (LEAD Eq. 10) decoded by the frozen VAE and embedded by the frozen `alignment`
-    embedder (never the evaluator). Writes diffusion_atm.pt."""
+    embedder (never the evaluator) -> diffusion_atm.pt; beside it the equal-budget control, the
+    same fine-tuning with L_mse alone (diffusion_mse.pt), and with --ablations ATM Tab. 3's
+    L_inter only and L_intra only. Every variant starts from diffusion.pt on the same batches."""
     train = open_split(run, "train")
     text, motion_vae = text_encoder(run), load_model(run, "vae")
     embedder = load_model(run, "alignment")
-    cfg, sched, seed = run.cfg.atm, run.cfg.atm_train, run.cfg.run.seed
-    # fine-tuning starts from the finished diffusion stage (ATM trains from scratch)
-    denoiser = load_denoiser(run).requires_grad_(True)
-    schedule = diffusion.GaussianDiffusion(denoiser.cfg).to(run.device)
+    sched, seed = run.cfg.atm_train, run.cfg.run.seed
     # texts are embedded (and kept) as batches draw them; the motions all at once, here
     print(f"[atm] caching the posterior, motion and clip embeddings of {len(train)} training motions once")
-    targets = atm_losses.encode_atm_targets(motion_vae, embedder, train, cfg, run.device)
-    torch.manual_seed(seed)
-    loss_fn = atm_losses.atm_loss_fn(schedule, denoiser, motion_vae, embedder, text, targets, cfg,
-                                     fps=train.skeleton.fps)
-    stream = latent_batches(train, targets["mu"], targets["logvar"], sched.batch_size, seed)
-    meta = {"latent_shape": list(motion_vae.latent_shape), "text_dim": text.dim}
-    losses = fit(run, conditioned(run, "diffusion_atm"), denoiser, denoiser.cfg, loss_fn, stream, sched, meta)
-    return {"final_losses": losses}
+    targets = atm_losses.encode_atm_targets(motion_vae, embedder, train, run.cfg.atm, run.device)
+    figures = {}
+    for name, overrides in {**ATM_VARIANTS, **(ATM_ABLATIONS if run.args.ablations else {})}.items():
+        cfg = dataclasses.replace(run.cfg.atm, **overrides)
+        denoiser = load_denoiser(run).requires_grad_(True)  # fine-tuning starts from diffusion.pt
+        schedule = diffusion.GaussianDiffusion(denoiser.cfg).to(run.device)
+        torch.manual_seed(seed)
+        loss_fn = atm_losses.atm_loss_fn(schedule, denoiser, motion_vae, embedder, text, targets, cfg,
+                                         fps=train.skeleton.fps)
+        stream = latent_batches(train, targets["mu"], targets["logvar"], sched.batch_size, seed)
+        meta = {"latent_shape": list(motion_vae.latent_shape), "text_dim": text.dim}
+        figures[name] = fit(run, conditioned(run, name), denoiser, denoiser.cfg, loss_fn, stream, sched, meta)
+    return {"final_losses": figures}
 
 
 def stage_mate(run: Run) -> dict:
@@ -1118,9 +1132,16 @@ def eval_methods(run: Run, pipe: metrics.Pipeline, lead: projector.Projector) ->
     if run.args.ablations:
         methods.update(rows(pipe, **{label: load_projector(run, conditioned(run, name))
                                      for name, label in ABLATION_LABELS.items()}))
-    atm = conditioned(run, "diffusion_atm")
+    atm, steps = conditioned(run, "diffusion_atm"), run.cfg.atm_train.steps
     if (run.out / f"{atm}.pt").exists():
         methods.update(rows(pipeline(run, atm), **{"MLD+ATM": None, "LEAD+ATM": lead}))
+        control = f"+{steps} steps, L_mse only"  # ATM's equal-budget control (same steps, lambda = 0)
+        if (run.out / f"{conditioned(run, 'diffusion_mse')}.pt").exists():
+            methods.update(rows(pipeline(run, conditioned(run, "diffusion_mse")),
+                                **{f"MLD ({control})": None, f"LEAD ({control})": lead}))
+        for name, label in (("diffusion_atm_inter", "L_inter only"), ("diffusion_atm_intra", "L_intra only")):
+            if run.args.ablations and (run.out / f"{conditioned(run, name)}.pt").exists():  # ATM Tab. 3
+                methods.update(rows(pipeline(run, conditioned(run, name)), **{f"MLD+ATM ({label})": None}))
     else:
         print("[eval] no diffusion_atm.pt yet: run `--stage atm`, then `--stage eval` again, for the "
               "MLD+ATM and LEAD+ATM rows")

@@ -1,6 +1,7 @@
 """Tests for atm_losses.py: ATM's mining and losses on a hand-worked batch of 4 (Eqs. 2-8), the
 text-similarity exclusion, the gamma gate, clip cutting, and the gradient path
 denoiser -> Eq. (10) -> frozen VAE decoder -> frozen embedder."""
+import dataclasses
 import math
 
 import pytest
@@ -123,6 +124,11 @@ def test_atm_loss_is_lambda_times_the_sum():
     assert parts["intra"].item() == pytest.approx(intra, abs=1e-5)
     assert loss.item() == pytest.approx(0.01 * (inter + intra), abs=1e-7)
     assert parts["atm"] is loss and parts["inter_rows"].item() == 1.0 and parts["intra_rows"].item() == 1.0
+    # the separate weights of the ablations (ATM Tab. 3): each term alone
+    only_inter, _ = atm_loss(text, gen, real, sim, gen_clips, real_clips, mask, dataclasses.replace(cfg, lambda_intra=0.0))
+    only_intra, _ = atm_loss(text, gen, real, sim, gen_clips, real_clips, mask, dataclasses.replace(cfg, lambda_inter=0.0))
+    assert only_inter.item() == pytest.approx(0.01 * inter, abs=1e-7)
+    assert only_intra.item() == pytest.approx(0.01 * intra, abs=1e-7)
 
 
 def test_atm_loss_gates_intra_by_sequence_cosine():
@@ -231,10 +237,17 @@ def test_gradients_reach_the_denoiser_through_the_decoder():
              "text_emb": torch.randn(6, 8), "motion_emb": real_emb, "clip_emb": real_clips,
              "clip_mask": clip_mask}
     cfg = ATMConfig(gamma=1.0)  # every sequence passes the gate (random models are far from 0.8)
+    torch.manual_seed(0)  # the denoiser's dropout
     loss, parts = diffusion_atm_loss(schedule, denoiser, vae, embedder, batch, torch.zeros(8), cfg,
                                      fps=20.0, generator=torch.Generator().manual_seed(0))
     assert parts["atm"].item() > 0, "pick a batch where some triplet is violated"
     assert loss.item() == pytest.approx((parts["mse"] + parts["atm"]).item())
+    # the equal-budget control: both weights 0 is L_mse alone, from the same draws
+    torch.manual_seed(0)
+    control, _ = diffusion_atm_loss(schedule, denoiser, vae, embedder, batch, torch.zeros(8),
+                                    dataclasses.replace(cfg, lambda_inter=0.0, lambda_intra=0.0), fps=20.0,
+                                    generator=torch.Generator().manual_seed(0))
+    assert control.item() == pytest.approx(parts["mse"].item())
     params = list(denoiser.parameters())
     grads = torch.autograd.grad(parts["atm"], params, retain_graph=True, allow_unused=True)
     assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0

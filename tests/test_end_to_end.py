@@ -60,7 +60,8 @@ def test_every_stage_wrote_its_outputs(smoke_run):
     for stage in train.ALL_ORDER:
         figures = json.loads((run / f"{stage}.json").read_text())
         assert figures["wall_time_s"] >= 0
-    for name in ("vae", "diffusion", "projector", "evaluator", "alignment", "diffusion_atm", "mate", "lcm",
+    for name in ("vae", "diffusion", "projector", "evaluator", "alignment", "diffusion_atm", "diffusion_mse",
+                 "diffusion_atm_inter", "diffusion_atm_intra", "mate", "lcm",
                  "diffusion_mate", "projector_mate", "lamp", "lamp_vq",
                  *train.PROJECTOR_ABLATIONS):
         state = train.load_checkpoint(run / f"{name}.pt", name)
@@ -80,6 +81,8 @@ def test_results_table_has_the_papers_rows(smoke_run):
     assert list(rows)[:3] == ["Real", "MLD", "LEAD"]
     assert "LEAD w/o L_align" in rows and "LEAD (mlp)" in rows
     assert "MLD+ATM" in rows and "LEAD+ATM" in rows
+    assert {"MLD (+3 steps, L_mse only)", "LEAD (+3 steps, L_mse only)"} <= set(rows), "ATM's equal-budget control"
+    assert {"MLD+ATM (L_inter only)", "MLD+ATM (L_intra only)"} <= set(rows), "ATM Tab. 3 under --ablations"
     assert "MLD+MATE" in rows and "LEAD+MATE" in rows
     assert "MotionLCM" in rows and "LEAD (MotionLCM)" in rows
     steps = results["lcm_steps"]["rows"]
