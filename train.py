@@ -5,7 +5,7 @@
 Stages, in the order `--stage all` runs them (LEAD Sec. 4.1.2 trains VAE, then diffusion, then
 the projector):
 
-    data       generate (or validate) the dataset, train the offline BPE + text encoder, summary
+    data       generate, convert (--from-joints) or validate the dataset; the offline text encoder
     evaluator  the two text-motion embedders: `evaluator` (metrics) and `alignment` (ATM, MATE)
     lamp       LaMP pretraining (then --text-encoder lamp, --evaluator lamp)
     vae        the MLD motion VAE
@@ -15,8 +15,11 @@ the projector):
     mate       MATE word table, then the denoiser and projector retrained on it
     lcm        MotionLCM: a consistency model distilled from the denoiser, 1-4 step sampling
     eval       the Tab. 1 analogue: Real, MLD, LEAD (+ATM, +MATE, ablations)
-    sample     text -> motion files (+ stick-figure animations)
+    sample     text -> motion files (.npy, GIF/MP4 animations, --bvh)
     inversion  motion textual inversion
+
+and, outside `all`: `import` (MLD's released checkpoint -> vae.pt, diffusion.pt). Under torchrun
+the training stages run data-parallel (see DISTRIBUTED_STAGES).
 
 Each stage reads what the stages before it wrote into `--out` and writes its own checkpoint
 there; a missing prerequisite is an error naming the stage to run. Configuration is one
@@ -410,7 +413,7 @@ def dataset_root(run: Run) -> Path:
     if run.synthetic:
         settings = {"motions": run.cfg.data.synthetic_motions, "seed": run.cfg.data.synthetic_seed}
         marker = root / "settings.json"
-        if not marker.exists() or json.loads(marker.read_text()) != settings:
+        if not marker.exists() or marker.read_text() != json.dumps(settings, indent=2) + "\n":  # as write_json
             print(f"[data] generating the embedded synthetic dataset into {root} "
                   f"({settings['motions']} motions, seed {settings['seed']})")
             synthetic.generate_synthetic(root, n_motions=settings["motions"], seed=settings["seed"])
@@ -428,7 +431,8 @@ def open_split(run: Run, split: str) -> "data.MotionTextDataset":
     if key not in run.cache:
         root, c = dataset_root(run), run.cfg.data
         skeletons = {s.feat_dim: s for s in (data.T2M, data.KIT)}
-        feat_dim = np.load(root / "Mean.npy").shape[-1] if (root / "Mean.npy").exists() else data.T2M.feat_dim
+        feat_dim = data.load_array(root / "Mean.npy", "per-dimension mean").shape[-1] if (root / "Mean.npy").exists() \
+            else data.T2M.feat_dim
         if feat_dim not in skeletons:
             raise ValueError(f"{root / 'Mean.npy'}: {feat_dim}-d features match neither HumanML3D "
                              f"(263) nor KIT-ML (251)")
@@ -1177,7 +1181,7 @@ def stage_eval(run: Run) -> dict:
               for name, r in (("MLD", None), ("LEAD", lead))}
     metrics.write_results(run.out, conditioned(run, "timing"), timing, "Inference time per prompt",
                           f"{cfg.timing_prompts} prompts, batch of 1, on {run.device.type}; "
-                          "the paper: MLD 0.236 s, LEAD 0.245 s on an RTX 3090")
+                          "the paper (LEAD Sec. 5.3, GPU not named; Sec. 5.2 trains on a 3090): MLD 0.236 s, LEAD 0.245 s")
     has_labels = (test.root / "segments.json").exists()  # action labels: the synthetic dataset's
     structure = metrics.latent_structure(pipe.vae, lead, test, synthetic.load_segments(test.root) if has_labels else {})
     if structure:

@@ -21,7 +21,8 @@ Printed, on one device (cuda if available, else cpu):
   (projector.generate), for MLD (realigner=None) and LEAD (the projector), the ratio LEAD / MLD;
   and MotionLCM one-step sampling (lcm.generate_lcm; the student is a copy of the denoiser,
   which is all the speed depends on). Beside them the papers' figures: LEAD 0.245 s and MLD
-  0.236 s per prompt on an RTX 3090 (LEAD, "Inference Time"), MotionLCM about 0.03 s at one step.
+  0.236 s per prompt (LEAD Sec. 5.3 "Inference Time"; the GPU is not named there, Sec. 5.2 trains
+  on a GeForce 3090), MotionLCM about 0.03 s at one step.
 
 On a CPU the same runs with few steps and repeats and training batches divided by 16
 (`--batch-div`; one CPU thread takes about a second per VAE step at batch 1), and the figures
@@ -51,7 +52,7 @@ MIN_FRAMES = 40  # HumanML3D's shortest clip
 TEXT_DIM = 768   # CLIP ViT-L/14 text embedding, the paper's text encoder (Sec. 5.2)
 BATCH = {"vae": 128, "denoiser": 128, "projector": 1024}   # the paper preset's schedules
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PAPER = ("paper (RTX 3090, per prompt): LEAD 0.245 s, MLD 0.236 s (LEAD / MLD 1.04); "
+PAPER = ("paper (per prompt, GPU not named; LEAD trains on a 3090): LEAD 0.245 s, MLD 0.236 s (LEAD / MLD 1.04); "
          "MotionLCM ~0.03 s at one step")
 
 
