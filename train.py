@@ -1164,8 +1164,8 @@ def eval_methods(run: Run, pipe: metrics.Pipeline, lead: projector.Projector) ->
 
 def stage_eval(run: Run) -> dict:
     """The Tab. 1 analogue on the test split (metrics.t2m_rows): Real, MLD (no realignment) and
-    LEAD from the same checkpoints, the ATM and MATE rows, `--ablations` the Tab. 6 rows; then the
-    per-prompt inference time and the latent structure."""
+    LEAD from the same checkpoints, the ATM, MATE and MotionLCM rows, `--ablations` the Tab. 6 rows;
+    then the per-prompt inference time, the latent structure and the few-step table."""
     test, cfg = open_split(run, "test"), run.cfg.eval
     pipe = pipeline(run)
     evaluator, lead = eval_embedder(run), load_projector(run)
@@ -1182,7 +1182,16 @@ def stage_eval(run: Run) -> dict:
     metrics.write_results(run.out, conditioned(run, "timing"), timing, "Inference time per prompt",
                           f"{cfg.timing_prompts} prompts, batch of 1, on {run.device.type}; "
                           "the paper (LEAD Sec. 5.3, GPU not named; Sec. 5.2 trains on a 3090): MLD 0.236 s, LEAD 0.245 s")
-    has_labels = (test.root / "segments.json").exists()  # action labels: the synthetic dataset's
+    structure = latent_structure_table(run, pipe, lead, test)
+    steps = lcm_steps_table(run, pipe, lead, test, evaluator, tokenizer) if "MotionLCM" in rows else None
+    print((run.out / "results.md").read_text())
+    return {"rows": _as_lists(rows), "timing": {n: list(v["s / prompt"]) for n, v in timing.items()},
+            "latent_structure": structure, "lcm_steps": steps and _as_lists(steps)}
+
+
+def latent_structure_table(run: Run, pipe: metrics.Pipeline, lead, test) -> dict | None:
+    """The stand-in for LEAD's t-SNE (Fig. 3), where the dataset has action labels (synthetic)."""
+    has_labels = (test.root / "segments.json").exists()
     structure = metrics.latent_structure(pipe.vae, lead, test, synthetic.load_segments(test.root) if has_labels else {})
     if structure:
         metrics.write_results(run.out, conditioned(run, "latent_structure"), {
@@ -1191,16 +1200,18 @@ def stage_eval(run: Run) -> dict:
             "Latent structure (stand-in for LEAD Fig. 3, t-SNE)",
             f"leave-one-out nearest neighbour (Euclidean) over {structure['motions']} single-action "
             f"test motions, {structure['actions']} action labels")
-    steps = None
-    if "MotionLCM" in rows:  # LEAD Tab. 5: few-step sampling, realigned by the same projector
-        steps = lcm.steps_rows(pipe, load_lcm(run), lead, test, evaluator, tokenizer, cfg, run.cfg.run.seed)
-        metrics.write_results(run.out, "lcm_steps", steps, "Few-step sampling (LEAD Tab. 5 analogue)",
-                              f"{len(test)} test motions, R = {cfg.replications} replications; the projector is "
-                              f"LEAD's, trained on the teacher's latents and not retrained (LEAD Sec. 5.4); s / "
-                              f"prompt: batch of 1 on {run.device.type} (MotionLCM: ~0.03 s at one step).")
-    print((run.out / "results.md").read_text())
-    return {"rows": _as_lists(rows), "timing": {n: list(v["s / prompt"]) for n, v in timing.items()},
-            "latent_structure": structure, "lcm_steps": steps and _as_lists(steps)}
+    return structure
+
+
+def lcm_steps_table(run: Run, pipe: metrics.Pipeline, lead, test, evaluator, tokenizer) -> dict:
+    """LEAD Tab. 5: few-step sampling (lcm.steps_rows), realigned by LEAD's own projector."""
+    cfg = run.cfg.eval
+    steps = lcm.steps_rows(pipe, load_lcm(run), lead, test, evaluator, tokenizer, cfg, run.cfg.run.seed)
+    metrics.write_results(run.out, "lcm_steps", steps, "Few-step sampling (LEAD Tab. 5 analogue)",
+                          f"{len(test)} test motions, R = {cfg.replications} replications; the projector is "
+                          f"LEAD's, trained on the teacher's latents and not retrained (LEAD Sec. 5.4); s / "
+                          f"prompt: batch of 1 on {run.device.type} (MotionLCM: ~0.03 s at one step).")
+    return steps
 
 
 DEFAULT_PROMPTS = ["a person walks forward", "a person jumps then waves with the right hand",
