@@ -40,6 +40,12 @@ But (differences from OpenAI's tokenizer and from the papers):
 - The word-embedding table of the text model is wrapped by `WordEmbeddings` so added words get
   their own trainable rows while CLIP's table stays frozen.
 
+Layout, top to bottom: text cleaning and the regex, byte-level BPE (`bytes_to_unicode`, `bpe`),
+the `Tokenizer`, the BPE trainer (`train_bpe`), the `TextEncoder` around
+CLIPTextModelWithProjection (encoding, caching, textual-inversion words, MATE's table), and the
+offline stand-in's pretraining and its report (`paraphrase_loss`, `pretrain_text`,
+`paraphrase_report`, `offline_report`).
+
 Glossary: B batch, L tokens (77), W text width, D projected embedding width.
 """
 import gzip
