@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from scipy.interpolate import make_interp_spline
 
-from data import T2M, FeatureStats, fits_length, joints_to_features, save_features, write_splits
+from data import (T2M, FeatureStats, fits_length, joints_to_features, load_array, read_lines, save_features,
+                  write_splits)
 
 
 # ----------------------------------------------------------------------------
@@ -41,14 +42,8 @@ def read_prompts(path, fps: float, min_len: int, max_len: int,
     `#70`, since that is a forgotten caption rather than a comment), an unreadable length or one
     outside min_len..max_len frames raises ValueError naming `path:line`."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: prompt file is missing")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err})") from None
     prompts = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(read_lines(path, "prompt file"), start=1):
         line, where = line.strip(), f"{path}:{number}"
         if line.startswith("#") and _LENGTH.fullmatch(line[1:].strip()):
             raise ValueError(f"{where}: empty caption before the length {line!r}")
@@ -103,12 +98,8 @@ def _source_captions(path: Path, duration: float) -> list[tuple[str, float, floa
     """A source NAME.txt: `caption` or `caption#start#end` (seconds) a line -> [(caption, start, end)]."""
     if not path.exists():
         raise ValueError(f"no caption file {path.name}")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path.name}: not UTF-8 text") from None
     captions = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(read_lines(path, "caption file"), start=1):
         if not line.strip():
             continue
         parts, where = [part.strip() for part in line.split("#")], f"{path.name}:{number}"
@@ -133,11 +124,8 @@ def _source_clip(src: Path, name: str, fps: float, min_len: int, max_len: int):
     """One source clip, checked -> (features (T-1, 263) at 20 fps, captions); ValueError(why)."""
     if not (src / f"{name}.npy").exists():
         raise ValueError(f"no motion file {name}.npy")
-    try:
-        joints = np.load(src / f"{name}.npy", allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{name}.npy is unreadable ({err})") from None
-    if joints.ndim != 3 or joints.shape[1:] != (T2M.n_joints, 3) or joints.dtype.kind not in "fiu":
+    joints = load_array(src / f"{name}.npy", "joint positions")  # unreadable, foreign, not numbers
+    if joints.ndim != 3 or joints.shape[1:] != (T2M.n_joints, 3):
         raise ValueError(f"{name}.npy: expected numbers of shape (T, 22, 3), "
                          f"got {joints.dtype} {joints.shape}")
     if not np.isfinite(joints).all():
