@@ -9,6 +9,10 @@ evaluator) that MLD, LEAD, ATM, MATE and LaMP all report:
   reported as mean +- 1.96 std / sqrt(R) over R replications.
 - LaMP (seeds/003_d88d83113f8fa35c.txt) Tab. 3: text-to-motion and motion-to-text
   retrieval recall R@{1, 2, 3, 5, 10}.
+- Ours, in no paper: Swing (`swing`), how much generated motions move in the body frame
+  against the real motions of the same captions and lengths (1 = as lively). The evaluator's
+  features barely tell a motion from its held mean pose; Swing does, and so does
+  `reconstruction_swing` for the VAE alone.
 
 The metrics are distances between embeddings from a text-motion co-embedding model
 (`TextMotionEmbedder`), built after Guo et al.'s: a movement encoder (two strided
@@ -24,11 +28,10 @@ input, their own normalisation, loaded from the files MLD downloads), so its num
 papers'. The differences listed below are the in-house `TextMotionEmbedder`'s, not its.
 
 Reading order: distance and statistics helpers, the formulas (Eqs. 11-14, R-precision,
-retrieval), the embedder and its loss, Guo et al.'s released evaluator (`WordVectorizer`, the
-three official encoders, `T2MEvaluator`), the evaluation driver, the text-to-motion protocol
+retrieval, Swing), the embedder and its loss, the evaluation driver, the text-to-motion protocol
 (`Pipeline` generates for the test captions, `t2m_rows` scores each method over the
-replications, per-prompt time, latent structure) and the VAE's reconstruction errors, the
-results tables.
+replications, per-prompt time, latent structure) and the VAE's reconstruction errors and
+swing, the results tables.
 
 Differences from the paper:
 - Text input. Guo et al. feed GloVe 300-d word vectors plus a part-of-speech one-hot;
@@ -74,7 +77,8 @@ import torch.nn.functional as F
 import diffusion
 import projector
 from data import collate, features_to_joints
-from t2m_evaluator import FOOT_CONTACT_DIMS, T2MEvaluator, output_head  # noqa: F401 (T2MEvaluator: Guo et al.'s released evaluator)
+# Guo et al.'s released evaluator lives in t2m_evaluator.py; metrics.T2MEvaluator names it here
+from t2m_evaluator import FOOT_CONTACT_DIMS, T2MEvaluator, output_head  # noqa: F401
 
 DOWNSAMPLE = 4  # two stride-2 convolutions in the movement encoder: 4 frames -> 1 step
 
@@ -758,8 +762,8 @@ def _best_row(rows: dict, metric: str) -> str | None:
 
 def results_table(rows: dict, title: str, note: str = "") -> str:
     """Markdown table laid out like the papers': one row per method (Real first), columns
-    FID ↓, R-precision top-1/2/3 ↑, MMdist ↓, Diversity →, MModality ↑ (then any other
-    metric the rows carry, such as retrieval R@k), cells "mean ± CI", best method in bold,
+    FID ↓, R-precision top-1/2/3 ↑, MMdist ↓, Diversity →, MModality ↑, Swing → (then any
+    other metric the rows carry, such as retrieval R@k), cells "mean ± CI", best method in bold,
     "-" where a row has no value (Real has no MModality)."""
     names = sorted(rows, key=lambda n: n != "Real")  # Real first, the rest in insertion order
     seen = [m for r in rows.values() for m in r]

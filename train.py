@@ -854,13 +854,15 @@ def stage_vae(run: Run) -> dict:
     cfg, sched = run.cfg.vae, run.cfg.vae_train
     torch.manual_seed(run.cfg.run.seed)
     model = vae.MotionVAE(cfg, train.mean.shape[0]).to(run.device)
+    stream = vae.noise_ramped(batches(train, sched.batch_size, run.cfg.run.seed), cfg.noise_ramp)
     losses = fit(run, "vae", model, cfg, vae.vae_loss_fn(model, train.mean, train.std, run.device),
-                 batches(train, sched.batch_size, run.cfg.run.seed), sched, {"feat_dim": train.mean.shape[0]})
+                 stream, sched, {"feat_dim": train.mean.shape[0]})
     errors = metrics.joint_errors(model.reconstruct, val, run.device)
+    swing = metrics.reconstruction_swing(model.reconstruct, val, run.device)
     print(f"[vae] validation mean per-joint position error: {100 * errors['global']:.2f} cm "
-          f"(root-aligned: {100 * errors['root-aligned']:.2f} cm, body frame: "
-          f"{100 * errors['body frame']:.2f} cm)")
-    figures = {"final_losses": losses, "val_joint_error_m": round(errors["global"], 5),
+          f"(root-aligned: {100 * errors['root-aligned']:.2f} cm, body frame: {100 * errors['body frame']:.2f} "
+          f"cm); swing {swing:.3f} (1: the reconstructions move as much as the motions)")
+    figures = {"final_losses": losses, "val_swing": round(swing, 4), "val_joint_error_m": round(errors["global"], 5),
                "val_root_relative_error_m": round(errors["root-aligned"], 5),
                "val_body_frame_error_m": round(errors["body frame"], 5)}
     if not (run.out / "evaluator.pt").exists():

@@ -63,6 +63,32 @@ Differences from the paper:
   7.18; a learned linear DCT path beside the transformers, no posterior noise 6.52, or 4.58
   when that path starts from the closed-form fit (worse than the fit alone).
   bench/bench_vae.py repeats the comparison and the linear reference.
+- `noise_ramp` (not MLD; 1 = MLD's full posterior noise from the first step) grows the scale of
+  the posterior noise in z = mu + s sigma n linearly from 0 to 1 over that many training steps;
+  `--set vae.noise_ramp=475 --set vae_train.steps=950` ramps over half the steps (measured below;
+  not yet the tiny preset's default, whose full-recipe figures the README reports). Why: the encoder's final LayerNorm shapes the mu and
+  the logvar tokens alike, so training starts with sigma ~ 1 in every latent dimension and mu
+  spread ~ 1 across clips, and the one parameter that lowers all the logvars at once (that
+  LayerNorm's bias, shared with mu) moves about lr per Adam step: through a CPU run the decoder
+  reads latents that are about half noise (median signal-to-noise 0.5 per dimension in the
+  800-step VAE) and renders what each noisy latent has in common, the clip's mean pose. Measured
+  with bench/bench_vae.py (one torch thread, another job on the other core; swing is
+  metrics.reconstruction_swing on val, then the root-aligned error):
+      preset without / with the ramp, 150 s (~500 steps)        0.23 / 0.28   8.53 / 8.25 cm
+      ... 330 s (1046 / 1202 steps)                             0.37 / 0.41   7.63 / 7.34 cm
+      ... exactly 1100 steps each                               0.34 / 0.37   7.86 / 7.52 cm
+      no noise at all (decoding mu while training), 150 s       0.34          8.04 cm
+  Training time is the larger lever (150 s -> 330 s: 0.23 -> 0.37). For scale: each clip's first
+  8 / 12 / 16 DCT coefficients over time keep 0.65 / 0.76 / 0.84 of its swing (4.2 / 3.4 / 2.8 cm).
+  Tried on the preset at 150 s and not kept (swing, root-aligned; the preset: 0.23, 8.53 cm):
+  64-frame training windows 0.25, 9.02 (twice the steps, but decoder positions past 64 never
+  train); a velocity term, SmoothL1 on frame differences weighted 1 / 4, 0.21, 8.68 / 0.23, 8.61;
+  16 x 32 tokens (MotionLCM's VAE) 0.09, 9.50; 8 x 64 0.22, 8.62; 16 x 128 0.19, 8.92; 8 heads 0.19,
+  8.85; 100 warm-up steps to lr 1e-3 0.18, 8.98; batch 8 0.23, 8.68; sigma ~ 0.25 from the start
+  (that LayerNorm's bias at -3, shifting mu by -3 too) 0.29, 8.38. That LayerNorm's gain started
+  at 3 (mu 3x wider, sigma more spread) scores 0.15, 9.12 alone but 0.44, 7.20 cm with the ramp at
+  330 s, the best figures measured; it triples the scale of the latents the denoiser must model,
+  so the preset leaves it out.
 - MLD's learned positional tables have 500 rows; ours have exactly as many as can be used
   (max_len + 2n in the encoder, max_len in the decoder).
 """
@@ -183,6 +209,7 @@ class VAEConfig:
     joint_loss: str = "global"  # MLD: "global" joints; ours: "root_relative" (docstring)
     norm_first: bool = False    # MLD: post-norm layers; ours: pre-norm (docstring)
     position_init: str = "uniform"  # MLD: learned positions from U[0, 1); or "sinusoidal"
+    noise_ramp: int = 1         # MLD: full posterior noise from step 1; ours: grown over this many steps
 
 
 class MotionVAE(nn.Module):
@@ -377,12 +404,27 @@ def vae_loss(pred: torch.Tensor, target: torch.Tensor, lengths, mu: torch.Tensor
     return total, {"feat": feat, "joint": joint, "kl": kl}
 
 
+def noise_ramped(stream, steps: int):
+    """The batches of `stream`, each with "noise": the scale s of the posterior noise for that
+    step, s = min(1, (i + 1) / steps) for the i-th batch (0-based), so steps = 1 is MLD's s = 1
+    throughout. The scale rides on the stream so that a resumed run, which replays its stream to
+    where it stopped, picks the ramp up at the same step."""
+    if steps < 1:
+        raise ValueError(f"vae.noise_ramp is a number of steps >= 1 (1: MLD), got {steps}")
+    for i, batch in enumerate(stream):
+        yield {**batch, "noise": min(1.0, (i + 1) / steps)}
+
+
 def vae_loss_fn(model: MotionVAE, mean, std, device):
     """loss_fn(batch) -> (loss, parts) for training `model` on dataset batches (vae_loss with the
-    model's lambda_kl and joint loss; mean, std: the dataset's, to recover joints)."""
+    model's lambda_kl and joint loss; mean, std: the dataset's, to recover joints). The batch's
+    "noise" (`noise_ramped`; 1 when absent) scales the posterior noise of the decoded z."""
     def loss_fn(batch):
         x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
-        x_hat, mu, logvar = model(x, lengths)
+        _, mu, logvar = model.encode(x, lengths, sample=False)
+        # z = mu + s * sigma * n, n ~ N(0, I): MLD's reparameterisation at s = 1 (the same draw)
+        z = mu + batch.get("noise", 1.0) * torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        x_hat = model.decode(z, lengths)
         return vae_loss(x_hat, x, lengths, mu, logvar, mean, std, lambda_kl=model.cfg.lambda_kl,
                         joint_loss=model.cfg.joint_loss)
     return loss_fn

@@ -1,7 +1,7 @@
 """Tests for metrics.py: each formula against a direct numpy/scipy computation and a
 hand-worked case, the embedder's shapes and padding invariance, its loss against a hand
 computation, the evaluation driver on a tiny fake dataset, the results tables, and the VAE's
-joint errors by hand.
+joint errors and Swing by hand.
 
 Nothing here needs clip.py or a dataset folder: the dataset is a list of dicts, the tokenizer a
 word-level stand-in with the same [sot] ... [eot] pad layout.
@@ -303,7 +303,8 @@ def test_evaluate_real_and_generated_rows():
     logs = []
     real = evaluate(None, dataset, model, _tokenize, replications=2, batch_size=16, diversity_times=20,
                     collate_fn=_collate, log=logs.append)
-    assert set(real) == set(metrics.METRICS) - {"MModality"}
+    # a list of items has no mean / std to de-normalise with: no Swing
+    assert set(real) == set(metrics.METRICS) - {"MModality", "Swing"}
     assert abs(real["FID"][0]) < 1e-6  # ground truth against itself
     assert len(logs) == 2 and "replication 2/2" in logs[1]
 
@@ -312,12 +313,92 @@ def test_evaluate_real_and_generated_rows():
 
     gen = evaluate(noise, dataset, model, _tokenize, replications=3, batch_size=16, mm_num_texts=4,
                    mm_num_gens=12, diversity_times=20, collate_fn=_collate, log=lambda s: None)
-    assert set(gen) == set(metrics.METRICS)
+    assert set(gen) == set(metrics.METRICS) - {"Swing"}
     for name, (mean, ci) in gen.items():
         assert math.isfinite(mean) and math.isfinite(ci) and ci >= 0, name
     assert gen["FID"][0] > 0.01
     assert gen["MModality"][0] > 0
     assert not model.training
+
+
+class _WithStats(list):
+    """A list of items with the dataset statistics `mean` and `std` (D,), as MotionTextDataset."""
+
+    def __init__(self, items, seed=0):
+        super().__init__(items)
+        g = torch.Generator().manual_seed(seed)
+        D = items[0]["motion"].shape[1]
+        self.mean, self.std = torch.randn(D, generator=g).numpy(), (0.5 + torch.rand(D, generator=g)).numpy()
+
+
+def _by_caption(dataset, transform):
+    """generate_fn returning transform(item's own motion) for each caption (captions unique)."""
+    motions = {item["caption"]: item["motion"] for item in dataset}
+
+    def generate(captions, lengths):
+        out = torch.zeros(len(captions), int(lengths.max()), dataset[0]["motion"].shape[1])
+        for b, (caption, n) in enumerate(zip(captions, lengths.tolist())):
+            out[b, :n] = transform(motions[caption][:n])
+        return out
+    return generate
+
+
+def test_evaluate_swing_column_and_unchanged_metrics():
+    """With a dataset's mean / std, every row has Swing: the Real row's second pass of the same
+    (here uncropped) clips gives exactly 1; generated motions that are each clip itself: 1; each
+    clip's mean frame held still: 0; twice each clip's deviations from its mean frame: 2 (the
+    de-normalisation x * std + mean is affine per dimension, so deviations double in metres too).
+    Swing draws no random numbers: the other metrics equal those of the same items without stats."""
+    words = [(a, b, c) for a in WORDS[2:6] for b in WORDS[6:8] for c in WORDS[8:]]  # 16 unique captions
+    items = []
+    for i, item in enumerate(_fake_dataset(n=40, feat_dim=263)):
+        a, b, c = words[i % len(words)]
+        items.append(dict(item, caption=f"a person {a} {b} {c}" + " then" * (i // len(words))))
+    dataset, model = _WithStats(items), _tiny_embedder(feat_dim=263, vocab=3 + len(WORDS))
+    kwargs = dict(replications=2, batch_size=16, mm_num_texts=0, diversity_times=20, collate_fn=_collate,
+                  log=lambda s: None)
+    real = evaluate(None, dataset, model, _tokenize, **kwargs)
+    assert real["Swing"] == pytest.approx((1.0, 0.0))
+
+    def doubled(x):
+        centre = x.mean(0, keepdim=True)
+        return centre + 2.0 * (x - centre)
+
+    for transform, expected in ((lambda x: x, 1.0), (lambda x: x.mean(0, keepdim=True).expand_as(x), 0.0),
+                                (doubled, 2.0)):
+        row = evaluate(_by_caption(dataset, transform), dataset, model, _tokenize, **kwargs)
+        assert row["Swing"][0] == pytest.approx(expected, abs=1e-5)
+    plain = evaluate(_by_caption(dataset, doubled), list(dataset), model, _tokenize, **kwargs)
+    assert plain == {k: v for k, v in row.items() if k != "Swing"}
+
+
+def test_body_frame_spread_and_swing_by_hand():
+    """J = 22 joints, features 12 J - 1 = 263, body-frame positions at 4 : 67.
+    - One joint whose x alternates +a, -a over an even number of frames: its RMS distance from
+      its mean place is a; the other 20 joints are still, so the spread is a / 21.
+    - Frames past each length do not count. Swing: a still pose 0, a motion against itself 1,
+      twice its deviations from its mean frame 2; against a direct numpy loop."""
+    a, lengths = 0.3, torch.tensor([6, 4])
+    x = torch.zeros(2, 6, 263)
+    x[:, :, 4 + 3 * 2] = a * torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])  # joint 3's x
+    x[1, 4:] = 50.0                                                             # padding
+    torch.testing.assert_close(metrics.body_frame_spread(x, lengths),
+                               torch.full((2,), a / 21, dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    motion = torch.randn(3, 10, 263, generator=g)
+    lengths = torch.tensor([10, 7, 5])
+    expected = []
+    for b, n in enumerate(lengths.tolist()):  # direct: per joint, RMS distance from its mean place
+        p = motion[b, :n, 4:67].double().numpy().reshape(n, 21, 3)
+        expected.append(np.sqrt(((p - p.mean(0)) ** 2).sum(-1).mean(0)).mean())
+    np.testing.assert_allclose(metrics.body_frame_spread(motion, lengths).numpy(), expected, rtol=1e-10)
+    still = motion[:, :1].expand_as(motion)
+    centre = torch.stack([motion[b, :n].mean(0) for b, n in enumerate(lengths.tolist())])[:, None]
+    assert metrics.swing(still, motion, lengths) == 0.0
+    assert metrics.swing(motion, motion, lengths) == pytest.approx(1.0)
+    assert metrics.swing(centre + 2 * (motion - centre), motion, lengths) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="do not move"):
+        metrics.swing(motion, still, lengths)
 
 
 def test_results_table_and_write_results(tmp_path):
@@ -395,3 +476,21 @@ def test_joint_errors_by_hand():
         assert errors[name] == pytest.approx(d / J, rel=1e-4), name
     perfect = metrics.joint_errors(lambda x, lengths: x, clips, torch.device("cpu"))
     assert all(v == pytest.approx(0.0, abs=1e-7) for v in perfect.values())
+
+
+def test_reconstruction_swing_hand_cases():
+    """The identity reconstructs with Swing 1, each clip's mean frame with 0, twice each clip's
+    deviations from it with 2 (normalised or not: x * std + mean is affine per dimension)."""
+    clips = _Clips(lengths=(6, 9, 12))
+
+    def about_clip_mean(scale):
+        def reconstruct(x, lengths):
+            valid = metrics._valid(lengths, x.shape[1])[..., None]               # (B, T, 1)
+            centre = (x * valid).sum(1, keepdim=True) / lengths[:, None, None]   # (B, 1, D)
+            return (centre + scale * (x - centre)) * valid
+        return reconstruct
+
+    cpu = torch.device("cpu")
+    assert metrics.reconstruction_swing(lambda x, lengths: x, clips, cpu) == pytest.approx(1.0)
+    assert metrics.reconstruction_swing(about_clip_mean(0.0), clips, cpu) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.reconstruction_swing(about_clip_mean(2.0), clips, cpu, batch_size=2) == pytest.approx(2.0)

@@ -1,10 +1,11 @@
-"""Tests for vae.py: the KL against a hand computation, the skip structure, padding, shapes."""
+"""Tests for vae.py: the KL against a hand computation, the skip structure, padding, shapes, the
+posterior-noise ramp."""
 import math
 
 import pytest
 import torch
 
-from vae import MotionVAE, SkipTransformer, VAEConfig, kl_to_standard_normal, vae_loss
+from vae import MotionVAE, SkipTransformer, VAEConfig, kl_to_standard_normal, noise_ramped, vae_loss, vae_loss_fn
 
 D = 263  # HumanML3D features
 
@@ -137,6 +138,34 @@ def test_root_relative_joint_loss_ignores_the_root_trajectory():
     torch.testing.assert_close(rel["joint"], torch.tensor(0.5 * 0.09 / 66), rtol=1e-3, atol=1e-6)
     with pytest.raises(ValueError, match="joint_loss"):
         vae_loss(shifted, target, lengths, mu, logvar, mean, std, joint_loss="relative")
+
+
+def test_noise_ramp_scales_the_posterior_noise():
+    """noise_ramp = 4: the scales 1/4, 2/4, 3/4, 1, 1, ...; 1 (MLD) gives 1 from the first batch.
+    At scale 1 the loss is MLD's, the same draw as model(x, lengths); at scale 0 the decoder reads
+    mu, so two calls agree whatever the generator; padding and lengths as in every batch."""
+    pytest.importorskip("data")
+    batches = iter([{"step": i} for i in range(6)])
+    assert [b["noise"] for b in noise_ramped(batches, 4)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert [b["noise"] for b in noise_ramped(iter([{}, {}]), 1)] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="noise_ramp"):
+        next(noise_ramped(iter([{}]), 0))
+    torch.manual_seed(0)
+    model = MotionVAE(tiny_cfg(n_tokens=2), D).eval()
+    batch = {"motion": torch.randn(2, 9, D), "lengths": torch.tensor([9, 6])}
+    batch["motion"][1, 6:] = 0.0
+    mean, std = torch.zeros(D), torch.ones(D)
+    loss_fn = vae_loss_fn(model, mean, std, torch.device("cpu"))
+    torch.manual_seed(1)
+    x_hat, mu, logvar = model(batch["motion"], batch["lengths"])
+    expected, _ = vae_loss(x_hat, batch["motion"], batch["lengths"], mu, logvar, mean, std)
+    torch.manual_seed(1)
+    torch.testing.assert_close(loss_fn(batch)[0], expected)
+    torch.manual_seed(2)
+    first = loss_fn({**batch, "noise": 0.0})[0]
+    torch.manual_seed(3)
+    torch.testing.assert_close(loss_fn({**batch, "noise": 0.0})[0], first)
+    assert not torch.allclose(first, expected)
 
 
 @pytest.mark.parametrize("cfg", [VAEConfig(), tiny_cfg(n_tokens=2, n_layers=5)],
