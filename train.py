@@ -248,7 +248,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, object]) -> RunConfig:
 AT_LEAST_ZERO = {"seed", "threads", "synthetic_seed", "steps_offset", "mm_num_texts", "styles",
                  "pretrain_steps", "pretrain_warmup", "lambda_kl", "lambda_align", "lambda_rec", "lambda_var",
                  "lambda_inter", "lambda_intra", "prior_lambda", "lambda_word", "lambda_sent", "vq_commit", "vq_velocity",
-                 "vq_reset_below", "huber_c", "w_min", "w_max", "guidance_scale", "label_smoothing"}
+                 "vq_reset_below", "huber_c", "w_min", "w_max", "guidance_scale"}
 FRACTIONS = {"dropout", "cond_drop", "eta", "vq_ema", "ema_decay", "eps", "gamma", "label_smoothing"}  # [0, 1]
 
 
