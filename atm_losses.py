@@ -21,7 +21,7 @@ Notation (code -> paper):
     text_sim  cos(t_i, t_j)   text-text cosine similarity (B, B)
     *_clip_emb  m^_i^k, m_i^k  embeddings of the 2 s clips (B, K, E); clip_mask (B, K)
 D is the Euclidean distance in the embedding space of a frozen text-motion embedder: here
-train.py's `alignment` embedder (metrics.TextMotionEmbedder, trained like the evaluator but
+train.py's `alignment` embedder (t2m_evaluator.T2MEvaluator, trained like the evaluator but
 separately seeded, so no method is scored by the model that trained it). As in the paper
 (Sec. 4.1), the embeddings of texts, real motions and real clips are computed once and cached;
 only the generated motions are embedded at each step.
@@ -42,7 +42,7 @@ Differences from the paper:
 - Text similarity (the eps rule of Eq. 2) is the cosine of the frozen CLIP text encoder's
   embeddings c (the denoiser's condition); the paper encodes texts with a pretrained language
   model, Sentence-BERT (its ref. [34]), which is not available here.
-- The embedding module is this project's TextMotionEmbedder (Guo et al.'s architecture,
+- The embedding module is Guo et al.'s evaluator architecture trained here (t2m_evaluator.T2MEvaluator,
   InfoNCE on Euclidean distances), not the TMR-style module of HumanTOMATO (ref. [23]) with
   256-d embeddings.
 - Eq. (2) and Eqs. (5)-(6) divide by a distance between real motions (clips); pairs whose
@@ -371,8 +371,8 @@ def atm_loss_fn(schedule, denoiser, motion_vae, embedder, text, targets: dict, c
     def alignment_text(captions: list[str]) -> torch.Tensor:
         missing = list(dict.fromkeys(c for c in captions if c not in text_cache))
         if missing:
-            ids = text.tokenizer(missing).to(c_uncond.device)                          # (m, 77)
-            text_cache.update(zip(missing, embedder.encode_text(ids)))                 # (m, E)
+            tokens = embedder.tokenizer(missing).to(c_uncond.device)                   # its own reading
+            text_cache.update(zip(missing, embedder.encode_text(tokens)))              # (m, E)
         return torch.stack([text_cache[c] for c in captions])                          # (B, E)
 
     def loss_fn(batch):

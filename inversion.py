@@ -463,7 +463,7 @@ def mti_table(models: FrozenModels, test, evaluator, tokenizer, cfg: InversionCo
     # 2. the ground truth: each test motion's first caption; the examples themselves (Real)
     all_captions = [captions[0] for _, _, captions in test.items]
     with torch.no_grad():
-        text_emb = torch.cat([evaluator.encode_text(tokenizer(all_captions[s:s + 256]).to(device))
+        text_emb = torch.cat([evaluator.encode_text(evaluator.tokenizer(all_captions[s:s + 256]).to(device))
                               for s in range(0, len(all_captions), 256)]).double().cpu().numpy()  # (M, E)
     real_emb = embed_examples(evaluator, examples, lengths, device)              # (N, E)
     rows = {"Real": mti_row(real_emb, picks, text_emb, None, diversity_times, seed)}

@@ -16,7 +16,7 @@ Paper: LaMP: Language-Motion Pretraining for Motion Generation, Retrieval, and C
     Sec. 3.2, A.3.3    LaMP text features as the condition of a motion generator
                        (`LaMPTextEncoder`, a drop-in for clip.TextEncoder)
     Sec. 3.3, Tabs. 2-3  retrieval features and the LaMP evaluator (`LaMPEvaluator`, a drop-in
-                       for metrics.TextMotionEmbedder)
+                       for the evaluator, t2m_evaluator.T2MEvaluator)
 
 Left out: LaMP-T2M, the masked autoregressive token generator (Secs. 3.2.1-3.2.2, 3.5,
 Eqs. 2-4): here LaMP's text features condition the project's latent diffusion model instead;
@@ -746,12 +746,14 @@ class LaMPTextEncoder(nn.Module):
 
 class LaMPEvaluator(nn.Module):
     """`--evaluator lamp` (Tab. 2) and LaMP retrieval (Tab. 3): the interface of
-    metrics.TextMotionEmbedder over the frozen VQ encoder and LaMP. Embeddings are
-    L2-normalised, so Euclidean ranking is LaMP's cosine ranking."""
+    the evaluator (t2m_evaluator.T2MEvaluator) over the frozen VQ encoder and LaMP, with
+    `tokenizer` the CLIP tokenizer LaMP was trained with. Embeddings are L2-normalised, so
+    Euclidean ranking is LaMP's cosine ranking."""
 
-    def __init__(self, vq: MotionVQVAE, model: LaMP):
+    def __init__(self, vq: MotionVQVAE, model: LaMP, tokenizer=None):
         super().__init__()
         self.vq, self.model = vq.requires_grad_(False).eval(), model.requires_grad_(False).eval()
+        self.tokenizer = tokenizer
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, 77) from clip.Tokenizer -> (B, E)."""
@@ -817,7 +819,7 @@ def retrieval_rows(lamp_embedder: "LaMPEvaluator", evaluator, dataset, tokenizer
         motion, lengths = batch["motion"].to(device), batch["lengths"].to(device)
         feats["lamp_text"].append(lamp_embedder.encode_text(ids))                 # (B, E)
         feats["queries"].append(lamp_embedder.query_features(motion, lengths))    # (B, Q, E)
-        feats["text"].append(evaluator.encode_text(ids))                          # (B, E')
+        feats["text"].append(evaluator.encode_text(evaluator.tokenizer(batch["caption"]).to(device)))  # (B, E')
         feats["motion"].append(evaluator.encode_motion(motion, lengths))          # (B, E')
     feats = {k: torch.cat(v) for k, v in feats.items()}
     mean_query = torch.nn.functional.normalize(feats["queries"].mean(1), dim=-1)  # = LaMPEvaluator.encode_motion

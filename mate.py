@@ -34,8 +34,9 @@ Differences from the paper:
   sentence ends), with "X after Y-ing" and a leading "before/after ..., X" reordered. A bare
   "and" never splits ("bends their knees and squats" is one action), so "walks and sits down"
   stays one sub-text where ChatGPT might split it.
-- E_t, E_m of Eq. (1) are the run's frozen `alignment` embedder (metrics.TextMotionEmbedder,
-  trained contrastively on Euclidean distances), not HumanTOMATO's retrieval model. The search
+- E_t, E_m of Eq. (1) are the run's frozen `alignment` embedder (Guo et al.'s evaluator
+  architecture trained here, t2m_evaluator.T2MEvaluator: contrastive on Euclidean distances,
+  its lexicon tagging each sub-text), not HumanTOMATO's retrieval model. The search
   is exact over boundaries on a grid of `segment_grid` frames with segments of at least
   `min_segment` frames (dynamic programming over the grid points); the paper searches all
   partitions without saying at which resolution.
@@ -265,18 +266,21 @@ def _one_direction(gru: nn.GRU, reverse: bool) -> nn.GRU:
     return one
 
 
-def _run(gru: nn.GRU, sequences: list[torch.Tensor]) -> torch.Tensor:
-    """Every step's state of a one-directional GRU over sequences of different lengths (n, K, H)."""
+def _run(gru: nn.GRU, sequences: list[torch.Tensor], h0: torch.Tensor) -> torch.Tensor:
+    """Every step's state of a one-directional GRU from the state h0 (H,) over sequences of
+    different lengths (n, K, H)."""
     packed = nn.utils.rnn.pack_sequence(sequences, enforce_sorted=False)
-    states, _ = nn.utils.rnn.pad_packed_sequence(gru(packed)[0], batch_first=True)
+    start = h0[None, None].expand(1, len(sequences), -1).contiguous()  # (1, n, H)
+    states, _ = nn.utils.rnn.pad_packed_sequence(gru(packed, start)[0], batch_first=True)
     return states
 
 
 @torch.no_grad()
 def embed_segments(embedder, motion: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
     """Unit-norm E_m(m[s:e]) for each span of one motion (T, D) -> (S, E), equal to
-    `embedder.encode_motion(m[s:e])` of metrics.TextMotionEmbedder (a test checks it), with the
-    work that overlapping clips share done once.
+    `embedder.encode_motion(m[s:e])` of a t2m_evaluator.T2MEvaluator trained here (mask_padding:
+    frames past a clip read as zeros; a test checks it), with the work that overlapping clips
+    share done once.
 
     encode_motion runs two convolutions (kernel 4, stride 2, padding 1: one GRU step per 4
     frames) and a bidirectional GRU. For a clip whose bounds are multiples of 4, step k reads
@@ -291,11 +295,15 @@ def embed_segments(embedder, motion: torch.Tensor, spans: list[tuple[int, int]])
          more step, on its first-step input, from the state after its steps K-1 .. 1;
       4. the output head on both states, as encode_motion."""
     assert not embedder.training, "call embedder.eval() (dropout)"
+    assert embedder.cfg.mask_padding, "segments are embedded as an evaluator trained here reads clips (mask_padding)"
     T, D = motion.shape
     step = DOWNSAMPLE  # 4 frames per GRU step
     assert all(s % step == 0 and e % step == 0 and e - s >= 2 * step for s, e in spans), \
         f"span bounds must be multiples of {step} frames, spans at least {2 * step} long"
-    conv1, conv2, motion_in = embedder.conv1, embedder.conv2, embedder.motion_in
+    conv1, conv2 = embedder.movement_encoder.main[0], embedder.movement_encoder.main[3]
+    gru, h0 = embedder.motion_encoder.gru, embedder.motion_encoder.hidden[:, 0]  # h0 (2, Hg): learned
+    # the movement encoder's out_net, then the motion encoder's input_emb: two Linear maps in a row
+    motion_in = lambda h: embedder.motion_encoder.input_emb(embedder.movement_encoder.out_net(h))  # noqa: E731
     x = motion[:, :D - FOOT_CONTACT_DIMS]                              # (T, D'), as encode_motion
     frames = F.pad(x, (0, 0, 1, 1))                                    # (T+2, D'): row i is frame i - 1
     c1 = conv1(x.T[None])[0].T                                         # (T/2, H1) before the activation
@@ -315,10 +323,10 @@ def embed_segments(embedder, motion: torch.Tensor, spans: list[tuple[int, int]])
     last = F.leaky_relu(c1[e_ // 2 - 1] - frames[e_ + 1] @ conv1.weight[:, :, 3].T, 0.2)  # (nE, H1)
     x_last = gru_input(torch.stack([a1[e_ // 2 - 3], a1[e_ // 2 - 2], last, zero], 1))  # (nE, Hg)
     # 2-3. one GRU run per start (forward) and per end (backward, reversed in time)
-    fwd, bwd = _one_direction(embedder.motion_gru, False), _one_direction(embedder.motion_gru, True)
-    fwd_states = _run(fwd, [torch.cat([x_first[i:i + 1], inner[s // step + 1:]]) for i, s in enumerate(starts)])
+    fwd, bwd = _one_direction(gru, False), _one_direction(gru, True)
+    fwd_states = _run(fwd, [torch.cat([x_first[i:i + 1], inner[s // step + 1:]]) for i, s in enumerate(starts)], h0[0])
     # fwd_states (nS, K, Hg): state after the clip's steps 0..k
-    bwd_states = _run(bwd, [torch.cat([x_last[i:i + 1], inner[:e // step - 1].flip(0)]) for i, e in enumerate(ends)])
+    bwd_states = _run(bwd, [torch.cat([x_last[i:i + 1], inner[:e // step - 1].flip(0)]) for i, e in enumerate(ends)], h0[1])
     # bwd_states (nE, K, Hg): state after the clip's steps K-1 down to K-1-k
     # each clip: one more step in each direction
     start_row, end_row = {s: i for i, s in enumerate(starts)}, {e: i for i, e in enumerate(ends)}
@@ -328,11 +336,11 @@ def embed_segments(embedder, motion: torch.Tensor, spans: list[tuple[int, int]])
     h_fwd, _ = fwd(x_last[ei][:, None], fwd_states[si, n - 2][None])   # (S, 1, Hg)
     h_bwd, _ = bwd(x_first[si][:, None], bwd_states[ei, n - 2][None])
     # 4. the head of encode_motion on [forward, backward]
-    return F.normalize(embedder.motion_out(torch.cat([h_fwd[:, 0], h_bwd[:, 0]], -1)), dim=-1)
+    return F.normalize(embedder.motion_encoder.output_net(torch.cat([h_fwd[:, 0], h_bwd[:, 0]], -1)), dim=-1)
 
 
 @torch.no_grad()
-def joint_segmentation(embedder, tokenizer, motion: torch.Tensor, captions_subtexts: list[list[str]],
+def joint_segmentation(embedder, motion: torch.Tensor, captions_subtexts: list[list[str]],
                        grid: int, min_len: int) -> list[list[tuple[int, int]]]:
     """Eq. (1) for one motion (T, D) and each of its captions (given as sub-text lists) ->
     per caption [(s_n, e_n)] in frames. Segment embeddings are computed once per motion and
@@ -351,7 +359,7 @@ def joint_segmentation(embedder, tokenizer, motion: torch.Tensor, captions_subte
     seg = embed_segments(embedder, motion, [(points[a], points[b]) for a, b in pairs])   # (S, E)
     a_idx, b_idx = (torch.tensor(x, device=motion.device) for x in zip(*pairs))
     texts = [t for subtexts in captions_subtexts for t in subtexts]
-    text = F.normalize(embedder.encode_text(tokenizer(texts).to(motion.device)), dim=-1)   # (sum N, E)
+    text = F.normalize(embedder.encode_text(embedder.tokenizer(texts)), dim=-1)   # (sum N, E)
     offset = 0
     for k, subtexts in enumerate(captions_subtexts):
         N, offset = len(subtexts), offset + len(subtexts)
@@ -591,7 +599,7 @@ class Record:
     lemmas: frozenset[str]                # every lemma of the caption (negative pairs, Sec. 3.3)
 
 
-def prepare_records(dataset, embedder, tokenizer, cfg: MATEConfig, device, log=print) -> list[Record]:
+def prepare_records(dataset, embedder, cfg: MATEConfig, device, log=print) -> list[Record]:
     """One Record per (item, caption) of a data.MotionTextDataset: the caption split into
     sub-texts and the motion segmented against them by Eq. (1), once (the embedder is frozen).
     Motions start at frame 0 (bounds are frame indices of the whole clip). Captions without a
@@ -603,7 +611,7 @@ def prepare_records(dataset, embedder, tokenizer, cfg: MATEConfig, device, log=p
     torch.set_num_threads(1)
     try:
         for name, raw, captions in dataset.items:
-            records += _item_records(name, raw, captions, dataset, embedder, tokenizer, cfg, device)
+            records += _item_records(name, raw, captions, dataset, embedder, cfg, device)
     finally:
         torch.set_num_threads(threads)
     left_out = sum(len(captions) for _, _, captions in dataset.items) - len(records)
@@ -612,14 +620,14 @@ def prepare_records(dataset, embedder, tokenizer, cfg: MATEConfig, device, log=p
     return records
 
 
-def _item_records(name, raw, captions, dataset, embedder, tokenizer, cfg: MATEConfig, device) -> list[Record]:
+def _item_records(name, raw, captions, dataset, embedder, cfg: MATEConfig, device) -> list[Record]:
     T = (len(raw) // dataset.unit) * dataset.unit
     motion = torch.from_numpy(dataset.normalize(raw[:T])).float()      # (T, D)
     # a caption with more sub-texts than grid cells keeps its tail as one sub-text
     cells = T // cfg.segment_grid
     subtexts = [subs[:cells - 1] + [" ".join(subs[cells - 1:])] if len(subs) > cells else subs
                 for subs in (split_caption(c) for c in captions)]
-    bounds = joint_segmentation(embedder, tokenizer, motion.to(device), subtexts, cfg.segment_grid, cfg.min_segment)
+    bounds = joint_segmentation(embedder, motion.to(device), subtexts, cfg.segment_grid, cfg.min_segment)
     records = []
     for caption, subs, b in zip(captions, subtexts, bounds):
         words = [(w, n) for n, sub in enumerate(subs) for w in words_of(sub) if w not in FUNCTION_WORDS]
@@ -750,7 +758,7 @@ def caption_pairs(captions: list[str], a: str, b: str, limit: int) -> list[tuple
 
 
 @torch.no_grad()
-def pair_accuracy(generate_fn, evaluator, tokenizer, pairs: list[tuple[str, str]],
+def pair_accuracy(generate_fn, evaluator, pairs: list[tuple[str, str]],
                   length: int) -> tuple[float, float]:
     """How often a motion generated from one caption of a pair lies closer (Euclidean, the
     evaluator's metric space) to its own caption than to the other one -> (mean, 95% CI half
@@ -763,8 +771,8 @@ def pair_accuracy(generate_fn, evaluator, tokenizer, pairs: list[tuple[str, str]
     lengths = torch.full((len(captions),), length, dtype=torch.long)
     device = next(evaluator.parameters()).device
     motion = evaluator.encode_motion(generate_fn(captions, lengths).to(device), lengths.to(device))  # (2M, E)
-    own = evaluator.encode_text(tokenizer(captions).to(device))                          # (2M, E)
-    other = evaluator.encode_text(tokenizer(second + first).to(device))                  # (2M, E)
+    own = evaluator.encode_text(evaluator.tokenizer(captions).to(device))                          # (2M, E)
+    other = evaluator.encode_text(evaluator.tokenizer(second + first).to(device))                  # (2M, E)
     correct = (motion - own).norm(dim=-1) < (motion - other).norm(dim=-1)   # (2M,)
     return mean_ci(correct.float().cpu().numpy())
 
@@ -788,7 +796,7 @@ def word_probe(plain, with_mate, evaluator, dataset, cfg: MATEConfig, length: in
             torch.manual_seed(seed)  # the same noise for both models
             row[f"{label} pair acc."] = pair_accuracy(
                 lambda captions, lengths, p=pipe: p.generate(captions, lengths, None),
-                evaluator, tokenizer, pairs, length)
+                evaluator, pairs, length)
         rows[f"{a} / {b} ({len(pairs)} caption pairs)"] = row
         log(f"[mate] probe {a} / {b}: " + ", ".join(f"{k} {v[0]:.3f}" for k, v in row.items()))
     return rows

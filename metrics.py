@@ -14,41 +14,33 @@ evaluator) that MLD, LEAD, ATM, MATE and LaMP all report:
   features barely tell a motion from its held mean pose; Swing does, and so does
   `reconstruction_swing` for the VAE alone.
 
-The metrics are distances between embeddings from a text-motion co-embedding model
-(`TextMotionEmbedder`), built after Guo et al.'s: a movement encoder (two strided
-convolutions, 4x temporal downsampling) and a bidirectional GRU for motion, a
-bidirectional GRU for text, trained contrastively so that a caption lies close (in
-Euclidean distance) to its motion. train.py's `--stage evaluator` trains two independently
-seeded instances: `evaluator` (metrics only) and `alignment` (the training signal of ATM
-and MATE), so no method is scored by the model it was trained against.
+The metrics are distances between embeddings from Guo et al.'s text-motion co-embedding
+model, one class loaded or trained (t2m_evaluator.T2MEvaluator, named here as
+metrics.T2MEvaluator): a movement encoder (two strided convolutions, 4x temporal
+downsampling) and a bidirectional GRU for motion, a bidirectional GRU over word vectors and
+part-of-speech one-hots for text. With the real data and `--evaluator t2m` it is their released
+evaluator (networks/modules.py encoders under the official parameter names, GloVe, their own
+normalisation, loaded from the files MLD downloads), so its numbers are the papers'. Without
+those files (the embedded dataset), train.py's `--stage evaluator` trains the same architecture
+here, twice with different seeds: `evaluator` (metrics only) and `alignment` (the training
+signal of ATM and MATE), so no method is scored by the model it was trained against.
 
-With the real data, `T2MEvaluator` is Guo et al.'s released evaluator itself (their
-networks/modules.py encoders under the official parameter names, GloVe and part-of-speech text
-input, their own normalisation, loaded from the files MLD downloads), so its numbers are the
-papers'. The differences listed below are the in-house `TextMotionEmbedder`'s, not its.
-
-Reading order: distance and statistics helpers, the formulas (Eqs. 11-14, R-precision,
-retrieval, Swing), the embedder and its loss, the evaluation driver, the text-to-motion protocol
-(`Pipeline` generates for the test captions, `t2m_rows` scores each method over the
-replications, per-prompt time, latent structure) and the VAE's reconstruction errors and
-swing, the results tables.
-
-Differences from the paper:
-- Text input. Guo et al. feed GloVe 300-d word vectors plus a part-of-speech one-hot;
-  GloVe and the POS tagger cannot be downloaded here, so the text GRU reads a learned
-  token embedding of the project's CLIP BPE ids (clip.Tokenizer), start and end token
-  included.
+Differences of an evaluator trained here from the released one:
+- Text input. GloVe cannot be downloaded here: the word vectors are learned, one row per lemma
+  of the training captions seen at least twice (rarer ones share unk's row). The POS tags are
+  the training captions' own (`word/POS` in texts/*.txt), read for any caption by a
+  context-free lexicon (t2m_evaluator.Lexicon: each word's most frequent tag there), so that
+  sub-texts (MATE) and new prompts are tagged the same way; the stage reports how often it
+  agrees with the files' tags.
 - Training objective. Guo et al. use a margin contrastive loss (margin 10) on Euclidean
   distances with one negative per pair (the batch shifted by a random offset), on top of
   a movement encoder pretrained as an autoencoder and then frozen. Here the whole
-  embedder is trained end to end with a symmetric InfoNCE loss on negative Euclidean
+  evaluator is trained end to end with a symmetric InfoNCE loss on negative Euclidean
   distances (see `embedder_loss` for why).
-- Padding. Guo et al. zero-pad motions, so the last strided convolution windows read a
-  few padded frames; here frames (and first-layer outputs) past each length are masked
-  to zero, so an embedding does not depend on how much padding its batch has.
-- Layers. The GRUs start from a zero state instead of a learned one; the movement
-  encoder's output Linear and the motion GRU's input Linear (two linear maps in a row)
-  are one Linear here.
+- Padding. Guo et al.'s convolutions read whatever follows a clip in its batch (the last
+  strided windows read a few padded frames); a trained evaluator (mask_padding) zeroes frames
+  and first-layer outputs past each length, so an embedding does not depend on how much padding
+  its batch has.
 - The Real row's FID compares the ground-truth embeddings with themselves (exactly 0);
   in Guo et al.'s code it compares two passes over randomly cropped test motions (about
   0.002 on HumanML3D).
@@ -77,8 +69,8 @@ import torch.nn.functional as F
 import diffusion
 import projector
 from data import collate, features_to_joints
-# Guo et al.'s released evaluator lives in t2m_evaluator.py; metrics.T2MEvaluator names it here
-from t2m_evaluator import FOOT_CONTACT_DIMS, T2MEvaluator, output_head  # noqa: F401
+# Guo et al.'s evaluator (loaded or trained) lives in t2m_evaluator.py; metrics.T2MEvaluator names it here
+from t2m_evaluator import FOOT_CONTACT_DIMS, T2MEvaluator, T2MEvaluatorConfig, _valid  # noqa: F401
 
 DOWNSAMPLE = 4  # two stride-2 convolutions in the movement encoder: 4 frames -> 1 step
 
@@ -314,94 +306,7 @@ def swing(motions: torch.Tensor, real: torch.Tensor, lengths) -> float:
 
 
 # ---------------------------------------------------------------------------------------
-# The feature extractor (after Guo et al. 2022's T2M evaluator)
-
-
-@dataclass
-class EmbedderConfig:
-    word_dim: int = 300  # Guo et al.: GloVe 300-d word vectors (here a learned token table)
-    text_hidden: int = 512  # Guo et al. code: TextEncoderBiGRUCo hidden size
-    movement_hidden: int = 512  # Guo et al. code: MovementConvEncoder hidden channels
-    movement_dim: int = 512  # Guo et al. code: MovementConvEncoder output channels
-    motion_hidden: int = 1024  # Guo et al. code: MotionEncoderBiGRUCo hidden size
-    embed_dim: int = 512  # Guo et al. code: co-embedding size E of both encoders
-    dropout: float = 0.2  # Guo et al. code: dropout after each movement convolution
-    temperature: float = 0.1  # ours: InfoNCE temperature of `embedder_loss` (Guo et al.: margin loss)
-
-
-def _bigru_last(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Run a bidirectional GRU over the first lengths[b] steps of x (B, T, H) and return the
-    last hidden state of both directions, concatenated: (B, 2H). Packing makes the
-    forward GRU stop at the last valid step and the backward GRU start there."""
-    packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    _, h = gru(packed)  # (2 directions, B, H)
-    return torch.cat([h[0], h[1]], dim=-1)  # (B, 2H)
-
-
-def _valid(lengths: torch.Tensor, T: int) -> torch.Tensor:
-    """(B, T) mask, True on the first lengths[b] steps."""
-    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
-
-
-class TextMotionEmbedder(nn.Module):
-    """Text and motion encoders into one E-d space where a caption lies close to its motion.
-
-    Motion: features without the 4 foot contacts -> two Conv1d (kernel 4, stride 2) with
-    LeakyReLU 0.2 (4x temporal downsampling) -> Linear -> packed bidirectional GRU over
-    lengths // 4 steps -> output head. Text: token embedding -> Linear -> packed
-    bidirectional GRU over the tokens up to and including the end token -> output head.
-    """
-
-    def __init__(self, cfg: EmbedderConfig, feat_dim: int, vocab_size: int, eot_id: int):
-        super().__init__()
-        assert feat_dim > FOOT_CONTACT_DIMS, (
-            f"motion features must hold more than the {FOOT_CONTACT_DIMS} foot contacts, got {feat_dim}")
-        assert 0 <= eot_id < vocab_size, f"end-token id {eot_id} outside the vocabulary of {vocab_size}"
-        self.cfg, self.feat_dim, self.vocab_size, self.eot_id = cfg, feat_dim, vocab_size, eot_id
-        # motion side: the movement encoder, then the motion GRU
-        self.conv1 = nn.Conv1d(feat_dim - FOOT_CONTACT_DIMS, cfg.movement_hidden, kernel_size=4, stride=2, padding=1)
-        self.conv2 = nn.Conv1d(cfg.movement_hidden, cfg.movement_dim, kernel_size=4, stride=2, padding=1)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.motion_in = nn.Linear(cfg.movement_dim, cfg.motion_hidden)
-        self.motion_gru = nn.GRU(cfg.motion_hidden, cfg.motion_hidden, batch_first=True, bidirectional=True)
-        self.motion_out = output_head(2 * cfg.motion_hidden, cfg.motion_hidden, cfg.embed_dim)
-        # text side
-        self.token_emb = nn.Embedding(vocab_size, cfg.word_dim)
-        self.text_in = nn.Linear(cfg.word_dim, cfg.text_hidden)
-        self.text_gru = nn.GRU(cfg.text_hidden, cfg.text_hidden, batch_first=True, bidirectional=True)
-        self.text_out = output_head(2 * cfg.text_hidden, cfg.text_hidden, cfg.embed_dim)
-
-    def encode_motion(self, motion: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """motion (B, T, D) normalized, lengths (B,) -> (B, E). Frames past a length are ignored."""
-        B, T, D = motion.shape
-        assert D == self.feat_dim, f"the embedder was built for {self.feat_dim}-d features, got {D}"
-        lengths = torch.as_tensor(lengths, device=motion.device).long()
-        assert lengths.shape == (B,), f"expected one length per motion, got {tuple(lengths.shape)}"
-        assert int(lengths.min()) >= DOWNSAMPLE and int(lengths.max()) <= T, (
-            f"lengths must lie in [{DOWNSAMPLE}, T={T}] (4 frames make one GRU step), got "
-            f"{int(lengths.min())}..{int(lengths.max())}")
-        # note: zero the padding and the first-layer outputs past lengths // 2, so that the
-        # strided windows at the end read the same zeros however long the padding is
-        x = motion[..., : D - FOOT_CONTACT_DIMS] * _valid(lengths, T)[..., None]  # (B, T, D-4)
-        h = self.dropout(F.leaky_relu(self.conv1(x.transpose(1, 2)), 0.2))  # (B, Hm, T//2)
-        h = h * _valid(lengths // 2, h.shape[-1])[:, None, :]
-        h = self.dropout(F.leaky_relu(self.conv2(h), 0.2))  # (B, Dm, T//4)
-        h = self.motion_in(h.transpose(1, 2))  # (B, T//4, Hg)
-        last = _bigru_last(self.motion_gru, h, lengths // DOWNSAMPLE)  # (B, 2Hg)
-        return self.motion_out(last)  # (B, E)
-
-    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, L) from clip.Tokenizer ([sot] tokens [eot] pad...) -> (B, E).
-
-        The GRU reads up to and including the first end token; what follows it is ignored.
-        """
-        B, L = ids.shape
-        is_eot = ids == self.eot_id  # (B, L)
-        assert bool(is_eot.any(1).all()), f"every row of ids needs the end token {self.eot_id}"
-        lengths = is_eot.int().argmax(1) + 1  # (B,) first end token, included
-        x = self.text_in(self.token_emb(ids))  # (B, L, Ht)
-        last = _bigru_last(self.text_gru, x, lengths)  # (B, 2Ht)
-        return self.text_out(last)  # (B, E)
+# Training an evaluator here (t2m_evaluator.T2MEvaluator.trained): its loss
 
 
 def embedder_loss(text_emb: torch.Tensor, motion_emb: torch.Tensor, captions: list[str] | None = None,
@@ -445,12 +350,12 @@ def embedder_loss(text_emb: torch.Tensor, motion_emb: torch.Tensor, captions: li
     return loss, parts
 
 
-def embedder_loss_fn(model: TextMotionEmbedder, tokenizer, temperature: float, device):
-    """loss_fn(batch) -> (loss, parts) for training `model` on dataset batches (embedder_loss)."""
+def embedder_loss_fn(model: T2MEvaluator, temperature: float, device):
+    """loss_fn(batch) -> (loss, parts) for training an evaluator on dataset batches (embedder_loss)."""
     def loss_fn(batch):
-        ids = tokenizer(batch["caption"]).to(device)                                  # (B, 77)
         motion_emb = model.encode_motion(batch["motion"].to(device), batch["lengths"].to(device))
-        return embedder_loss(model.encode_text(ids), motion_emb, batch["caption"], temperature=temperature)
+        return embedder_loss(model.encode_text(model.tokenizer(batch["caption"])), motion_emb, batch["caption"],
+                             temperature=temperature)
     return loss_fn
 
 

@@ -68,7 +68,7 @@ from inversion import InversionConfig
 from lcm import LCMConfig
 from lamp import LaMPConfig
 from mate import MATEConfig
-from metrics import EmbedderConfig, EvalConfig
+from metrics import EvalConfig, T2MEvaluatorConfig
 from t2m_evaluator import DatasetEvaluator, T2MEvaluator
 from projector import ProjectorConfig
 from vae import VAEConfig
@@ -119,7 +119,7 @@ class RunConfig:
     run: RunOptions = field(default_factory=RunOptions)
     data: DataConfig = field(default_factory=DataConfig)
     text: ClipConfig = field(default_factory=ClipConfig)
-    evaluator: EmbedderConfig = field(default_factory=EmbedderConfig)
+    evaluator: T2MEvaluatorConfig = field(default_factory=lambda: T2MEvaluatorConfig(mask_padding=True))
     vae: VAEConfig = field(default_factory=VAEConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
@@ -161,8 +161,8 @@ PRESETS: dict[str, dict[str, object]] = {
         # maps the latent into a wider space as LEAD's does (1 x 256 -> 768), not a narrower one
         "text.hidden_size": 128, "text.num_layers": 2, "text.intermediate_size": 512,
         "text.projection_dim": 512,
-        "evaluator.word_dim": 64, "evaluator.text_hidden": 128, "evaluator.movement_hidden": 128,
-        "evaluator.movement_dim": 128, "evaluator.motion_hidden": 128, "evaluator.embed_dim": 64,
+        "evaluator.dim_word": 64, "evaluator.dim_text_hidden": 128, "evaluator.dim_movement_enc_hidden": 128,
+        "evaluator.dim_movement_latent": 128, "evaluator.dim_motion_hidden": 128, "evaluator.dim_coemb_hidden": 64,
         "evaluator_train.steps": 400, "evaluator_train.batch_size": 64, "evaluator_train.lr": 1e-3,
         # note: dropout off on CPU: attention dropout forces PyTorch's slow attention path
         # VAE: not MLD's 1 x 256 post-norm recipe, which needs far more steps than a CPU has
@@ -632,8 +632,7 @@ BUILDERS = {
     "vae": lambda c, m: vae.MotionVAE(VAEConfig(**c), m["feat_dim"]),
     "diffusion": lambda c, m: diffusion.Denoiser(DiffusionConfig(**c), tuple(m["latent_shape"]), m["text_dim"]),
     "projector": lambda c, m: projector.Projector(ProjectorConfig(**c), tuple(m["latent_shape"]), m["text_dim"]),
-    "evaluator": lambda c, m: metrics.TextMotionEmbedder(EmbedderConfig(**c), m["feat_dim"], m["vocab_size"],
-                                                         m["eot_id"]),
+    "evaluator": lambda c, m: T2MEvaluator.rebuild(T2MEvaluatorConfig(**c), m),
     "lamp_vq": lambda c, m: lamp.MotionVQVAE(LaMPConfig(**c), m["feat_dim"]),
     "lamp": lambda c, m: lamp.LaMP(LaMPConfig(**c), m["vocab_size"], m["eot_id"]),
 }
@@ -724,7 +723,7 @@ def eval_embedder(run: Run):
     """The embedder the eval metrics are computed in: this run's `evaluator`, LaMP (LaMP Tab. 2),
     or Guo et al.'s released evaluator (--evaluator t2m: the space every paper reports in)."""
     if run.args.evaluator == "lamp":
-        return lamp.LaMPEvaluator(load_model(run, "lamp_vq"), load_model(run, "lamp"))
+        return lamp.LaMPEvaluator(load_model(run, "lamp_vq"), load_model(run, "lamp"), clip_text_encoder(run).tokenizer)
     if run.args.evaluator == "t2m":
         if not run.args.t2m_dir or not run.args.glove_dir:
             raise ValueError("--evaluator t2m needs --t2m-dir DIR (t2m/ or kit/ with text_mot_match/, "
@@ -829,22 +828,26 @@ def stage_data(run: Run) -> dict:
 
 
 def stage_evaluator(run: Run) -> dict:
-    """Two independently seeded text-motion embedders (metrics.py): `evaluator` scores every
-    method; `alignment` is the training signal of ATM and MATE, so no method is scored by it."""
+    """Two independently seeded Guo et al. evaluators trained here (t2m_evaluator.T2MEvaluator):
+    `evaluator` scores every method; `alignment` is the training signal of ATM and MATE, so no
+    method is scored by it."""
     train, test = open_split(run, "train"), open_split(run, "test")
-    tokenizer = clip_text_encoder(run).tokenizer
     sched, figures = run.cfg.evaluator_train, {}
-    meta = {"feat_dim": train.mean.shape[0], "vocab_size": len(tokenizer), "eot_id": tokenizer.eot_id}
     for offset, name in enumerate(("evaluator", "alignment")):
         seed = run.cfg.run.seed + 1000 * (offset + 1)
         torch.manual_seed(seed)
-        model = metrics.TextMotionEmbedder(run.cfg.evaluator, **meta).to(run.device)
-        loss_fn = metrics.embedder_loss_fn(model, tokenizer, run.cfg.evaluator.temperature, run.device)
-        losses = fit(run, name, model, run.cfg.evaluator, loss_fn, batches(train, sched.batch_size, seed), sched, meta)
-        real = metrics.evaluate(None, test, model, tokenizer, replications=1, seed=seed,
+        model = T2MEvaluator.trained(run.cfg.evaluator, train.mean.shape[0], train.tags).to(run.device)
+        loss_fn = metrics.embedder_loss_fn(model, run.cfg.evaluator.temperature, run.device)
+        losses = fit(run, name, model, run.cfg.evaluator, loss_fn, batches(train, sched.batch_size, seed), sched,
+                     model.meta())
+        real = metrics.evaluate(None, test, model, model.tokenizer, replications=1, seed=seed,
                                 diversity_times=run.cfg.eval.diversity_times)
         figures[name] = {"final_losses": losses, "test_real": {k: round(v[0], 4) for k, v in real.items()}}
         print(f"[{name}] real test motions: " + ", ".join(f"{k} {v[0]:.3f}" for k, v in real.items()))
+    figures["vocabulary"] = len(model.vectorizer.words)
+    figures["test_tag_agreement"] = round(model.lexicon.agreement(test.tags), 4)
+    print(f"[evaluator] {len(model.vectorizer.words)} learned word vectors; the lexicon reads "
+          f"{100 * figures['test_tag_agreement']:.1f}% of the test captions' word/POS tags alike")
     return figures
 
 
@@ -871,7 +874,7 @@ def stage_vae(run: Run) -> dict:
         return figures
     test, evaluator = open_split(run, "test"), load_model(run, "evaluator")
     figures["test_reconstruction"] = recon = metrics.reconstruction_metrics(
-        model.reconstruct, test, evaluator, clip_text_encoder(run).tokenizer, seed=run.cfg.run.seed)
+        model.reconstruct, test, evaluator, evaluator.tokenizer, seed=run.cfg.run.seed)
     for name, row in recon.items():
         print(f"[vae] evaluator on test {name}s: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
     return figures
@@ -991,7 +994,7 @@ def stage_mate(run: Run) -> dict:
     text = TextEncoder.from_pretrained(run.clip or run.out / "text_encoder").to(run.device)
     # 1. Eq. (1) once for every (motion, caption): the alignment embedder is frozen
     start, figures = time.time(), {}
-    records = mate.prepare_records(train, alignment, text.tokenizer, cfg, run.device)
+    records = mate.prepare_records(train, alignment, cfg, run.device)
     figures["segmentation_s"] = round(time.time() - start, 2)
     if run.synthetic:  # the synthetic dataset knows its action boundaries
         figures["segmentation"] = report = mate.segmentation_report(records, synthetic.load_segments(run.data_root))
@@ -1171,8 +1174,7 @@ def stage_eval(run: Run) -> dict:
     test, cfg = open_split(run, "test"), run.cfg.eval
     pipe = pipeline(run)
     evaluator, lead = eval_embedder(run), load_projector(run)
-    # the evaluator's own reading of the captions: Guo et al.'s word/POS tokens, else the run's tokenizer
-    tokenizer = evaluator.tokenizer if isinstance(evaluator, DatasetEvaluator) else pipe.text.tokenizer
+    tokenizer = evaluator.tokenizer  # the evaluator's own reading of the captions (word/POS tokens; LaMP: CLIP ids)
     rows = metrics.t2m_rows(eval_methods(run, pipe, lead), test, evaluator, tokenizer, cfg, run.cfg.run.seed)
     section, title, space = eval_labels(run)
     note = (f"{len(test)} test motions of {dataset_name(run)}, mean ± 1.96 std / sqrt(R) over "

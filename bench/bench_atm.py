@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     B, text_dim = args.batch_size, cfg.text.projection_dim
     motion_vae = vae.MotionVAE(cfg.vae, FEAT_DIM).eval().requires_grad_(False)
-    embedder = metrics.TextMotionEmbedder(cfg.evaluator, FEAT_DIM, cfg.text.vocab_size, eot_id=1)
+    embedder = metrics.T2MEvaluator.trained(cfg.evaluator, FEAT_DIM, {"a man walks": "a/DET man/NOUN walk/VERB"})
     embedder.eval().requires_grad_(False)
     denoiser = diffusion.Denoiser(cfg.diffusion, motion_vae.latent_shape, text_dim).train()
     schedule = diffusion.GaussianDiffusion(cfg.diffusion)
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
                                              atm_cfg, fps=20.0)[0])
 
     print(f"preset {args.preset!r}: VAE latent {motion_vae.latent_shape}, {cfg.vae.n_layers} layers; "
-          f"denoiser {cfg.diffusion.n_layers} layers; embedder GRU {cfg.evaluator.motion_hidden}; "
+          f"denoiser {cfg.diffusion.n_layers} layers; embedder GRU {cfg.evaluator.dim_motion_hidden}; "
           f"batch {B}, frames {int(lengths.min())}..{int(lengths.max())}, "
           f"{int(clip_mask.sum())} clips; {torch.get_num_threads()} threads")
     plain = median_step_time(plain_step, args.steps)

@@ -16,7 +16,6 @@ same). Figures are on the test split, which that embedder never saw.
 """
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import clip  # noqa: E402
 import data  # noqa: E402
 import synthetic  # noqa: E402
 import mate  # noqa: E402
@@ -33,15 +31,15 @@ import metrics  # noqa: E402
 import train  # noqa: E402
 
 
-def train_alignment(dataset, tokenizer, cfg, sched, seed: int = 2000):
+def train_alignment(dataset, cfg, sched, seed: int = 2000):
     """An embedder trained as train.py's stage_evaluator trains `alignment` (tiny preset)."""
     torch.manual_seed(seed)
-    model = metrics.TextMotionEmbedder(cfg, dataset.mean.shape[0], len(tokenizer), tokenizer.eot_id)
+    model = metrics.T2MEvaluator.trained(cfg, dataset.mean.shape[0], dataset.tags)
     optimizer = torch.optim.AdamW(model.parameters(), lr=sched.lr)
     stream = train.batches(dataset, sched.batch_size, seed)
     for _ in range(sched.steps):
         batch = next(stream)
-        loss, _ = metrics.embedder_loss(model.encode_text(tokenizer(batch["caption"])),
+        loss, _ = metrics.embedder_loss(model.encode_text(model.tokenizer(batch["caption"])),
                                         model.encode_motion(batch["motion"], batch["lengths"]),
                                         batch["caption"], temperature=cfg.temperature)
         optimizer.zero_grad(set_to_none=True)
@@ -50,7 +48,7 @@ def train_alignment(dataset, tokenizer, cfg, sched, seed: int = 2000):
     return model.eval().requires_grad_(False)
 
 
-def naive_records(dataset, embedder, tokenizer, cfg, motions: int):
+def naive_records(dataset, embedder, cfg, motions: int):
     """Eq. (1) with every candidate clip embedded by encode_motion itself (the reference the
     shared-work `mate.embed_segments` reproduces), on the first `motions` motions."""
     def naive(embedder, motion, spans):
@@ -64,7 +62,7 @@ def naive_records(dataset, embedder, tokenizer, cfg, motions: int):
     items = dataset.items
     try:
         dataset.items = items[:motions]
-        return mate.prepare_records(dataset, embedder, tokenizer, cfg, torch.device("cpu"), log=lambda *a: None)
+        return mate.prepare_records(dataset, embedder, cfg, torch.device("cpu"), log=lambda *a: None)
     finally:
         mate.embed_segments, dataset.items = fast, items
 
@@ -87,20 +85,16 @@ def main():
 
     start = time.time()
     if args.run:
-        tokenizer = clip.Tokenizer.from_pretrained(args.run / "text_encoder")
         state = train.load_checkpoint(args.run / "alignment.pt", "evaluator")
-        embedder = metrics.TextMotionEmbedder(metrics.EmbedderConfig(**state["config"]), state["meta"]["feat_dim"],
-                                              state["meta"]["vocab_size"], state["meta"]["eot_id"])
+        embedder = train.BUILDERS["alignment"](state["config"], state["meta"])
         embedder.load_state_dict(state["model"])
         embedder.eval().requires_grad_(False)
         source = f"alignment embedder of {args.run}"
     else:
-        tokenizer = clip.Tokenizer.from_pretrained(
-            clip.train_bpe(train_split.captions(), preset.text.vocab_size, tempfile.mkdtemp()))
-        embedder = train_alignment(train_split, tokenizer, preset.evaluator, preset.evaluator_train)
+        embedder = train_alignment(train_split, preset.evaluator, preset.evaluator_train)
         source = (f"alignment embedder trained here ({preset.evaluator_train.steps} steps, tiny preset) "
                   f"in {time.time() - start:.0f} s")
-    real = metrics.evaluate(None, test, embedder, tokenizer, replications=1, seed=0, log=lambda *a: None)
+    real = metrics.evaluate(None, test, embedder, embedder.tokenizer, replications=1, seed=0, log=lambda *a: None)
     print(f"E_t, E_m: {source}; its test R-precision top-1 {real['R-precision top-1'][0]:.3f}, "
           f"top-3 {real['R-precision top-3'][0]:.3f} (chance 1/32 = 0.031)")
 
@@ -112,7 +106,7 @@ def main():
     for grid in (4, 8):
         cfg = mate.MATEConfig(segment_grid=grid)
         start = time.perf_counter()
-        records = mate.prepare_records(test, embedder, tokenizer, cfg, torch.device("cpu"), log=lambda *a: None)
+        records = mate.prepare_records(test, embedder, cfg, torch.device("cpu"), log=lambda *a: None)
         seconds = time.perf_counter() - start
         report = mate.segmentation_report(records, segments)
         print(f"  grid {grid} frames: {len(test) / seconds:6.1f} motions/s ({seconds:.1f} s); boundary error "
@@ -120,7 +114,7 @@ def main():
               f"(even split {report['even_split_error_frames']:.1f}; the paper: 15 frames)")
         if grid == 4 and args.naive_motions:
             start = time.perf_counter()
-            slow = naive_records(test, embedder, tokenizer, cfg, args.naive_motions)
+            slow = naive_records(test, embedder, cfg, args.naive_motions)
             naive_s = time.perf_counter() - start
             same = all(a.bounds == b.bounds for a, b in zip(slow, records))
             print(f"  grid 4, naive (encode_motion per clip): {args.naive_motions / naive_s:6.1f} motions/s "

@@ -38,11 +38,14 @@ def text(clip_dir):
     return clip.TextEncoder.from_pretrained(clip_dir)
 
 
-def tiny_embedder(vocab_size: int, eot_id: int, seed: int = 0) -> metrics.TextMotionEmbedder:
+def tiny_embedder(seed: int = 0) -> metrics.T2MEvaluator:
+    """An evaluator as train.py trains one (mask_padding), with small sizes and two captions."""
     torch.manual_seed(seed)
-    cfg = metrics.EmbedderConfig(word_dim=8, text_hidden=8, movement_hidden=12, movement_dim=10,
-                                 motion_hidden=6, embed_dim=5)
-    return metrics.TextMotionEmbedder(cfg, 263, vocab_size, eot_id).eval()
+    cfg = metrics.T2MEvaluatorConfig(dim_word=8, dim_text_hidden=8, dim_movement_enc_hidden=12,
+                                     dim_movement_latent=10, dim_motion_hidden=6, dim_coemb_hidden=5,
+                                     mask_padding=True)
+    tagged = {"a man walks": "a/DET man/NOUN walk/VERB", "a man jumps": "a/DET man/NOUN jump/VERB"}
+    return metrics.T2MEvaluator.trained(cfg, 263, tagged).eval()
 
 
 # ----------------------------------------------------------------------------
@@ -127,8 +130,8 @@ class OneHotEmbedder:
     """A toy E_t, E_m over three actions: a sub-text's embedding is the one-hot of its action
     (told by its first token), a segment's the mean one-hot of the actions of its frames (the
     action of a frame is its first feature)."""
-    def __init__(self, actions: dict[int, int]):
-        self.actions = actions  # first token id -> action
+    def __init__(self, actions: dict[int, int], tokenizer):
+        self.actions, self.tokenizer = actions, tokenizer  # first token id -> action; its text reader
 
     def encode_text(self, ids):
         return F.one_hot(torch.tensor([self.actions[int(i)] for i in ids[:, 1]]), 3).float()
@@ -145,12 +148,12 @@ def test_joint_segmentation_finds_the_known_optimum(monkeypatch, text):
     words = ["walks", "jumps", "turns"]
     first = [text.tokenizer.encode(w)[0] for w in words]
     assert len(set(first)) == 3, "the toy needs three different first tokens"
-    embedder = OneHotEmbedder({i: k for k, i in enumerate(first)})
+    embedder = OneHotEmbedder({i: k for k, i in enumerate(first)}, text.tokenizer)
     truth = [(0, 12), (12, 28), (28, 40)]
     motion = torch.zeros(40, 263)
     for k, (s, e) in enumerate(truth):
         motion[s:e, 0] = k
-    out = mate.joint_segmentation(embedder, text.tokenizer, motion,
+    out = mate.joint_segmentation(embedder, motion,
                                   [words, ["walks forward"], ["turns", "walks", "jumps"]], grid=4, min_len=8)
     assert out[0] == truth
     assert out[1] == [(0, 40)]  # one sub-text: the whole motion, no search
@@ -158,7 +161,7 @@ def test_joint_segmentation_finds_the_known_optimum(monkeypatch, text):
 
 
 def test_segment_embeddings_equal_the_embedders_forward():
-    embedder = tiny_embedder(50, 1)
+    embedder = tiny_embedder()
     motion = torch.randn(64, 263)
     spans = [(0, 64), (0, 16), (4, 20), (8, 64), (12, 40), (20, 28), (56, 64), (0, 8), (4, 60), (32, 64)]
     got = mate.embed_segments(embedder, motion, spans)
@@ -367,6 +370,7 @@ class CaptionEvaluator(torch.nn.Module):
 def test_pair_accuracy(text):
     pairs = [("he turns clockwise", "she turns clockwise"), ("a man walks", "someone jumps")]
     evaluator = CaptionEvaluator()
+    evaluator.tokenizer = text.tokenizer
     evaluator.register_parameter("p", torch.nn.Parameter(torch.zeros(1)))
 
     def faithful(captions, lengths):
@@ -376,5 +380,5 @@ def test_pair_accuracy(text):
         half = len(captions) // 2
         return faithful(captions[half:] + captions[:half], lengths)
 
-    assert mate.pair_accuracy(faithful, evaluator, text.tokenizer, pairs, 8) == (1.0, 0.0)
-    assert mate.pair_accuracy(swapped, evaluator, text.tokenizer, pairs, 8) == (0.0, 0.0)
+    assert mate.pair_accuracy(faithful, evaluator, pairs, 8) == (1.0, 0.0)
+    assert mate.pair_accuracy(swapped, evaluator, pairs, 8) == (0.0, 0.0)

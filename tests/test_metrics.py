@@ -1,12 +1,13 @@
 """Tests for metrics.py: each formula against a direct numpy/scipy computation and a
-hand-worked case, the embedder's shapes and padding invariance, its loss against a hand
-computation, the evaluation driver on a tiny fake dataset, the results tables, and the VAE's
-joint errors and Swing by hand.
+hand-worked case, an evaluator trained here (its padding invariance, its lexicon reading of
+captions), its loss against a hand computation, the evaluation driver on a tiny fake dataset,
+the results tables, and the VAE's joint errors and Swing by hand.
 
-Nothing here needs clip.py or a dataset folder: the dataset is a list of dicts, the tokenizer a
-word-level stand-in with the same [sot] ... [eot] pad layout.
+Nothing here needs clip.py or a dataset folder: the dataset is a list of dicts, the captions'
+word/POS tags a ten-word table.
 """
 
+import dataclasses
 import json
 import math
 
@@ -18,9 +19,10 @@ import scipy.special
 import torch
 
 import metrics
-from metrics import (EmbedderConfig, TextMotionEmbedder, diversity, embedder_loss, euclidean_distance_matrix,
+from metrics import (T2MEvaluator, T2MEvaluatorConfig, diversity, embedder_loss, euclidean_distance_matrix,
                      evaluate, fid, frechet_distance, matching_score, mean_ci, multimodality, r_precision,
                      results_table, retrieval_recall, write_results)
+from t2m_evaluator import Lexicon
 
 
 def test_euclidean_distance_matrix_matches_scipy():
@@ -171,16 +173,25 @@ def test_mean_ci_hand_case():
 
 
 # --------------------------------------------------------------------------------------
-# The embedder
+# The evaluator trained here (t2m_evaluator.T2MEvaluator.trained): padding, its text reading
 
-TINY = EmbedderConfig(word_dim=8, text_hidden=8, movement_hidden=8, movement_dim=8, motion_hidden=8,
-                      embed_dim=6, dropout=0.0)
-SOT, EOT, PAD = 1, 2, 0
+TINY = T2MEvaluatorConfig(dim_word=8, dim_text_hidden=8, dim_coemb_hidden=6, dim_movement_enc_hidden=8,
+                          dim_movement_latent=8, dim_motion_hidden=8, mask_padding=True, min_word_count=1)
+WORDS = ["a", "person", "walks", "runs", "jumps", "waves", "forward", "backward", "slowly", "then"]
+TAGS = {"a": "a/DET", "person": "person/NOUN", "walks": "walk/VERB", "runs": "run/VERB", "jumps": "jump/VERB",
+        "waves": "wave/VERB", "forward": "forward/ADV", "backward": "backward/ADV", "slowly": "slowly/ADV",
+        "then": "then/ADV"}
 
 
-def _tiny_embedder(seed=0, feat_dim=12, vocab=30):
+def _tagged(captions) -> dict:
+    """caption -> its word/POS field, as data.py reads texts/*.txt."""
+    return {c: " ".join(TAGS[w] for w in c.split()) for c in captions}
+
+
+def _tiny_embedder(seed=0, feat_dim=12):
     torch.manual_seed(seed)
-    return TextMotionEmbedder(TINY, feat_dim=feat_dim, vocab_size=vocab, eot_id=EOT).eval()
+    tagged = _tagged([f"a person {v} {d} slowly then" for v in WORDS[2:6] for d in WORDS[6:8]])
+    return T2MEvaluator.trained(TINY, feat_dim, tagged).eval()
 
 
 def test_embedder_shapes_and_motion_padding_is_ignored():
@@ -204,26 +215,42 @@ def test_embedder_shapes_and_motion_padding_is_ignored():
         changed = motion.clone()
         changed[1, 15] += 1.0
         assert not torch.allclose(model.encode_motion(changed, lengths)[1], emb[1])
+        # the released evaluator's reading (no masking) sees the padding
+        model.cfg = dataclasses.replace(TINY, mask_padding=False)
+        assert not torch.allclose(model.encode_motion(garbage, lengths)[1], emb[1])
 
 
-def test_embedder_text_ignores_tokens_after_end():
+def test_embedder_reads_captions_as_lemma_pos_tokens():
+    """The vocabulary holds sos/eos/unk and the training lemmas; captions are read by the lexicon
+    (case, punctuation and hyphens as HumanML3D's text_process drops them), an unseen word as
+    unk; the text embedding depends on the words and on nothing past the caption."""
     model = _tiny_embedder()
-    ids = torch.full((2, 77), PAD)
-    ids[0, :5] = torch.tensor([SOT, 5, 6, 7, EOT])
-    ids[1, :3] = torch.tensor([SOT, 9, EOT])
+    assert model.vectorizer.words == ["sos", "eos", "unk", "a", "backward", "forward", "jump", "person",
+                                      "run", "slowly", "then", "walk", "wave"]
+    assert model.tokenizer(["A person walks, then jumps!", "a zebra runs"]) == [
+        ["a/DET", "person/NOUN", "walk/VERB", "then/ADV", "jump/VERB"], ["a/DET", "zebra/OTHER", "run/VERB"]]
+    assert model.vectorizer["zebra/OTHER"][0] == model.vectorizer.index["unk"]
     with torch.no_grad():
-        emb = model.encode_text(ids)
+        emb = model.encode_text(model.tokenizer(["a person walks forward", "a person runs"]))
         assert emb.shape == (2, 6)
-        other_pad = ids.clone()
-        other_pad[0, 5:] = 11
-        other_pad[1, 3:] = EOT  # HF-style padding with the end token
-        torch.testing.assert_close(model.encode_text(other_pad), emb)
-        torch.testing.assert_close(model.encode_text(ids[:, :5]), emb)  # shorter context
-        changed = ids.clone()
-        changed[0, 2] = 8
-        assert not torch.allclose(model.encode_text(changed)[0], emb[0])
-    with pytest.raises(AssertionError, match="end token"):
-        model.encode_text(torch.full((1, 77), 5))
+        torch.testing.assert_close(model.encode_text(model.tokenizer(["a person runs"])), emb[1:])  # batch-free
+        assert not torch.allclose(model.encode_text(model.tokenizer(["a person walks backward"]))[0], emb[0])
+    # a rebuilt model (what train.py's checkpoints hold) reads alike
+    again = T2MEvaluator.rebuild(TINY, model.meta())
+    again.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_text(again.tokenizer(["a person walks forward"])), emb[:1])
+
+
+def test_lexicon_majority_reading_and_agreement():
+    """Each word's most frequent token among the aligned training captions; a caption whose word
+    count differs from its tokens is skipped; agreement counts matching tokens."""
+    tagged = {"to the left": "to/ADP the/DET left/NOUN", "left hand up": "left/ADJ hand/NOUN up/ADV",
+              "the left arm": "the/DET left/ADJ arm/NOUN", "don't walk": "do/AUX walk/VERB"}
+    lexicon = Lexicon.from_tagged(tagged)
+    assert lexicon.table["left"] == "left/ADJ" and "don" not in lexicon.table  # 2 ADJ vs 1 NOUN; skipped
+    assert lexicon("Left-hand") == ["lefthand/OTHER"]
+    assert lexicon.agreement(tagged) == pytest.approx(8 / 9)  # "to the left": left read as ADJ
 
 
 def test_embedder_loss_hand_case():
@@ -265,18 +292,6 @@ def test_embedder_loss_matches_logsumexp_and_masks_same_captions():
 # --------------------------------------------------------------------------------------
 # The evaluation driver and the tables
 
-WORDS = ["a", "person", "walks", "runs", "jumps", "waves", "forward", "backward", "slowly", "then"]
-
-
-def _tokenize(texts):
-    """Word-level stand-in for clip.Tokenizer: [sot] words [eot] pad ... to 77."""
-    ids = torch.full((len(texts), 77), PAD)
-    for b, text in enumerate(texts):
-        row = [SOT] + [3 + WORDS.index(w) for w in text.split()] + [EOT]
-        ids[b, :len(row)] = torch.tensor(row)
-    return ids
-
-
 def _collate(items):
     """Pads items like data.collate: motions zero-padded to the longest."""
     T = max(item["length"] for item in items)
@@ -299,9 +314,9 @@ def _fake_dataset(n=40, feat_dim=12):
 
 
 def test_evaluate_real_and_generated_rows():
-    dataset, model = _fake_dataset(), _tiny_embedder(vocab=3 + len(WORDS))
+    dataset, model = _fake_dataset(), _tiny_embedder()
     logs = []
-    real = evaluate(None, dataset, model, _tokenize, replications=2, batch_size=16, diversity_times=20,
+    real = evaluate(None, dataset, model, model.tokenizer, replications=2, batch_size=16, diversity_times=20,
                     collate_fn=_collate, log=logs.append)
     # a list of items has no mean / std to de-normalise with: no Swing
     assert set(real) == set(metrics.METRICS) - {"MModality", "Swing"}
@@ -311,7 +326,7 @@ def test_evaluate_real_and_generated_rows():
     def noise(captions, lengths):  # not the data's distribution (that is standard normal)
         return 2.0 + 3.0 * torch.randn(len(captions), int(lengths.max()) + 3, 12)
 
-    gen = evaluate(noise, dataset, model, _tokenize, replications=3, batch_size=16, mm_num_texts=4,
+    gen = evaluate(noise, dataset, model, model.tokenizer, replications=3, batch_size=16, mm_num_texts=4,
                    mm_num_gens=12, diversity_times=20, collate_fn=_collate, log=lambda s: None)
     assert set(gen) == set(metrics.METRICS) - {"Swing"}
     for name, (mean, ci) in gen.items():
@@ -354,10 +369,10 @@ def test_evaluate_swing_column_and_unchanged_metrics():
     for i, item in enumerate(_fake_dataset(n=40, feat_dim=263)):
         a, b, c = words[i % len(words)]
         items.append(dict(item, caption=f"a person {a} {b} {c}" + " then" * (i // len(words))))
-    dataset, model = _WithStats(items), _tiny_embedder(feat_dim=263, vocab=3 + len(WORDS))
+    dataset, model = _WithStats(items), _tiny_embedder(feat_dim=263)
     kwargs = dict(replications=2, batch_size=16, mm_num_texts=0, diversity_times=20, collate_fn=_collate,
                   log=lambda s: None)
-    real = evaluate(None, dataset, model, _tokenize, **kwargs)
+    real = evaluate(None, dataset, model, model.tokenizer, **kwargs)
     assert real["Swing"] == pytest.approx((1.0, 0.0))
 
     def doubled(x):
@@ -366,9 +381,9 @@ def test_evaluate_swing_column_and_unchanged_metrics():
 
     for transform, expected in ((lambda x: x, 1.0), (lambda x: x.mean(0, keepdim=True).expand_as(x), 0.0),
                                 (doubled, 2.0)):
-        row = evaluate(_by_caption(dataset, transform), dataset, model, _tokenize, **kwargs)
+        row = evaluate(_by_caption(dataset, transform), dataset, model, model.tokenizer, **kwargs)
         assert row["Swing"][0] == pytest.approx(expected, abs=1e-5)
-    plain = evaluate(_by_caption(dataset, doubled), list(dataset), model, _tokenize, **kwargs)
+    plain = evaluate(_by_caption(dataset, doubled), list(dataset), model, model.tokenizer, **kwargs)
     assert plain == {k: v for k, v in row.items() if k != "Swing"}
 
 

@@ -104,7 +104,8 @@ def test_from_official_loads_the_released_layout_strictly(official, dataset):
     np.testing.assert_array_equal(model.mean.numpy(), mean)
     np.testing.assert_array_equal(model.std.numpy(), std)
     # the vocabulary maps each word to its row through our_vab_idx.pkl
-    np.testing.assert_array_equal(model.vectorizer["man/NOUN"][0], vectors[len(WORDS) - 1 - WORDS.index("man")])
+    row = model.vectorizer["man/NOUN"][0]
+    np.testing.assert_array_equal(model.word_emb.weight[row].numpy(), vectors[len(WORDS) - 1 - WORDS.index("man")])
     feat_dim = {"t2m": 263, "kit": 251}[dataset]
     assert model.embed_texts([["a/DET", "man/NOUN"], ["walk/VERB"]]).shape == (2, 512)
     assert model.embed_motions(torch.randn(2, 40, feat_dim), torch.tensor([40, 24])).shape == (2, 512)
@@ -146,9 +147,8 @@ def test_from_official_names_the_file_at_fault(official, tmp_path):
 
 @pytest.fixture
 def vectorizer():
-    """Word i of WORDS has the vector (i, i, i, i)."""
-    vectors = np.repeat(np.arange(len(WORDS), dtype=np.float32)[:, None], 4, axis=1)
-    return WordVectorizer(vectors, WORDS, {w: i for i, w in enumerate(WORDS)})
+    """Word i of WORDS is row i."""
+    return WordVectorizer(WORDS)
 
 
 def test_pos_enumerator_is_guos_order():
@@ -168,16 +168,16 @@ def test_pos_enumerator_is_guos_order():
     ("arm/NOUN", 2, 14),       # a VIP word outside the vocabulary is still unk / OTHER
 ])
 def test_word_vectorizer_hand_cases(vectorizer, token, row, tag):
-    vector, one_hot = vectorizer[token]
-    np.testing.assert_array_equal(vector, [row] * 4)
+    index, one_hot = vectorizer[token]
+    assert index == row
     assert one_hot.shape == (15,) and one_hot.sum() == 1 and one_hot.argmax() == tag
 
 
 def test_caption_adds_sos_eos_and_pads_with_unk(vectorizer):
     """3 words -> sos, a, man, walk, eos, then 17 x unk: 22 rows, sent_len 5."""
-    vectors, one_hots, sent_len = vectorizer.caption(["a/DET", "man/NOUN", "walk/VERB"])
-    assert vectors.shape == (22, 4) and one_hots.shape == (22, 15) and sent_len == 5
-    np.testing.assert_array_equal(vectors[:, 0], [0, 3, 4, 5, 1] + [2] * 17)  # sos a man walk eos unk...
+    rows, one_hots, sent_len = vectorizer.caption(["a/DET", "man/NOUN", "walk/VERB"])
+    assert rows.shape == (22,) and one_hots.shape == (22, 15) and sent_len == 5
+    np.testing.assert_array_equal(rows, [0, 3, 4, 5, 1] + [2] * 17)  # sos a man walk eos unk...
     np.testing.assert_array_equal(one_hots.argmax(1), [14, 2, 1, 12, 14] + [14] * 17)
 
 
@@ -185,15 +185,15 @@ def test_caption_keeps_at_most_twenty_words(vectorizer):
     """25 words: the first 20 are kept between sos and eos (sent_len 22, no unk padding);
     exactly 20 gives the same layout."""
     words = ["a/DET"] * 19 + ["man/NOUN"] + ["walk/VERB"] * 5   # word 20 is man, 21-25 are cut
-    vectors, one_hots, sent_len = vectorizer.caption(words)
-    assert sent_len == 22 and vectors.shape == (22, 4)
-    np.testing.assert_array_equal(vectors[:, 0], [0] + [3] * 19 + [4, 1])
+    rows, one_hots, sent_len = vectorizer.caption(words)
+    assert sent_len == 22 and rows.shape == (22,)
+    np.testing.assert_array_equal(rows, [0] + [3] * 19 + [4, 1])
     _, _, sent_len_20 = vectorizer.caption(words[:20])
     assert sent_len_20 == 22
     with pytest.raises(ValueError, match="word/POS"):
         vectorizer["and/or/CCONJ"]
     with pytest.raises(ValueError, match="unk"):
-        WordVectorizer(np.zeros((2, 4)), ["sos", "eos"], {"sos": 0, "eos": 1})
+        WordVectorizer(["sos", "eos"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,7 +247,8 @@ def test_text_pipeline_sorts_by_length_and_matches_the_equations(small_evaluator
     assert seen["lens"] == [7, 4, 3], "sentence lengths (sos + words + eos), longest first as Guo's collate_fn"
     sd = small_evaluator.text_encoder.state_dict()
     for i, tokens in enumerate(captions):
-        vectors, one_hots, sent_len = (torch.as_tensor(a) for a in vectorizer.caption(tokens))
+        rows, one_hots, sent_len = (torch.as_tensor(a) for a in vectorizer.caption(tokens))
+        vectors = small_evaluator.word_emb.weight[rows].detach()
         # word vector + pos_emb(one-hot), then input_emb, over the sos..eos rows only
         x = vectors[:sent_len] + one_hots[:sent_len] @ sd["pos_emb.weight"].T + sd["pos_emb.bias"]
         x = x @ sd["input_emb.weight"].T + sd["input_emb.bias"]
