@@ -170,7 +170,9 @@ PRESETS: dict[str, dict[str, object]] = {
         "vae.latent_dim": 128, "vae.n_layers": 3, "vae.ff_dim": 256, "vae.dropout": 0.0,
         "vae.n_tokens": 4, "vae.norm_first": True, "vae.position_init": "sinusoidal",
         "vae.joint_loss": "root_relative",
-        "vae_train.steps": 800, "vae_train.batch_size": 16, "vae_train.lr": 5e-4,
+        # the posterior noise grown over the first half of the steps (vae.py, noise_ramp): the
+        # decoder then learns the limbs' swing that MLD's full noise from step 1 hides (issue 16)
+        "vae.noise_ramp": 475, "vae_train.steps": 950, "vae_train.batch_size": 16, "vae_train.lr": 5e-4,
         "vae_train.cosine": True,
         "diffusion.n_layers": 5, "diffusion.ff_dim": 256, "diffusion.dropout": 0.0,
         "diffusion_train.steps": 3000, "diffusion_train.batch_size": 64, "diffusion_train.lr": 5e-4,
