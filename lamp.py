@@ -87,6 +87,13 @@ Differences from the paper:
   also use the best-query similarity of Sec. 3.1.3 (`similarity_recall`).
 - The diffusion condition is the mean over queries of the text-grounded query states
   (A.3.3, Fig. A2 right; the official LaMP-T2M `cond_vector`).
+- Tab. 5 (train.py --ablations): LaMP retrained, from the same initialisation on the same
+  batches, with objectives switched off by zero weights (LaMPConfig.lambda_mtc, _mtm, _mgt,
+  _tgm) in Tab. 5's order: contrastive alone, + matching, + motion-grounded text generation (the
+  full model adds text-grounded motion generation). Tab. 5 scores LaMP-T2M's generations (and
+  LaMP-BertScore), which are left out here; the variants condition no diffusion model and get
+  rows in the retrieval table (`ablation_rows`) only. Without text-grounded motion generation the
+  path of `text_condition` (text_in, the queries reading the text) is never trained anyway.
 
 Glossary: B batch, T frames, D feature width, n motion tokens (T / 4), d code width, S codes,
 Q queries, L text tokens, H transformer width, E embedding width, V vocabulary.
@@ -850,6 +857,21 @@ def retrieval_rows(lamp_embedder: "LaMPEvaluator", evaluator, dataset, tokenizer
             rows[f"{name}, {protocol}"] = {k: (sum(r[k] for r in per_batch) / len(per_batch), 0.0) for k in per_batch[0]}
     return rows
 
+
+
+def ablation_rows(full: dict, variants: dict[str, dict]) -> dict:
+    """Tab. 5's rows in the Tab. 3 table: `full` from retrieval_rows of the full model, `variants`
+    {Tab. 5 row: retrieval_rows of LaMP trained with fewer objectives}, in Tab. 5's order (one
+    objective added per row). Protocol by protocol, each variant's LaMP rows (renamed after its
+    Tab. 5 row), then the full model's rows ("+ text-grounded motion generation") and the evaluator's."""
+    protocols = dict.fromkeys(name.rsplit(", ", 1)[1] for name in full)   # "whole split", "batches of 32"
+    rows = {}
+    for protocol in protocols:
+        for label, table in variants.items():
+            rows.update({name.replace("LaMP", label, 1): row for name, row in table.items()
+                         if name.startswith("LaMP") and name.endswith(f", {protocol}")})
+        rows.update({name: row for name, row in full.items() if name.endswith(f", {protocol}")})
+    return rows
 
 def retrieval_note(n_clips: int, source: str, usage: dict, n_codes: int) -> str:
     return (f"{n_clips} test clips of {source}, one caption each, ranked against the whole split or within "

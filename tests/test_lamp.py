@@ -409,3 +409,19 @@ def test_adapters_for_train_py(model, tokenizer):
     tokenizer_with_more.add_token("<*>")
     with pytest.raises(ValueError, match="token ids"):
         lamp.LaMPTextEncoder(model, tokenizer_with_more)
+
+
+def test_ablation_rows_order_and_names():
+    """Tab. 5's variants enter the retrieval table protocol by protocol, before the full model's
+    rows, renamed after their Tab. 5 row; their evaluator rows (the same model) are dropped."""
+    def table(value):
+        return {f"{m}, {p}": {"T2M R@1": (value, 0.0)} for p in ("whole split", "batches of 32")
+                for m in ("LaMP (best query)", "LaMP (mean of queries)", "evaluator")}
+    rows = lamp.ablation_rows(table(0.9), {"LaMP with contrastive learning": table(0.1), "+ matching": table(0.2)})
+    assert list(rows)[:6] == ["LaMP with contrastive learning (best query), whole split",
+                              "LaMP with contrastive learning (mean of queries), whole split",
+                              "+ matching (best query), whole split", "+ matching (mean of queries), whole split",
+                              "LaMP (best query), whole split", "LaMP (mean of queries), whole split"]
+    assert list(rows)[6:8] == ["evaluator, whole split", "LaMP with contrastive learning (best query), batches of 32"]
+    assert len(rows) == 14 and rows["+ matching (best query), batches of 32"]["T2M R@1"][0] == 0.2
+    assert rows["evaluator, batches of 32"]["T2M R@1"][0] == 0.9
