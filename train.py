@@ -1172,8 +1172,9 @@ def stage_lamp(run: Run) -> dict:
         rows = lamp.ablation_rows(rows, {row: lamp.retrieval_rows(lamp.LaMPEvaluator(vq, models[name]), evaluator,
                                                                   test, tokenizer, device)
                                          for name, (row, _) in LAMP_ABLATIONS.items()})
+    note = lamp.retrieval_note(len(test), dataset_name(run), usage, cfg.vq_codes)
     metrics.write_results(run.out, "lamp_retrieval", rows, "Text-motion retrieval (LaMP Tab. 3 analogue)",
-                          lamp.retrieval_note(len(test), dataset_name(run), usage, cfg.vq_codes))
+                          note + (f" {lamp.ABLATION_NOTE}" if run.args.ablations else ""))
     print((run.out / "results.md").read_text())
     return {"vq_final_losses": vq_losses, "codebook_usage_val": usage, "final_losses": losses.pop("lamp"),
             **({"ablation_final_losses": losses} if losses else {}),

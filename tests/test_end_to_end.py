@@ -164,6 +164,7 @@ def test_lamp_condition_and_evaluator(smoke_run):
     run = smoke_run / "run"
     results = json.loads((run / "results.json").read_text())
     models = [*(row for row, _ in train.LAMP_ABLATIONS.values()), "LaMP"]  # --ablations: LaMP Tab. 5's rows
+    assert "Tab. 5 rows" in results["lamp_retrieval"]["note"]
     assert list(results["lamp_retrieval"]["rows"]) == [
         f"{m}, {p}" for p in ("whole split", "batches of 32")
         for m in (*(f"{model} ({s})" for model in models for s in ("best query", "mean of queries")), "evaluator")]
