@@ -49,6 +49,7 @@ Differences from the public HumanML3D code:
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections import Counter
@@ -457,6 +458,13 @@ class MotionTextDataset(torch.utils.data.Dataset):
     def reseed(self, seed: int) -> None:
         """Restart the crop/caption generator, as if the dataset had just been opened with `seed`."""
         self._rng = np.random.default_rng(seed)
+
+    def fork(self) -> "MotionTextDataset":
+        """The same items (shared, not copied) with a copy of the crop/caption generator in its
+        current state: the fork draws what the original will draw next, and leaves it where it is."""
+        twin = copy.copy(self)
+        twin._rng = copy.deepcopy(self._rng)
+        return twin
 
     def captions(self) -> list[str]:
         """Every caption of the split, item by item (to cache text embeddings once)."""

@@ -87,6 +87,13 @@ Differences from the paper:
   also use the best-query similarity of Sec. 3.1.3 (`similarity_recall`).
 - The diffusion condition is the mean over queries of the text-grounded query states
   (A.3.3, Fig. A2 right; the official LaMP-T2M `cond_vector`).
+- Tab. 5 (train.py --ablations): LaMP retrained, from the same initialisation on the same
+  batches, with objectives switched off by zero weights (LaMPConfig.lambda_mtc, _mtm, _mgt,
+  _tgm) in Tab. 5's order: contrastive alone, + matching, + motion-grounded text generation (the
+  full model adds text-grounded motion generation). Tab. 5 scores LaMP-T2M's generations (and
+  LaMP-BertScore), which are left out here; the variants condition no diffusion model and get
+  rows in the retrieval table (`ablation_rows`) only. Without text-grounded motion generation the
+  path of `text_condition` (text_in, the queries reading the text) is never trained anyway.
 
 Glossary: B batch, T frames, D feature width, n motion tokens (T / 4), d code width, S codes,
 Q queries, L text tokens, H transformer width, E embedding width, V vocabulary.
@@ -138,6 +145,12 @@ class LaMPConfig:
     embed_dim: int = 512           # LaMP code text_proj / motion_proj width (BLIP-2: 256) (E)
     temperature: float = 0.07      # BLIP-2 initial contrastive temperature (learned)
     label_smoothing: float = 0.1   # BLIP-2 code (contrastive, LM); LaMP code (contrastive, Eq. 1)
+    # the four objectives' weights (LaMP code: the plain sum). A weight of 0 removes the objective,
+    # which is then not computed: Tab. 5's rows add them one at a time from contrastive alone
+    lambda_mtc: float = 1.0        # motion-text contrastive
+    lambda_mtm: float = 1.0        # motion-text matching (Tab. 5 "+ motion-text matching")
+    lambda_mgt: float = 1.0        # motion-grounded text generation (Tab. 5 "+ motion-grounded text generation")
+    lambda_tgm: float = 1.0        # text-grounded motion generation, Eq. (1) (Tab. 5 "+ text-grounded motion generation")
 
 
 # ----------------------------------------------------------------------------
@@ -406,6 +419,8 @@ class LaMP(nn.Module):
     def __init__(self, cfg: LaMPConfig, vocab_size: int, eot_id: int):
         super().__init__()
         assert cfg.max_positions >= 77, "the text holds the tokenizer's 77 positions"
+        if not (cfg.lambda_mtc or cfg.lambda_mtm or cfg.lambda_mgt or cfg.lambda_tgm):
+            raise ValueError("lamp: lambda_mtc, lambda_mtm, lambda_mgt and lambda_tgm are all 0: no objective to train")
         self.cfg, self.vocab_size, self.eot_id = cfg, vocab_size, eot_id
         # [ENC] and [DEC] replace the start token for matching and for generation
         self.enc_id, self.dec_id = vocab_size, vocab_size + 1
@@ -556,49 +571,55 @@ class LaMP(nn.Module):
 
     def loss(self, feats: torch.Tensor, motion_valid: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor):
         """feats (B, n, d) from the frozen motion encoder, motion_valid (B, n), ids (B, 77) of the
-        captions, codes (B, n) their VQ indices -> (sum of the four losses, parts)."""
-        B, Q = len(feats), self.cfg.n_queries
+        captions, codes (B, n) their VQ indices -> (weighted sum of the four losses, parts). An
+        objective whose weight (lambda_*) is 0 is not computed and is absent from parts (Tab. 5)."""
+        B, Q, cfg = len(feats), self.cfg.n_queries, self.cfg
         with torch.no_grad():
             self.temp.clamp_(0.001, 0.5)  # BLIP-2 keeps the learned temperature in range
         ids = self.trim(ids)
         valid = self.text_valid(ids)                                           # (B, L)
         same = (ids[:, None, :] == ids[None, :, :]).all(-1)                    # (B, B) identical captions
         memory, queries = self.motion_memory(feats), self.embed_queries(B)
-        eps = self.cfg.label_smoothing
+        eps, parts = cfg.label_smoothing, {}
 
-        # 1. contrastive: [queries | text] with the unimodal mask
+        # 1. contrastive: [queries | text] with the unimodal mask (its similarities pick the
+        #    matching's hard negatives, its text states feed step 4: it always runs)
         q, t = self.run_layers(queries, self.embed_text(ids), unimodal_mask(Q, valid), memory, motion_valid)
         f_m = F.normalize(self.motion_proj(q), dim=-1)                         # (B, Q, E)
         f_t = F.normalize(self.text_proj(t[:, 0]), dim=-1)                     # (B, E)
         logits = query_text_similarity(f_m, f_t) / self.temp                   # (B motions, B texts)
-        mtc = contrastive_loss(logits, same, eps)
+        if cfg.lambda_mtc:
+            parts["mtc"] = contrastive_loss(logits, same, eps)
 
         # 2. matching: (motion, text), (hard negative motion, text), (motion, hard negative text)
-        neg_motion, neg_text = sample_hard_negatives(logits.detach(), same)
-        enc = ids.clone()
-        enc[:, 0] = self.enc_id
-        ids3, valid3 = torch.cat([enc, enc, enc[neg_text]]), torch.cat([valid, valid, valid[neg_text]])
-        memory3 = torch.cat([memory, memory[neg_motion], memory])
-        motion_valid3 = torch.cat([motion_valid, motion_valid[neg_motion], motion_valid])
-        q3, _ = self.run_layers(self.embed_queries(3 * B), self.embed_text(ids3), bidirectional_mask(Q, valid3),
-                                memory3, motion_valid3)
-        mtm = matching_loss(self.match_head(q3).mean(1))                       # logits averaged over queries
+        if cfg.lambda_mtm:
+            neg_motion, neg_text = sample_hard_negatives(logits.detach(), same)
+            enc = ids.clone()
+            enc[:, 0] = self.enc_id
+            ids3, valid3 = torch.cat([enc, enc, enc[neg_text]]), torch.cat([valid, valid, valid[neg_text]])
+            memory3 = torch.cat([memory, memory[neg_motion], memory])
+            motion_valid3 = torch.cat([motion_valid, motion_valid[neg_motion], motion_valid])
+            q3, _ = self.run_layers(self.embed_queries(3 * B), self.embed_text(ids3),
+                                    bidirectional_mask(Q, valid3), memory3, motion_valid3)
+            parts["mtm"] = matching_loss(self.match_head(q3).mean(1))          # logits averaged over queries
 
         # 3. motion-grounded text generation: [queries | [DEC] text] with the causal mask
-        dec = ids.clone()
-        dec[:, 0] = self.dec_id
-        _, t_dec = self.run_layers(queries, self.embed_text(dec), causal_mask(Q, valid), memory, motion_valid)
-        word_table = self.bert.embeddings.word_embeddings.weight              # (V, H), tied decoder
-        lm_logits = F.linear(self.lm_transform(t_dec), word_table, self.lm_bias)  # (B, L, V)
-        mgt = text_generation_loss(lm_logits, ids, valid, eps)
+        if cfg.lambda_mgt:
+            dec = ids.clone()
+            dec[:, 0] = self.dec_id
+            _, t_dec = self.run_layers(queries, self.embed_text(dec), causal_mask(Q, valid), memory, motion_valid)
+            word_table = self.bert.embeddings.word_embeddings.weight          # (V, H), tied decoder
+            lm_logits = F.linear(self.lm_transform(t_dec), word_table, self.lm_bias)  # (B, L, V)
+            parts["mgt"] = text_generation_loss(lm_logits, ids, valid, eps)
 
         # 4. text-grounded motion generation, Eq. (1): queries read the text transformer's output
-        g = self._text_grounded_queries(t, valid)                              # (B, Q, H)
-        tgm = motion_generation_loss(self.motion_head(g), codes, motion_valid, eps)
+        if cfg.lambda_tgm:
+            g = self._text_grounded_queries(t, valid)                          # (B, Q, H)
+            parts["tgm"] = motion_generation_loss(self.motion_head(g), codes, motion_valid, eps)
 
-        total = mtc + mtm + mgt + tgm  # LaMP code: the plain sum
-        return total, {"mtc": mtc.detach(), "mtm": mtm.detach(), "mgt": mgt.detach(), "tgm": tgm.detach(),
-                       "temp": self.temp.detach()}
+        weights = {"mtc": cfg.lambda_mtc, "mtm": cfg.lambda_mtm, "mgt": cfg.lambda_mgt, "tgm": cfg.lambda_tgm}
+        total = sum(weights[k] * loss for k, loss in parts.items())  # LaMP code: the plain sum (weights 1)
+        return total, {**{k: v.detach() for k, v in parts.items()}, "temp": self.temp.detach()}
 
 
 # ----------------------------------------------------------------------------
@@ -838,6 +859,27 @@ def retrieval_rows(lamp_embedder: "LaMPEvaluator", evaluator, dataset, tokenizer
             rows[f"{name}, {protocol}"] = {k: (sum(r[k] for r in per_batch) / len(per_batch), 0.0) for k in per_batch[0]}
     return rows
 
+
+
+def ablation_rows(full: dict, variants: dict[str, dict]) -> dict:
+    """Tab. 5's rows in the Tab. 3 table: `full` from retrieval_rows of the full model, `variants`
+    {Tab. 5 row: retrieval_rows of LaMP trained with fewer objectives}, in Tab. 5's order (one
+    objective added per row). Protocol by protocol, each variant's LaMP rows (renamed after its
+    Tab. 5 row), then the full model's rows ("+ text-grounded motion generation") and the evaluator's."""
+    protocols = dict.fromkeys(name.rsplit(", ", 1)[1] for name in full)   # "whole split", "batches of 32"
+    rows = {}
+    for protocol in protocols:
+        for label, table in variants.items():
+            rows.update({name.replace("LaMP", label, 1): row for name, row in table.items()
+                         if name.startswith("LaMP") and name.endswith(f", {protocol}")})
+        rows.update({name: row for name, row in full.items() if name.endswith(f", {protocol}")})
+    return rows
+
+
+ABLATION_NOTE = ("Tab. 5 rows (--ablations): LaMP retrained from the same initialisation on the same batches with "
+                 "the contrastive objective alone, then adding motion-text matching, then motion-grounded text "
+                 "generation; the LaMP rows have all four (Tab. 5's '+ text-grounded motion generation'). The paper's "
+                 "Tab. 5 scores LaMP-T2M's generations, not retrieval.")
 
 def retrieval_note(n_clips: int, source: str, usage: dict, n_codes: int) -> str:
     return (f"{n_clips} test clips of {source}, one caption each, ranked against the whole split or within "

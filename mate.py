@@ -25,7 +25,8 @@ Reading order: sub-text decomposition, lemmatisation, joint segmentation (Eq. 1;
 candidate clips are embedded with the work they share done once, `embed_segments`, equal to the
 embedder's own forward and ~20x faster), the attention prior (Eq. 4), the config, the modules
 (Eqs. 2-3), the losses (Eqs. 5-8), the training records and batches, the word-level probe, and
-the experiment protocol (the word table's training setup, the probe and segmentation tables).
+the experiment protocol (the word table's training setup, the probe and segmentation tables, the
+Tab. 3 loss ablation).
 
 Differences from the paper:
 - Sub-texts. The paper asks ChatGPT to split a caption into temporally ordered sub-texts. No
@@ -53,6 +54,12 @@ Differences from the paper:
   or the motion (L_sent) are not used as negatives; L_sent is symmetric like Eq. (6). L_rec is
   the mean squared error over valid frames. tau, lambda, lambda_1, lambda_2 and the motion
   encoder/decoder are not given by the paper: see MATEConfig.
+- Tab. 3 (train.py --ablations): each loss is removed by a zero weight (MATEConfig.lambda_self,
+  _cross, _align, _sent, _rec), the word table trained again on the same records and batches and
+  the denoiser retrained on it, as the paper retrains its T2M model. The variants are compared by
+  the word-level probe pooled over the word pairs (`ablation_probe`), not by the paper's Top-1,
+  FID and MM-Dist: the eval stage's table has no rows for them. The segmentation (Eq. 1) runs
+  before any loss, so its table has no ablation rows.
 
 Glossary: B batch, T frames, D feature width, L tokens (77), W text width, C text embedding
 width (c), E MATE feature width, K prototypes, N sub-texts, P grid points / word pieces.
@@ -407,12 +414,26 @@ class MATEConfig:
     temperature: float = 0.1     # TMR's InfoNCE temperature; tau of Eqs. (5)-(6) is not given
     lambda_word: float = 1.0     # ours: lambda_1 of Eq. (8), not given
     lambda_sent: float = 1.0     # ours: lambda_2 of Eq. (8), not given
+    # Eq. (7) sums L_self, L_cross, L_align and Eq. (8) adds L_rec, each with weight 1. A weight
+    # of 0 (here or lambda_sent) removes the term, which is then not computed: Tab. 3's rows
+    lambda_self: float = 1.0     # Eq. (7); 0: Tab. 3 "L_self" removed
+    lambda_cross: float = 1.0    # Eq. (7); 0: Tab. 3 "L_cross" removed
+    lambda_align: float = 1.0    # Eq. (7); 0: Tab. 3 "L_align" removed
+    lambda_rec: float = 1.0      # Eq. (8); 0: Tab. 3 "L_rec" removed
     segment_grid: int = 4        # ours: Eq. (1) boundaries every 4 frames (HumanML3D's length unit)
     min_segment: int = 16        # ours: shortest segment, 0.8 s at 20 fps
     # the probe's word pairs, close in language, apart in motion (Sec. 3.1, Figs. 4-5; issue 9)
     word_pairs: tuple[str, ...] = ("clockwise:counterclockwise", "left:right", "forward:backward",
                                    "slowly:quickly")
     probe_captions: int = 64     # ours: test captions per word pair in the probe (2 motions each)
+
+
+def loss_weights(cfg: MATEConfig) -> dict[str, float]:
+    """The weight of each term of L_all (Eqs. 7-8) that is not removed: {name: weight > 0}.
+    The Eq. (7) terms carry lambda_1 (lambda_word) times their own weight (1 in the paper)."""
+    weights = {"self": cfg.lambda_word * cfg.lambda_self, "cross": cfg.lambda_word * cfg.lambda_cross,
+               "align": cfg.lambda_word * cfg.lambda_align, "sent": cfg.lambda_sent, "rec": cfg.lambda_rec}
+    return {name: w for name, w in weights.items() if w != 0}
 
 
 def _masked_transformer(cfg: MATEConfig) -> nn.TransformerEncoder:
@@ -466,6 +487,9 @@ class MATE(nn.Module):
                  n_prototypes: int):
         super().__init__()
         W, E = word_table.shape[1], cfg.latent_dim
+        if not loss_weights(cfg):
+            raise ValueError("mate: every loss weight is 0 (lambda_rec, lambda_sent, lambda_word x lambda_self/"
+                             "cross/align): L_all (Eq. 8) would have nothing to train")
         self.cfg = cfg
         self.word_table = nn.Parameter(word_table.detach().clone())    # (V, W) WE, Sec. 3.4
         self.proj = nn.Linear(W, E)                                    # Proj of Eqs. (3) and (6)
@@ -507,10 +531,13 @@ class MATE(nn.Module):
         f_e = self.proj(self.word_vectors(batch["word_ids"], batch["word_mask"]))  # (B, E)
         prior = gaussian_prior(T, batch["bounds"])                     # (B, T), Eq. (4)
         f_self = self.attend(f_e[:, None], frames, valid, prior)[:, 0]  # (B, E)  f_{w_i}^{m_i}
-        # every word of the batch queries every motion: f_cross[i, j] = f_{w_j}^{m_i}
-        f_cross = self.attend(f_e[None].expand(B, B, -1), frames, valid, None)   # (B, B, E)
-        return {"f_m": f_m, "f_e": f_e, "f_self": f_self, "f_cross": f_cross,
-                "f_t": self.text_head(c), "motion_hat": self.motion_decoder(f_m, valid)}
+        out = {"f_m": f_m, "f_e": f_e, "f_self": f_self, "f_t": self.text_head(c)}
+        weights = loss_weights(self.cfg)  # what a removed loss alone reads is not computed (Tab. 3)
+        if "cross" in weights:  # every word of the batch queries every motion: f_cross[i, j] = f_{w_j}^{m_i}
+            out["f_cross"] = self.attend(f_e[None].expand(B, B, -1), frames, valid, None)   # (B, B, E)
+        if "rec" in weights:
+            out["motion_hat"] = self.motion_decoder(f_m, valid)        # (B, T, D)
+        return out
 
 
 def bind_word_table(text, model: MATE) -> None:
@@ -570,19 +597,21 @@ def rec_loss(pred: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor) ->
 
 
 def mate_loss(out: dict, batch: dict, prototypes: torch.Tensor, cfg: MATEConfig) -> tuple[torch.Tensor, dict]:
-    """Eqs. (5)-(8) from MATE.forward's features -> (L_all, parts)."""
-    tau = cfg.temperature
-    l_self = self_loss(out["f_self"], prototypes, batch["target"], tau)                # Eq. (5)
-    l_cross = cross_loss(out["f_self"], out["f_cross"], batch["negative"])             # Sec. 3.3
-    l_align = info_nce(out["f_e"], out["f_self"], tau, batch["same_word"])             # Eq. (6)
-    # Eq. (7): L_word = L_self + L_cross + L_align
-    l_word = l_self + l_cross + l_align
-    l_sent = info_nce(out["f_t"], out["f_m"], tau, batch["same_motion"])
-    l_rec = rec_loss(out["motion_hat"], batch["motion"], batch["lengths"])
+    """Eqs. (5)-(8) from MATE.forward's features -> (L_all, parts). A term whose weight is 0
+    (MATE Tab. 3's "Loss Removed" rows) is not computed and is absent from parts."""
+    tau, kept = cfg.temperature, loss_weights(cfg)
+    zero = out["f_m"].new_zeros(())
+    l_self = self_loss(out["f_self"], prototypes, batch["target"], tau) if "self" in kept else zero    # Eq. (5)
+    l_cross = cross_loss(out["f_self"], out["f_cross"], batch["negative"]) if "cross" in kept else zero  # Sec. 3.3
+    l_align = info_nce(out["f_e"], out["f_self"], tau, batch["same_word"]) if "align" in kept else zero  # Eq. (6)
+    # Eq. (7): L_word = L_self + L_cross + L_align (each weighted 1 in the paper)
+    l_word = cfg.lambda_self * l_self + cfg.lambda_cross * l_cross + cfg.lambda_align * l_align
+    l_sent = info_nce(out["f_t"], out["f_m"], tau, batch["same_motion"]) if "sent" in kept else zero
+    l_rec = rec_loss(out["motion_hat"], batch["motion"], batch["lengths"]) if "rec" in kept else zero
     # Eq. (8): L_all = L_rec + lambda_1 L_word + lambda_2 L_sent
-    total = l_rec + cfg.lambda_word * l_word + cfg.lambda_sent * l_sent
+    total = cfg.lambda_rec * l_rec + cfg.lambda_word * l_word + cfg.lambda_sent * l_sent
     parts = {"self": l_self, "cross": l_cross, "align": l_align, "sent": l_sent, "rec": l_rec}
-    return total, {k: v.detach() for k, v in parts.items()}
+    return total, {k: v.detach() for k, v in parts.items() if k in kept}
 
 
 # ----------------------------------------------------------------------------
@@ -808,6 +837,33 @@ def probe_note(length: int) -> str:
             f"caption that the `evaluator` places nearer (Euclidean) to that caption than to the caption "
             f"with the word swapped (0.5 = not heard), ± 95% CI.")
 
+
+
+@torch.no_grad()
+def ablation_probe(pipelines: dict, evaluator, dataset, cfg: MATEConfig, length: int, seed: int,
+                   log=print) -> tuple[dict, str]:
+    """The Tab. 3 analogue: the word-level probe pooled over the word pairs, for each variant
+    {row: metrics.Pipeline whose text encoder holds that variant's word table and whose denoiser
+    was retrained on it}: the mean over the word pairs of the cosine of their embedding rows, and
+    the pair accuracy over every caption pair of every word pair (as `word_probe`, the same noise
+    for every variant). -> ({row: {column: (mean, CI)}}, note)."""
+    words = parse_pairs(cfg.word_pairs)
+    pairs = [p for a, b in words for p in caption_pairs(dataset.captions(), a, b, cfg.probe_captions)]
+    rows = {}
+    for row, pipe in pipelines.items():
+        tokenizer, table = pipe.text.tokenizer, pipe.text.word_embeddings.weight
+        torch.manual_seed(seed)
+        rows[row] = {"WE cos": (float(np.mean([word_cosine(table, tokenizer, a, b) for a, b in words])), 0.0),
+                     "pair acc.": pair_accuracy(lambda captions, lengths, p=pipe: p.generate(captions, lengths, None),
+                                                evaluator, tokenizer, pairs, length)}
+        log(f"[mate] ablation probe {row}: " + ", ".join(f"{k} {v[0]:.3f}" for k, v in rows[row].items()))
+    note = (f"Each row's word table is trained with that loss removed from L_all (Eqs. 7-8; the same records, "
+            f"batches and steps as the full model) and the denoiser retrained on it from scratch, as the paper "
+            f"retrains its T2M model; the paper reports Top-1, FID and MM-Dist of those models (Tab. 3). Here: WE "
+            f"cos, the mean over the {len(words)} probe word pairs of the cosine of their embedding rows; pair "
+            f"acc. over the {2 * len(pairs)} motions ({length} frames) of all their test caption pairs, as in "
+            f"the word-level probe (0.5 = the word is not heard), ± 95% CI.")
+    return rows, note
 
 def segmentation_rows(report: dict) -> tuple[dict, str]:
     """segmentation_report as the Tab. 7 analogue -> (rows, note)."""

@@ -249,7 +249,8 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, object]) -> RunConfig:
 # (sizes, counts, steps), every other float > 0 (rates, scales, temperatures).
 AT_LEAST_ZERO = {"seed", "threads", "synthetic_seed", "steps_offset", "mm_num_texts", "styles",
                  "pretrain_steps", "pretrain_warmup", "lambda_kl", "lambda_align", "lambda_rec", "lambda_var",
-                 "lambda_inter", "lambda_intra", "prior_lambda", "lambda_word", "lambda_sent", "vq_commit", "vq_velocity",
+                 "lambda_inter", "lambda_intra", "prior_lambda", "lambda_word", "lambda_sent", "lambda_self",
+                 "lambda_cross", "lambda_mtc", "lambda_mtm", "lambda_mgt", "lambda_tgm", "vq_commit", "vq_velocity",
                  "vq_reset_below", "huber_c", "w_min", "w_max", "guidance_scale"}
 FRACTIONS = {"dropout", "cond_drop", "eta", "vq_ema", "ema_decay", "eps", "gamma", "label_smoothing"}  # [0, 1]
 
@@ -676,18 +677,20 @@ def load_model(run: Run, name: str) -> torch.nn.Module:
     return model.to(run.device).eval().requires_grad_(False)
 
 
-def clip_text_encoder(run: Run, mate: bool = False) -> TextEncoder:
+def clip_text_encoder(run: Run, mate: bool | str = False) -> TextEncoder:
     """The frozen text encoder: real CLIP with --clip, else the offline one of --stage data.
     mate=True: a second one with MATE's word table swapped in (MATE Sec. 4.1: the
-    MATE-enhanced encoder replaces the original; everything but the table is unchanged)."""
-    key, source = ("text_mate" if mate else "text"), run.clip or run.out / "text_encoder"
+    MATE-enhanced encoder replaces the original; everything but the table is unchanged);
+    mate=NAME: the table of NAME.pt (an --ablations variant, mate_no_self say)."""
+    table = "mate" if mate is True else mate
+    key, source = (f"text_{table}" if table else "text"), run.clip or run.out / "text_encoder"
     if key not in run.cache:
         if not run.clip and not (source / "config.json").exists():
             raise FileNotFoundError(f"{source} not found: run `python train.py --stage data` "
                                     f"first (it builds the offline text encoder)")
         encoder = TextEncoder.from_pretrained(source)
-        if mate:
-            encoder.set_word_embeddings(finished(run, "mate")["model"]["word_table"])
+        if table:
+            encoder.set_word_embeddings(finished(run, table)["model"]["word_table"])
         elif not run.clip:
             print(f"[clip] offline text encoder from {source} (not real CLIP; --clip NAME_OR_DIR "
                   f"loads real weights)")
@@ -793,8 +796,8 @@ def dataset_name(run: Run) -> str:
     return "the embedded synthetic dataset" if run.synthetic else str(run.data_root)
 
 
-def pipeline(run: Run, denoiser_name: str | None = None, mate: bool = False) -> metrics.Pipeline:
-    """The frozen models of a finished run (mate=True: the MATE text encoder), text -> motion."""
+def pipeline(run: Run, denoiser_name: str | None = None, mate: bool | str = False) -> metrics.Pipeline:
+    """The frozen models of a finished run (mate: a MATE text encoder, see clip_text_encoder), text -> motion."""
     text = clip_text_encoder(run, mate=True) if mate else text_encoder(run)
     pipe = metrics.Pipeline(text, load_model(run, "vae"), load_denoiser(run, denoiser_name))
     if run.cfg.run.compile:  # run.compile: the denoiser's 50 x 2 calls per sample compiled once
@@ -1015,19 +1018,58 @@ def stage_mate(run: Run) -> dict:
     figures["projector_mate"] = train_projector(run, "projector_mate", text_mate, latents)
     # 4. the word-level probe, before and after MATE
     figures["probe"] = mate_probe(run)
+    # 5. --ablations: Tab. 3, each loss removed in turn
+    if run.args.ablations:
+        figures["ablations"] = mate_ablations(run, records, latents)
     return figures
+
+
+def probe_length(run: Run, test) -> int:
+    """One motion length for every probe: the test split's median, a multiple of the unit."""
+    return int(np.median([len(m) for _, m, _ in test.items])) // run.cfg.data.unit * run.cfg.data.unit
 
 
 def mate_probe(run: Run) -> dict:
     """MATE's word-level probe (mate.word_probe) on the test captions, MLD vs MLD+MATE."""
-    test, unit = open_split(run, "test"), run.cfg.data.unit
+    test = open_split(run, "test")
     evaluator = load_model(run, "evaluator")
     plain, with_mate = pipeline(run), pipeline(run, "diffusion_mate", mate=True)
-    length = int(np.median([len(m) for _, m, _ in test.items])) // unit * unit  # one length for all probes
+    length = probe_length(run, test)
     rows = mate.word_probe(plain, with_mate, evaluator, test, run.cfg.mate, length, run.cfg.run.seed)
     metrics.write_results(run.out, "mate_probe", rows, "MATE word-level probe (Sec. 4.4 analogue)",
                           mate.probe_note(length))
     return _as_lists(rows)
+
+
+MATE_ABLATIONS = {  # MATE Tab. 3 ("Loss Removed"): word-table checkpoint -> (row, MATE config overrides)
+    "mate_no_self": ("L_self removed", {"lambda_self": 0.0}),
+    "mate_no_cross": ("L_cross removed", {"lambda_cross": 0.0}),
+    "mate_no_align": ("L_align removed", {"lambda_align": 0.0}),
+    "mate_no_sent": ("L_sent removed", {"lambda_sent": 0.0}),
+    "mate_no_rec": ("L_rec removed", {"lambda_rec": 0.0})}
+
+
+def mate_ablations(run: Run, records: list, latents: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """MATE Tab. 3 (--ablations): for each loss removed, the word table trained without it on the
+    same records, batches and steps (NAME.pt) and the denoiser retrained on it (diffusion_NAME.pt);
+    then the word probe pooled over the word pairs, each variant beside the full model."""
+    cfg, sched, seed = run.cfg.mate, run.cfg.mate_train, run.cfg.run.seed
+    feat_dim, figures, pipes = open_split(run, "train").mean.shape[0], {}, {}
+    for name, (row, overrides) in MATE_ABLATIONS.items():
+        variant = dataclasses.replace(cfg, **overrides)
+        bound = TextEncoder.from_pretrained(run.clip or run.out / "text_encoder").to(run.device)  # its table trains
+        model, loss_fn, stream, meta = mate.word_table_training(records, bound, feat_dim, variant, sched.batch_size,
+                                                                seed, run.device)
+        figures[name] = fit(run, name, model, variant, loss_fn, stream, sched, meta)
+        text = clip_text_encoder(run, mate=name)  # a fresh encoder holding the trained table
+        figures[f"diffusion_{name}"] = train_denoiser(run, f"diffusion_{name}", text, latents)
+        pipes[row] = pipeline(run, f"diffusion_{name}", mate=name)
+    pipes["Full Model"] = pipeline(run, "diffusion_mate", mate=True)
+    test = open_split(run, "test")
+    rows, note = mate.ablation_probe(pipes, load_model(run, "evaluator"), test, cfg, probe_length(run, test), seed)
+    metrics.write_results(run.out, "mate_ablation", rows, "MATE loss ablation (Tab. 3 analogue, word-level probe)",
+                          note)
+    return {**figures, "probe": _as_lists(rows)}
 
 
 def stage_lcm(run: Run) -> dict:
@@ -1091,6 +1133,12 @@ def stage_import(run: Run) -> dict:
     return {**source, "latent_shape": list(latent_shape), "text_dim": text_dim}
 
 
+LAMP_ABLATIONS = {  # LaMP Tab. 5 (one objective added per row): checkpoint -> (row, LaMP config overrides)
+    "lamp_mtc": ("LaMP with contrastive learning", {"lambda_mtm": 0.0, "lambda_mgt": 0.0, "lambda_tgm": 0.0}),
+    "lamp_mtc_mtm": ("+ motion-text matching", {"lambda_mgt": 0.0, "lambda_tgm": 0.0}),
+    "lamp_mtc_mtm_mgt": ("+ motion-grounded text generation", {"lambda_tgm": 0.0})}
+
+
 def stage_lamp(run: Run) -> dict:
     """LaMP (Sec. 3.1): the motion VQ-VAE (3.1.1), then LaMP over its frozen encoder with the
     four objectives (3.1.3); the Tab. 3 analogue on the test split beside the `evaluator`."""
@@ -1109,22 +1157,32 @@ def stage_lamp(run: Run) -> dict:
     usage = lamp.codebook_usage_on(vq.requires_grad_(False).eval(), val, device)
     print(f"[lamp_vq] codebook usage on val: {100 * usage['used']:.1f}% of {cfg.vq_codes} codes, "
           f"perplexity {usage['perplexity']:.1f}")
-    # 2. LaMP over the frozen motion encoder
-    torch.manual_seed(seed)
+    # 2. LaMP over the frozen motion encoder; --ablations: Tab. 5's variants, on the same batches
     meta = {"vocab_size": len(tokenizer), "eot_id": tokenizer.eot_id}
-    model = lamp.LaMP.from_bert(run.args.bert, cfg, **meta) if run.args.bert else lamp.LaMP(cfg, **meta)
     if not run.args.bert:
         print("[lamp] random initialisation (the paper starts from BERT-base: --bert DIR)")
-    model = model.to(device)
-    sched = run.cfg.lamp_train
-    losses = fit(run, "lamp", model, model.cfg, lamp.lamp_loss_fn(model, vq, tokenizer, device),
-                 batches(train, sched.batch_size, seed + 1), sched, meta)
-    # 3. Tab. 3: retrieval on the test split, LaMP beside the plain evaluator
-    rows = lamp.retrieval_rows(lamp.LaMPEvaluator(vq, model), load_model(run, "evaluator"), test, tokenizer, device)
+    sched, draws, models, losses = run.cfg.lamp_train, train.fork(), {}, {}  # draws: the same crops for each
+    variants = {"lamp": {}, **({n: o for n, (_, o) in LAMP_ABLATIONS.items()} if run.args.ablations else {})}
+    for name, overrides in variants.items():
+        variant = dataclasses.replace(cfg, **overrides)
+        torch.manual_seed(seed)
+        model = lamp.LaMP.from_bert(run.args.bert, variant, **meta) if run.args.bert else lamp.LaMP(variant, **meta)
+        model = models[name] = model.to(device)
+        losses[name] = fit(run, name, model, model.cfg, lamp.lamp_loss_fn(model, vq, tokenizer, device),
+                           batches(draws.fork(), sched.batch_size, seed + 1), sched, meta)
+    # 3. Tab. 3: retrieval on the test split, LaMP beside the plain evaluator (and Tab. 5's variants)
+    evaluator = load_model(run, "evaluator")
+    rows = lamp.retrieval_rows(lamp.LaMPEvaluator(vq, models["lamp"]), evaluator, test, tokenizer, device)
+    if run.args.ablations:
+        rows = lamp.ablation_rows(rows, {row: lamp.retrieval_rows(lamp.LaMPEvaluator(vq, models[name]), evaluator,
+                                                                  test, tokenizer, device)
+                                         for name, (row, _) in LAMP_ABLATIONS.items()})
+    note = lamp.retrieval_note(len(test), dataset_name(run), usage, cfg.vq_codes)
     metrics.write_results(run.out, "lamp_retrieval", rows, "Text-motion retrieval (LaMP Tab. 3 analogue)",
-                          lamp.retrieval_note(len(test), dataset_name(run), usage, cfg.vq_codes))
+                          note + (f" {lamp.ABLATION_NOTE}" if run.args.ablations else ""))
     print((run.out / "results.md").read_text())
-    return {"vq_final_losses": vq_losses, "codebook_usage_val": usage, "final_losses": losses,
+    return {"vq_final_losses": vq_losses, "codebook_usage_val": usage, "final_losses": losses.pop("lamp"),
+            **({"ablation_final_losses": losses} if losses else {}),
             "retrieval": {name: {k: v[0] for k, v in r.items()} for name, r in rows.items()}}
 
 
@@ -1414,7 +1472,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="continue an interrupted stage from its last checkpoint; with --stage all, "
                         "skip the stages already finished")
     p.add_argument("--ablations", action="store_true",
-                   help="projector/eval: also the LEAD Tab. 6 ablations (w/o L_align, L_rec, L_var; MLP)")
+                   help="projector/eval: also the LEAD Tab. 6 ablations (w/o L_align, L_rec, L_var; MLP); atm: ATM "
+                        "Tab. 3; mate: MATE Tab. 3 (each loss removed); lamp: LaMP Tab. 5 (objectives added in turn)")
     p.add_argument("--text", action="append", default=[],
                    help="sample: a prompt (repeatable; default: a few built-in prompts)")
     p.add_argument("--length", type=int, default=120, help="sample: motion length in frames")

@@ -261,6 +261,18 @@ def test_reseed_restarts_the_random_choices(fixture_root):
     assert draws(used) == first == draws(data.MotionTextDataset(fixture_root, "train", seed=3))
 
 
+
+def test_fork_draws_what_the_original_draws_next(fixture_root):
+    """fork() (train.py's --ablations: LaMP's variants see the batches the full model saw): the
+    fork repeats the original's next draws and does not move the original's generator."""
+    def draws(ds):
+        return [(ds[i]["caption"], float(ds[i]["motion"][0, 0])) for i in range(len(ds)) for _ in range(4)]
+    ds = data.MotionTextDataset(fixture_root, "train", seed=3)
+    draws(ds)
+    fork = ds.fork()
+    assert fork.items is ds.items
+    assert draws(fork) == draws(ds)
+
 def test_collate_pads_and_returns_lengths(fixture_root):
     ds = data.MotionTextDataset(fixture_root, "train")
     batch = data.collate([ds[0], ds[1]])

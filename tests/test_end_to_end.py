@@ -63,7 +63,8 @@ def test_every_stage_wrote_its_outputs(smoke_run):
     for name in ("vae", "diffusion", "projector", "evaluator", "alignment", "diffusion_atm", "diffusion_mse",
                  "diffusion_atm_inter", "diffusion_atm_intra", "mate", "lcm",
                  "diffusion_mate", "projector_mate", "lamp", "lamp_vq",
-                 *train.PROJECTOR_ABLATIONS):
+                 *train.PROJECTOR_ABLATIONS, *train.MATE_ABLATIONS, *train.LAMP_ABLATIONS,
+                 *(f"diffusion_{name}" for name in train.MATE_ABLATIONS)):
         state = train.load_checkpoint(run / f"{name}.pt", name)
         assert state["done"] and state["step"] == 3
     assert (run / "text_encoder" / "vocab.json").exists()
@@ -74,6 +75,21 @@ def test_every_stage_wrote_its_outputs(smoke_run):
     for row in recon.values():
         assert 0.0 <= row["R-precision top-1"] <= row["R-precision top-3"] <= 1.0 and row["MMdist"] > 0.0
 
+
+
+def test_ablation_checkpoints_load_as_their_stage_wrote_them(smoke_run):
+    """--ablations' MATE Tab. 3 and LaMP Tab. 5 variants are named after the stage that writes
+    them, load through finished / load_model, and hold their removed terms' zero weights."""
+    run = train.Run(cfg=train.build_config("tiny", []), out=smoke_run / "run", data_root=smoke_run / "synthetic",
+                    synthetic=True, device=torch.device("cpu"), clip=None, resume=False, args=None)
+    for name, (_, overrides) in train.LAMP_ABLATIONS.items():
+        assert train.stage_of(name) == "lamp"
+        model = train.load_model(run, name)
+        assert all(getattr(model.cfg, k) == v == 0.0 for k, v in overrides.items())
+    for name, (_, overrides) in train.MATE_ABLATIONS.items():
+        assert train.stage_of(name) == train.stage_of(f"diffusion_{name}") == "mate"
+        assert all(train.finished(run, name)["config"][k] == v == 0.0 for k, v in overrides.items())
+        assert train.load_model(run, f"diffusion_{name}").text_dim == train.load_model(run, "diffusion").text_dim
 
 def test_results_table_has_the_papers_rows(smoke_run):
     results = json.loads((smoke_run / "run" / "results.json").read_text())
@@ -89,6 +105,8 @@ def test_results_table_has_the_papers_rows(smoke_run):
     assert {f"{m}, {n} step{'s' if n > 1 else ''}" for m in ("MotionLCM", "LEAD (MotionLCM)") for n in (1, 2, 4)} == set(steps)
     assert all(row["s / prompt"][0] > 0 for row in steps.values())
     assert "mate_probe" in results and "mate_segmentation" in results
+    assert list(results["mate_ablation"]["rows"]) == [*(row for row, _ in train.MATE_ABLATIONS.values()),
+                                                      "Full Model"], "MATE Tab. 3 under --ablations"
     assert {"Real", "MTI_lead", "MTI_lead w/ project"} <= set(results["mti"]["rows"])
     assert "mti_styles" in results
     assert "MModality" in rows["LEAD"] and "MModality" not in rows["Real"]
@@ -145,8 +163,11 @@ def test_lamp_condition_and_evaluator(smoke_run):
     beside the CLIP models; --evaluator lamp adds the LaMP-evaluator table (LaMP Tab. 2)."""
     run = smoke_run / "run"
     results = json.loads((run / "results.json").read_text())
-    assert set(results["lamp_retrieval"]["rows"]) == {f"{m}, {p}" for m in ("LaMP (best query)", "LaMP (mean of queries)",
-                                                      "evaluator") for p in ("whole split", "batches of 32")}
+    models = [*(row for row, _ in train.LAMP_ABLATIONS.values()), "LaMP"]  # --ablations: LaMP Tab. 5's rows
+    assert "Tab. 5 rows" in results["lamp_retrieval"]["note"]
+    assert list(results["lamp_retrieval"]["rows"]) == [
+        f"{m}, {p}" for p in ("whole split", "batches of 32")
+        for m in (*(f"{model} ({s})" for model in models for s in ("best query", "mean of queries")), "evaluator")]
     for stage in ("diffusion", "projector", "atm", "eval", "sample"):
         assert train.main(["--stage", stage, "--text-encoder", "lamp", *smoke_args(smoke_run)]) == 0
     assert train.main(["--stage", "eval", "--evaluator", "lamp", *smoke_args(smoke_run)]) == 0

@@ -310,6 +310,58 @@ def test_loss_reaches_every_parameter(model, tokenizer):
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
 
 
+
+def lamp_loss_inputs(model, tokenizer):
+    torch.manual_seed(0)
+    vq = lamp.MotionVQVAE(model.cfg, 263)
+    x, lengths = motion_batch(4)
+    vq(x, lengths)  # train mode: seeds the codebook
+    with torch.no_grad():
+        return (*vq.eval().tokenize(x, lengths), tokenizer(CAPTIONS[:4]))
+
+
+def test_default_loss_is_the_plain_sum_bit_for_bit(model, tokenizer):
+    """The default weights (the full model) give mtc + mtm + mgt + tgm, the same bits as before the
+    Tab. 5 switches existed."""
+    z, codes, valid, ids = lamp_loss_inputs(model, tokenizer)
+    total, parts = model.loss(z, valid, ids, codes)
+    assert list(parts) == ["mtc", "mtm", "mgt", "tgm", "temp"]
+    assert torch.equal(total.detach(), parts["mtc"] + parts["mtm"] + parts["mgt"] + parts["tgm"])
+
+
+# what only each objective reads: no gradient reaches it when the objective is removed
+ONLY_READ_BY = {"mtm": "match_head.weight", "mgt": "lm_transform.dense.weight", "tgm": "motion_head.weight",
+                "mtc": None}
+
+
+@pytest.mark.parametrize("removed", [("mtc",), ("mtm",), ("mgt",), ("tgm",),
+                                     ("mtm", "mgt", "tgm"), ("mgt", "tgm")])  # the last two: Tab. 5 rows
+def test_a_zero_weight_removes_the_objective(model, tokenizer, removed):
+    """With the weights of `removed` 0, the total is the sum of the other objectives of the full
+    model on the same batch and the same hard-negative draws; the removed ones are not computed
+    and what only they read gets no gradient. (Eval mode: no dropout draws.)"""
+    z, codes, valid, ids = lamp_loss_inputs(model, tokenizer)
+    torch.manual_seed(1)
+    _, full = model.loss(z, valid, ids, codes)
+    model.cfg = dataclasses.replace(model.cfg, **{f"lambda_{k}": 0.0 for k in removed})
+    torch.manual_seed(1)
+    total, parts = model.loss(z, valid, ids, codes)
+    kept = [k for k in ("mtc", "mtm", "mgt", "tgm") if k not in removed]
+    assert list(parts) == [*kept, "temp"]
+    assert float(total.detach()) == pytest.approx(sum(float(full[k]) for k in kept), rel=1e-6)
+    total.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for k in removed:
+        if ONLY_READ_BY[k]:
+            assert grads[ONLY_READ_BY[k]] is None, f"{k} was removed but {ONLY_READ_BY[k]} has a gradient"
+    assert grads["query_tokens"] is not None
+
+
+def test_no_objective_is_refused(tokenizer):
+    cfg = tiny_config(lambda_mtc=0.0, lambda_mtm=0.0, lambda_mgt=0.0, lambda_tgm=0.0)
+    with pytest.raises(ValueError, match="no objective"):
+        lamp.LaMP(cfg, len(tokenizer), tokenizer.eot_id)
+
 def test_from_bert_loads_the_checkpoint(tmp_path, tokenizer):
     """A (tiny) BERT saved with save_pretrained: its self-attention and FFN weights are LaMP's,
     the query FFN starts as a copy of the text FFN, the word table is new, sizes follow the file."""
@@ -357,3 +409,19 @@ def test_adapters_for_train_py(model, tokenizer):
     tokenizer_with_more.add_token("<*>")
     with pytest.raises(ValueError, match="token ids"):
         lamp.LaMPTextEncoder(model, tokenizer_with_more)
+
+
+def test_ablation_rows_order_and_names():
+    """Tab. 5's variants enter the retrieval table protocol by protocol, before the full model's
+    rows, renamed after their Tab. 5 row; their evaluator rows (the same model) are dropped."""
+    def table(value):
+        return {f"{m}, {p}": {"T2M R@1": (value, 0.0)} for p in ("whole split", "batches of 32")
+                for m in ("LaMP (best query)", "LaMP (mean of queries)", "evaluator")}
+    rows = lamp.ablation_rows(table(0.9), {"LaMP with contrastive learning": table(0.1), "+ matching": table(0.2)})
+    assert list(rows)[:6] == ["LaMP with contrastive learning (best query), whole split",
+                              "LaMP with contrastive learning (mean of queries), whole split",
+                              "+ matching (best query), whole split", "+ matching (mean of queries), whole split",
+                              "LaMP (best query), whole split", "LaMP (mean of queries), whole split"]
+    assert list(rows)[6:8] == ["evaluator, whole split", "LaMP with contrastive learning (best query), batches of 32"]
+    assert len(rows) == 14 and rows["+ matching (best query), batches of 32"]["T2M R@1"][0] == 0.2
+    assert rows["evaluator, batches of 32"]["T2M R@1"][0] == 0.9

@@ -3,6 +3,7 @@ exact segmentation search (Eq. 1) against brute force and on a toy with a known 
 shared-work segment embedding against the embedder's own forward, every loss (Eqs. 4-8)
 against a hand computation or an independent loop, and that MATE trains only the text
 encoder's word table (plus its own heads)."""
+import dataclasses
 import itertools
 import math
 
@@ -255,6 +256,74 @@ def test_mate_loss_is_eq8_of_its_parts():
     assert float(total) == pytest.approx(float(parts["rec"] + 0.5 * word + 2.0 * parts["sent"]), rel=1e-6)
     expected = info_nce_loop(out["f_e"].numpy(), out["f_self"].numpy(), cfg.temperature)
     assert float(parts["align"]) == pytest.approx(expected, rel=1e-5)
+
+
+
+def test_mate_loss_default_is_the_papers_sum_bit_for_bit():
+    """With the default weights (the full model) L_all is Eq. (8) with Eq. (7) inside, as written
+    before the Tab. 3 switches existed: the same float operations, so the same bits."""
+    cfg = mate.MATEConfig()
+    g = torch.Generator().manual_seed(1)
+    B, E, K = 4, 6, 5
+    out = {"f_self": torch.randn(B, E, generator=g), "f_cross": torch.randn(B, B, E, generator=g),
+           "f_e": torch.randn(B, E, generator=g), "f_t": torch.randn(B, E, generator=g),
+           "f_m": torch.randn(B, E, generator=g), "motion_hat": torch.randn(B, 7, 3, generator=g)}
+    batch = {"target": torch.tensor([0, 3, 1, 4]), "negative": ~torch.eye(B, dtype=torch.bool),
+             "same_word": torch.zeros(B, B, dtype=torch.bool), "same_motion": torch.eye(B, dtype=torch.bool),
+             "motion": torch.randn(B, 7, 3, generator=g), "lengths": torch.tensor([7, 4, 5, 6])}
+    prototypes = torch.randn(K, E, generator=g)
+    total, parts = mate.mate_loss(out, batch, prototypes, cfg)
+    l_self = mate.self_loss(out["f_self"], prototypes, batch["target"], cfg.temperature)
+    l_cross = mate.cross_loss(out["f_self"], out["f_cross"], batch["negative"])
+    l_align = mate.info_nce(out["f_e"], out["f_self"], cfg.temperature, batch["same_word"])
+    l_sent = mate.info_nce(out["f_t"], out["f_m"], cfg.temperature, batch["same_motion"])
+    l_rec = mate.rec_loss(out["motion_hat"], batch["motion"], batch["lengths"])
+    assert torch.equal(total, l_rec + cfg.lambda_word * (l_self + l_cross + l_align) + cfg.lambda_sent * l_sent)
+    assert list(parts) == ["self", "cross", "align", "sent", "rec"]
+
+
+def mate_model_and_batch(text, cfg):
+    records = records_for(text)
+    lemmas = mate.vocabulary(records)
+    torch.manual_seed(0)
+    model = mate.MATE(cfg, 263, text.word_embeddings.weight, text.dim, len(lemmas))
+    model.init_prototypes(*mate.word_ids(text.tokenizer, lemmas))
+    batch = mate.collate_records(records, text.tokenizer, {l: k for k, l in enumerate(lemmas)}, np.random.default_rng(0))
+    with torch.no_grad():
+        c, _ = text.encode_ids(batch["ids"])
+    return model, batch, c
+
+
+@pytest.mark.parametrize("removed, field, only_it_reads", [
+    ("self", "lambda_self", "prototypes"), ("cross", "lambda_cross", None), ("align", "lambda_align", None),
+    ("sent", "lambda_sent", "text_head.weight"), ("rec", "lambda_rec", "motion_decoder.out.weight")])
+def test_a_zero_weight_removes_the_term(text, removed, field, only_it_reads):
+    """Tab. 3's "Loss Removed" rows: with the term's weight 0, L_all is the sum of the other
+    terms of the full model on the same batch (the same word draws), the term is not computed
+    (absent from parts), and what only it reads gets no gradient."""
+    cfg = mate.MATEConfig(latent_dim=8, n_layers=1, n_heads=2, ff_dim=16, dropout=0.0, lambda_word=0.5,
+                          lambda_sent=2.0)
+    model, batch, c = mate_model_and_batch(text, cfg)
+    _, full = mate.mate_loss(model(batch, c), batch, model.prototypes, cfg)
+    model.cfg = ablated = dataclasses.replace(cfg, **{field: 0.0})
+    out = model(batch, c)
+    total, parts = mate.mate_loss(out, batch, model.prototypes, ablated)
+    weight = {"self": 0.5, "cross": 0.5, "align": 0.5, "sent": 2.0, "rec": 1.0}
+    expected = sum(weight[k] * float(v) for k, v in full.items() if k != removed)
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-6)
+    assert set(parts) == set(full) - {removed}
+    assert ("f_cross" in out) == (removed != "cross") and ("motion_hat" in out) == (removed != "rec")
+    total.backward()
+    if only_it_reads:
+        assert dict(model.named_parameters())[only_it_reads].grad is None
+    assert model.word_table.grad is not None
+
+
+def test_every_weight_zero_is_refused(text):
+    cfg = mate.MATEConfig(latent_dim=8, n_layers=1, n_heads=2, ff_dim=16, lambda_rec=0.0, lambda_sent=0.0,
+                          lambda_word=0.0)
+    with pytest.raises(ValueError, match="every loss weight is 0"):
+        mate_model_and_batch(text, cfg)
 
 
 # ----------------------------------------------------------------------------
