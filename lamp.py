@@ -881,6 +881,7 @@ ABLATION_NOTE = ("Tab. 5 rows (--ablations): LaMP retrained from the same initia
                  "generation; the LaMP rows have all four (Tab. 5's '+ text-grounded motion generation'). The paper's "
                  "Tab. 5 scores LaMP-T2M's generations, not retrieval.")
 
+
 def retrieval_note(n_clips: int, source: str, usage: dict, n_codes: int) -> str:
     return (f"{n_clips} test clips of {source}, one caption each, ranked against the whole split or within "
             f"consecutive batches of 32 (TMR's protocols (a) and (d)). The paper says only 'a test set of TMR'; "

@@ -855,7 +855,7 @@ def ablation_probe(pipelines: dict, evaluator, dataset, cfg: MATEConfig, length:
         torch.manual_seed(seed)
         rows[row] = {"WE cos": (float(np.mean([word_cosine(table, tokenizer, a, b) for a, b in words])), 0.0),
                      "pair acc.": pair_accuracy(lambda captions, lengths, p=pipe: p.generate(captions, lengths, None),
-                                                evaluator, tokenizer, pairs, length)}
+                                                evaluator, pairs, length)}
         log(f"[mate] ablation probe {row}: " + ", ".join(f"{k} {v[0]:.3f}" for k, v in rows[row].items()))
     note = (f"Each row's word table is trained with that loss removed from L_all (Eqs. 7-8; the same records, "
             f"batches and steps as the full model) and the denoiser retrained on it from scratch, as the paper "
@@ -864,6 +864,7 @@ def ablation_probe(pipelines: dict, evaluator, dataset, cfg: MATEConfig, length:
             f"acc. over the {2 * len(pairs)} motions ({length} frames) of all their test caption pairs, as in "
             f"the word-level probe (0.5 = the word is not heard), ± 95% CI.")
     return rows, note
+
 
 def segmentation_rows(report: dict) -> tuple[dict, str]:
     """segmentation_report as the Tab. 7 analogue -> (rows, note)."""
