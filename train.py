@@ -798,7 +798,7 @@ def dataset_name(run: Run) -> str:
 
 def pipeline(run: Run, denoiser_name: str | None = None, mate: bool | str = False) -> metrics.Pipeline:
     """The frozen models of a finished run (mate: a MATE text encoder, see clip_text_encoder), text -> motion."""
-    text = clip_text_encoder(run, mate=True) if mate else text_encoder(run)
+    text = clip_text_encoder(run, mate=mate) if mate else text_encoder(run)
     pipe = metrics.Pipeline(text, load_model(run, "vae"), load_denoiser(run, denoiser_name))
     if run.cfg.run.compile:  # run.compile: the denoiser's 50 x 2 calls per sample compiled once
         pipe.denoiser = torch.compile(pipe.denoiser)

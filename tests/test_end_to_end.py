@@ -76,7 +76,6 @@ def test_every_stage_wrote_its_outputs(smoke_run):
         assert 0.0 <= row["R-precision top-1"] <= row["R-precision top-3"] <= 1.0 and row["MMdist"] > 0.0
 
 
-
 def test_ablation_checkpoints_load_as_their_stage_wrote_them(smoke_run):
     """--ablations' MATE Tab. 3 and LaMP Tab. 5 variants are named after the stage that writes
     them, load through finished / load_model, and hold their removed terms' zero weights."""
@@ -90,6 +89,11 @@ def test_ablation_checkpoints_load_as_their_stage_wrote_them(smoke_run):
         assert train.stage_of(name) == train.stage_of(f"diffusion_{name}") == "mate"
         assert all(train.finished(run, name)["config"][k] == v == 0.0 for k, v in overrides.items())
         assert train.load_model(run, f"diffusion_{name}").text_dim == train.load_model(run, "diffusion").text_dim
+        # the variant's pipeline reads the variant's word table, not the full model's
+        table = train.pipeline(run, f"diffusion_{name}", mate=name).text.word_embeddings.weight
+        assert torch.equal(table.cpu(), train.finished(run, name)["model"]["word_table"])
+        assert not torch.equal(table.cpu(), train.finished(run, "mate")["model"]["word_table"])
+
 
 def test_results_table_has_the_papers_rows(smoke_run):
     results = json.loads((smoke_run / "run" / "results.json").read_text())
