@@ -62,6 +62,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.linalg
+import scipy.stats
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -107,6 +108,37 @@ def mean_ci(values) -> tuple[float, float]:
     v = _as_numpy(values).reshape(-1)
     assert v.size >= 1, "mean_ci needs at least one replication"
     return float(v.mean()), float(1.96 * v.std() / math.sqrt(v.size))
+
+
+def seed_ci(values) -> tuple[float, float]:
+    """Mean and 95% confidence half-width across K training seeds (one value per trained model):
+    Student's t with K - 1 degrees of freedom, t_{0.975, K-1} * s / sqrt(K), s the sample std
+    (ddof=1). Not `mean_ci`'s normal 1.96: K is a handful of seeds, not 20 replications.
+    Hand case: [1, 2, 3] -> mean 2, s = 1, t_{0.975, 2} = 4.3027, half-width 4.3027 / sqrt(3) = 2.4841.
+    """
+    v = _as_numpy(values).reshape(-1)
+    if v.size < 2:
+        raise ValueError(f"a 95% interval across training seeds needs at least two seeds, got {v.size}: "
+                         "one trained model says nothing about how another seed would score")
+    half = scipy.stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return float(v.mean()), float(half)
+
+
+def claim_direction(method_values, baseline_values, lower_is_better: bool) -> str:
+    """Whether `method` beats `baseline` with 95% confidence across training seeds: the paired
+    differences d_k = method_k - baseline_k (both scored from seed k's run) and their `seed_ci`
+    interval mean +- half. "holds" when the interval lies wholly on the method's better side of 0
+    (below it when lower is better), "reversed" when wholly on the worse side, else "no difference"."""
+    method, baseline = _as_numpy(method_values).reshape(-1), _as_numpy(baseline_values).reshape(-1)
+    assert method.shape == baseline.shape, (
+        f"paired by seed: {method.size} method values for {baseline.size} baseline values")
+    mean, half = seed_ci(method - baseline)
+    better = -mean if lower_is_better else mean  # > 0: the method is better on average
+    if better - half > 0:
+        return "holds"
+    if better + half < 0:
+        return "reversed"
+    return "no difference"
 
 
 # ---------------------------------------------------------------------------------------

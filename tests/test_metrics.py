@@ -172,6 +172,32 @@ def test_mean_ci_hand_case():
     assert ci == pytest.approx(1.96 * math.sqrt(2) / 3)
 
 
+def test_seed_ci_hand_cases():
+    """(1, 2, 3): mean 2, sample std 1, t_{0.975, 2} = 4.302653 (a t table), half-width
+    4.302653 / sqrt(3) = 2.484138. (1, 3): mean 2, sample std sqrt(2), t_{0.975, 1} = 12.706205,
+    half-width 12.706205 sqrt(2) / sqrt(2) = 12.706205. One seed has no interval."""
+    assert metrics.seed_ci([1.0, 2.0, 3.0]) == pytest.approx((2.0, 2.484138), abs=1e-6)
+    assert metrics.seed_ci([1.0, 3.0]) == pytest.approx((2.0, 12.706205), abs=1e-6)
+    with pytest.raises(ValueError, match="at least two seeds"):
+        metrics.seed_ci([4.2])
+
+
+def test_claim_direction_cases():
+    """Paired differences method - baseline over three seeds, half-width t_{0.975, 2} s / sqrt(3):
+    - (-2, -2, -2.5): mean -2.167, s 0.289, half 0.717, all below 0: lower-is-better holds, and
+      the same numbers where higher is better are reversed;
+    - (-1, 1, 0): mean 0: no difference either way;
+    - (-0.5, -0.5, -0.5): s = 0, so it holds although the seeds' values (1, 5, 9) vs (1.5, 5.5, 9.5)
+      overlap widely: the test pairs by seed, the spread between seeds cancels."""
+    method, baseline = [1.0, 2.0, 3.0], [3.0, 4.0, 5.5]
+    assert metrics.claim_direction(method, baseline, lower_is_better=True) == "holds"
+    assert metrics.claim_direction(method, baseline, lower_is_better=False) == "reversed"
+    assert metrics.claim_direction(baseline, method, lower_is_better=False) == "holds"
+    for lower in (True, False):
+        assert metrics.claim_direction([1.0, 2.0, 3.0], [2.0, 1.0, 3.0], lower) == "no difference"
+    assert metrics.claim_direction([1.0, 5.0, 9.0], [1.5, 5.5, 9.5], lower_is_better=True) == "holds"
+
+
 # --------------------------------------------------------------------------------------
 # The evaluator trained here (t2m_evaluator.T2MEvaluator.trained): padding, its text reading
 
