@@ -478,7 +478,9 @@ def evaluate(generate_fn, dataset, evaluator, tokenizer, replications: int, batc
              seed: int = 0, collate_fn=None, log=print) -> dict[str, tuple[float, float]]:
     """Every metric over R replications: {metric: (mean, 1.96 std / sqrt(R))}.
 
-    Each replication embeds the whole split with fresh random captions, then computes
+    Each replication embeds the whole split with fresh random crops and captions (drawn after
+    `dataset.reseed(seed + r)` where the dataset has one, so that every method's replication r
+    sees the same draws; generate_fn's noise after torch.manual_seed(seed + r)), then computes
     FID (generated vs ground-truth motion embeddings), R-precision top-1/2/3 and MMdist
     (generated motions vs the captions they were generated from), Diversity (300 pairs of
     generated motions) and, when generate_fn is given and mm_num_texts > 0, MModality
@@ -500,6 +502,8 @@ def evaluate(generate_fn, dataset, evaluator, tokenizer, replications: int, batc
     try:
         for r in range(replications):
             torch.manual_seed(seed + r)  # generate_fn's noise: each replication reproducible
+            if hasattr(dataset, "reseed"):  # and its crops and captions: the same for every row
+                dataset.reseed(seed + r)
             emb = embed_dataset(dataset, evaluator, tokenizer, generate_fn, batch_size, collate_fn)
             if generate_fn is not None:
                 motion, spread = emb["generated"], emb.get("generated_spread")
@@ -559,7 +563,9 @@ class Pipeline:
 def t2m_rows(methods: dict, dataset, evaluator, tokenizer, cfg: EvalConfig, seed: int,
              log=print) -> dict:
     """The Tab. 1 protocol: {name: evaluate(...)} for methods {name: generate_fn or None}
-    (None: the Real row), in the given order (each row draws the dataset's next crops)."""
+    (None: the Real row), in the given order. Replication r of every row scores the same random
+    crops and captions (`evaluate` reseeds the dataset with seed + r), so rows differ by their
+    generators alone."""
     rows = {}
     for name, generate_fn in methods.items():
         log(f"[eval] {name}" + (f" ({cfg.replications} replications)" if generate_fn is None else ""))

@@ -413,6 +413,39 @@ def test_evaluate_swing_column_and_unchanged_metrics():
     assert plain == {k: v for k, v in row.items() if k != "Swing"}
 
 
+class _Drawing(list):
+    """Items drawn like MotionTextDataset's: a random crop (4 frames fewer, at a random offset) and
+    one of two captions, from a generator that `reseed` restarts."""
+
+    def __init__(self, items, seed=0):
+        super().__init__(items)
+        self.reseed(seed)
+
+    def reseed(self, seed):
+        self._rng = np.random.default_rng(seed)
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        offset, length = int(self._rng.integers(0, 5)), item["length"] - 4
+        caption = item["caption"] + (" then" if self._rng.integers(2) else "")
+        return dict(item, motion=item["motion"][offset:offset + length], length=length, caption=caption)
+
+
+def test_rows_with_the_same_generator_score_the_same():
+    """t2m_rows reseeds the dataset per replication, so two rows with one generator score exactly
+    alike although every pass over the dataset draws new crops and captions."""
+    dataset, model = _Drawing(_fake_dataset()), _tiny_embedder()
+    assert [dataset[0]["caption"] for _ in range(8)] != [dataset[0]["caption"]] * 8, "draws must vary"
+
+    def noise(captions, lengths):
+        return torch.randn(len(captions), int(lengths.max()), 12)
+
+    cfg = metrics.EvalConfig(replications=2, mm_num_texts=2, mm_num_gens=10, diversity_times=20)
+    rows = metrics.t2m_rows({"Real": None, "A": noise, "B": noise}, dataset, model, model.tokenizer, cfg, seed=3,
+                            log=lambda s: None)
+    assert rows["A"] == rows["B"]
+
+
 def test_body_frame_spread_and_swing_by_hand():
     """J = 22 joints, features 12 J - 1 = 263, body-frame positions at 4 : 67.
     - One joint whose x alternates +a, -a over an even number of frames: its RMS distance from
