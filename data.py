@@ -466,6 +466,14 @@ class MotionTextDataset(torch.utils.data.Dataset):
         twin._rng = copy.deepcopy(self._rng)
         return twin
 
+    def subset(self, indices, seed: int = 0) -> "MotionTextDataset":
+        """The items `indices` of this split (in that order) as a dataset of their own, with its
+        own crop/caption generator seeded by `seed`; statistics and caption tags are shared."""
+        part = copy.copy(self)
+        part.items = [self.items[int(i)] for i in indices]
+        part.reseed(seed)
+        return part
+
     def captions(self) -> list[str]:
         """Every caption of the split, item by item (to cache text embeddings once)."""
         return [caption for _, _, captions in self.items for caption in captions]

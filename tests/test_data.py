@@ -261,7 +261,6 @@ def test_reseed_restarts_the_random_choices(fixture_root):
     assert draws(used) == first == draws(data.MotionTextDataset(fixture_root, "train", seed=3))
 
 
-
 def test_fork_draws_what_the_original_draws_next(fixture_root):
     """fork() (train.py's --ablations: LaMP's variants see the batches the full model saw): the
     fork repeats the original's next draws and does not move the original's generator."""
@@ -272,6 +271,19 @@ def test_fork_draws_what_the_original_draws_next(fixture_root):
     fork = ds.fork()
     assert fork.items is ds.items
     assert draws(fork) == draws(ds)
+
+
+def test_subset_keeps_the_chosen_items_and_draws_on_its_own(fixture_root):
+    """subset(indices, seed) holds those items in that order, shares the statistics, and its
+    generator is its own: reading it leaves the split's draws where they were."""
+    ds = data.MotionTextDataset(fixture_root, "train", seed=3)
+    part = ds.subset([len(ds) - 1, 0], seed=5)
+    assert [name for name, _, _ in part.items] == [ds.items[-1][0], ds.items[0][0]]
+    assert part.mean is ds.mean and part.tags is ds.tags and len(ds) > len(part) == 2
+    fresh = data.MotionTextDataset(fixture_root, "train", seed=3)
+    [part[i] for i in range(2) for _ in range(4)]
+    assert [ds[0]["caption"] for _ in range(6)] == [fresh[0]["caption"] for _ in range(6)]
+
 
 def test_collate_pads_and_returns_lengths(fixture_root):
     ds = data.MotionTextDataset(fixture_root, "train")

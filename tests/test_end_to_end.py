@@ -114,6 +114,9 @@ def test_results_table_has_the_papers_rows(smoke_run):
     assert {"Real", "MTI_lead", "MTI_lead w/ project"} <= set(results["mti"]["rows"])
     assert "mti_styles" in results
     assert "MModality" in rows["LEAD"] and "MModality" not in rows["Real"]
+    fit = results["t2m_fit"]["rows"]  # the same rows on training clips, one replication, no MModality
+    assert list(fit) == list(rows) and "MModality" not in fit["LEAD"] and fit["LEAD"]["FID"][1] == 0.0
+    assert "training clips" in results["t2m_fit"]["note"]
     assert set(results["timing"]["rows"]) == {"MLD", "LEAD"}
     assert "latent_structure" in results
     md = (smoke_run / "run" / "results.md").read_text()
@@ -264,4 +267,5 @@ def test_eval_in_guo_et_als_evaluator_space(smoke_run, tmp_path):
     rows = results["t2m_t2m_evaluator"]["rows"]
     assert list(rows)[:3] == ["Real", "MLD", "LEAD"] and 0.0 <= rows["LEAD"]["R-precision top-1"][0] <= 1.0
     assert "Guo et al.'s released" in results["t2m_t2m_evaluator"]["note"]
+    assert list(results["t2m_t2m_evaluator_fit"]["rows"]) == list(rows)  # the training captions' own tags
     assert (smoke_run / "run" / "eval_t2m_evaluator.json").exists()
