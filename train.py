@@ -14,7 +14,7 @@ the projector):
     atm        ATM fine-tuning of the denoiser
     mate       MATE word table, then the denoiser and projector retrained on it
     lcm        MotionLCM: a consistency model distilled from the denoiser, 1-4 step sampling
-    eval       the Tab. 1 analogue: Real, MLD, LEAD (+ATM, +MATE, ablations)
+    eval       the Tab. 1 analogue: Real, MLD, LEAD (+ATM, +MATE, ablations), on test and training clips
     sample     text -> motion files (.npy, GIF/MP4 animations, --bvh)
     inversion  motion textual inversion
 

@@ -143,9 +143,10 @@ def run_seed(folder: Path, seed: int, plan, passed: list[str]) -> None:
         if record.exists():
             print(f"[seeds] seed {seed}: {' '.join([stage, *extra])} already done ({record})")
             continue
-        print(f"[seeds] seed {seed}: python train.py {' '.join(argv)}", flush=True)
+        own = " ".join(argv[:len(argv) - len(passed)]) + (" + the options given" if passed else "")
+        print(f"[seeds] seed {seed}: python train.py {own}", flush=True)
         if subprocess.run([sys.executable, str(TRAIN), *argv]).returncode != 0:
-            raise RuntimeError(f"seed {seed}: `python train.py {' '.join(argv)}` failed (its message is above)")
+            raise RuntimeError(f"seed {seed}: `python train.py {own}` failed (its message is above)")
 
 
 # ----------------------------------------------------------------------------
@@ -224,7 +225,7 @@ def report(table: dict, summary: dict, found: list[dict], seeds: list[int], base
     lines = ["# Across training seeds", "",
              f"Seeds {', '.join(map(str, seeds))} (K = {K}; seed {base_seed} is the base run's models, scored "
              f"again); the dataset, text encoder, VAE, evaluator and alignment embedder are the base run's, shared.",
-             f"Each cell: mean over the K seeds ± the 95% half-width across training seeds (Student t, {K - 1} "
+             f"Each cell: mean over the K seeds ± the 95% half-width across training seeds (Student t, K - 1 = {K - 1} "
              f"degrees of freedom) [in brackets: the papers' ±, one model's 1.96 std / sqrt(R) over its R sampling "
              f"replications, averaged over the seeds]. The seeds' ± is the one that says whether a method "
              f"differs from another; the bracketed one only how precisely one model was measured.", ""]
