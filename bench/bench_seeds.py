@@ -44,7 +44,6 @@ import metrics  # noqa: E402
 import train  # noqa: E402
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
-SHARED = ["text_encoder", "vae.pt", "evaluator.pt", "alignment.pt", "lamp.pt", "lamp_vq.pt"]  # copied if present
 REQUIRED = ["vae.pt", "evaluator.pt", "alignment.pt"]
 NOT_SEEDED = {"lcm.pt"}  # the base run's checkpoints left out of the seeds
 TRAINING_STAGES = ["diffusion", "projector", "atm", "mate"]
@@ -109,11 +108,19 @@ def copy_into(base: Path, folder: Path, names: list[str]) -> list[str]:
     return done
 
 
-def trained_checkpoints(base: Path) -> list[str]:
-    """The base run's checkpoints of the seeded stages: every NAME.pt except the shared ones,
-    MotionLCM's and the `.prev.pt` a retraining keeps."""
-    return sorted(p.name for p in base.glob("*.pt")
-                  if p.name not in SHARED and p.name not in NOT_SEEDED and not p.name.endswith(".prev.pt"))
+def checkpoints(base: Path) -> list[str]:
+    """The base run's NAME.pt files, without the `.prev.pt` a retraining keeps."""
+    return sorted(p.name for p in base.glob("*.pt") if not p.name.endswith(".prev.pt"))
+
+
+def shared(base: Path) -> list[str]:
+    """What every seed shares: the text encoder, the VAE, the two embedders, LaMP (lamp*.pt)."""
+    return ["text_encoder", *REQUIRED, *(name for name in checkpoints(base) if name.startswith("lamp"))]
+
+
+def trained(base: Path) -> list[str]:
+    """The base run's checkpoints of the seeded stages: all but the shared ones and MotionLCM's."""
+    return [name for name in checkpoints(base) if name not in shared(base) and name not in NOT_SEEDED]
 
 
 def prepare(base: Path, folder: Path, is_base: bool) -> None:
@@ -122,7 +129,7 @@ def prepare(base: Path, folder: Path, is_base: bool) -> None:
     if missing:
         raise ValueError(f"{base} has no {', '.join(missing)}: finish the base run first "
                          f"(python train.py --stage all --out {base})")
-    copy_into(base, folder, SHARED + (trained_checkpoints(base) if is_base else []))
+    copy_into(base, folder, shared(base) + (trained(base) if is_base else []))
 
 
 def stage_plan(is_base: bool, lamp: bool) -> list[tuple[str, list[str]]]:

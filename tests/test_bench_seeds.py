@@ -22,12 +22,12 @@ T_2 = 4.302653  # t_{0.975, 2}: three seeds
 
 
 def write_base(root: Path) -> Path:
-    """A base run folder: the shared parts, a diffusion.pt that records what it was trained on,
-    MotionLCM's checkpoint and a kept previous checkpoint."""
+    """A base run folder: the shared parts (a LaMP variant among them), a diffusion.pt that records
+    what it was trained on, MotionLCM's checkpoint and a kept previous checkpoint."""
     base = root / "base"
     (base / "text_encoder").mkdir(parents=True)
     (base / "text_encoder" / "config.json").write_text("{}")
-    for name in ("vae", "evaluator", "alignment", "lcm", "projector.prev"):
+    for name in ("vae", "evaluator", "alignment", "lamp_mtc", "lcm", "projector.prev"):
         train.save_checkpoint(base / f"{name}.pt", {"model": {"w": torch.randn(3)}, "step": 1, "done": True,
                                                    "meta": {}})
     run = make_run(base)
@@ -49,7 +49,8 @@ def test_seed_folders_copy_the_shared_parts_and_stay_quiet(tmp_path, capsys):
     bench_seeds.prepare(base, tmp_path / "seed_0", is_base=True)
     bench_seeds.prepare(base, tmp_path / "seed_1", is_base=False)
     assert sorted(p.name for p in (tmp_path / "seed_0").iterdir()) == [
-        "alignment.pt", "diffusion.pt", "evaluator.pt", "text_encoder", "vae.pt"]  # no lcm.pt, no .prev.pt
+        "alignment.pt", "diffusion.pt", "evaluator.pt", "lamp_mtc.pt", "text_encoder", "vae.pt"]  # no lcm, .prev
+    assert (tmp_path / "seed_1" / "lamp_mtc.pt").exists(), "LaMP is shared"
     assert not (tmp_path / "seed_1" / "diffusion.pt").exists(), "the other seeds train their own"
     train.finished(make_run(tmp_path / "seed_0"), "diffusion")
     assert "[provenance]" not in capsys.readouterr().out
