@@ -226,6 +226,11 @@ def _cell(pair) -> str:
     return f"{pair[0]:.3f} ± {pair[1]:.3f}"
 
 
+def _difference(pair) -> str:
+    """Three significant digits: a difference can be consistent across seeds and far below 0.001."""
+    return f"{pair[0]:+.3g} ± {pair[1]:.3g}"
+
+
 def report(table: dict, summary: dict, found: list[dict], seeds: list[int], base_seed: int) -> str:
     """Markdown: one table per shared section, then the claims."""
     K = len(seeds)
@@ -248,11 +253,14 @@ def report(table: dict, summary: dict, found: list[dict], seeds: list[int], base
     lines += ["## The papers' claims across seeds", "",
               "Verdict: the paired-by-seed difference (method − baseline) has a 95% interval wholly on the "
               "method's better side of 0 (holds), wholly on its worse side (reversed), or across 0 (no "
-              "difference). FID and MMdist: lower is better; R-precision: higher.", "",
+              "difference). FID and MMdist: lower is better; R-precision: higher. A verdict says whether the "
+              "direction is consistent across seeds, not whether the difference is large: read its size beside it.",
+              "",
               "| Claim | Metric | method | baseline | method − baseline | verdict | the paper says |",
               "|---|---|---|---|---|---|---|"]
     for i, c in enumerate(found):
-        figures = [_cell(c[key]) for key in ("method", "baseline", "difference")] if "difference" in c else ["-"] * 3
+        figures = [_cell(c["method"]), _cell(c["baseline"]), _difference(c["difference"])] if "difference" in c \
+            else ["-"] * 3
         paper = c["paper"] if i == 0 or found[i - 1]["claim"] != c["claim"] else ""  # once per claim
         lines.append(f"| {c['claim']} | {c['metric']} | " + " | ".join(figures) + f" | **{c['verdict']}** | {paper} |")
     return "\n".join(lines) + "\n"
