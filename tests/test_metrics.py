@@ -18,7 +18,10 @@ import scipy.spatial.distance
 import scipy.special
 import torch
 
+import diffusion
 import metrics
+import projector
+import vae
 from metrics import (T2MEvaluator, T2MEvaluatorConfig, diversity, embedder_loss, euclidean_distance_matrix,
                      evaluate, fid, frechet_distance, matching_score, mean_ci, multimodality, r_precision,
                      results_table, retrieval_recall, write_results)
@@ -568,3 +571,68 @@ def test_reconstruction_swing_hand_cases():
     assert metrics.reconstruction_swing(lambda x, lengths: x, clips, cpu) == pytest.approx(1.0)
     assert metrics.reconstruction_swing(about_clip_mean(0.0), clips, cpu) == pytest.approx(0.0, abs=1e-12)
     assert metrics.reconstruction_swing(about_clip_mean(2.0), clips, cpu, batch_size=2) == pytest.approx(2.0)
+
+
+# --------------------------------------------------------------------------------------
+# Pipeline: MLD and LEAD rows share their diffusion samples
+
+
+class _Text:
+    """A text encoder stand-in: c is a fixed function of the caption's length."""
+    dim = 8
+
+    def encode_cached(self, captions):
+        return torch.stack([torch.full((self.dim,), float(len(c)) / 10) for c in captions])
+
+
+class _Realigner:
+    """Records the latents it is given; realigns by doubling."""
+    def __init__(self):
+        self.seen = []
+
+    def realign(self, z):
+        self.seen.append(z.clone())
+        return 2 * z
+
+
+def _tiny_pipeline(**kwargs) -> metrics.Pipeline:
+    torch.manual_seed(0)
+    motion_vae = vae.MotionVAE(vae.VAEConfig(latent_dim=8, n_layers=1, n_heads=2, ff_dim=16, max_len=40), 263).eval()
+    denoiser = diffusion.Denoiser(diffusion.DiffusionConfig(n_layers=1, n_heads=2, ff_dim=16, sample_steps=3),
+                                  motion_vae.latent_shape, _Text.dim).eval()
+    return metrics.Pipeline(_Text(), motion_vae, denoiser, **kwargs)
+
+
+@torch.no_grad()
+def test_pipeline_shares_samples_only_from_the_same_rng_state(monkeypatch):
+    """From the same seed and captions, the LEAD call realigns exactly the z_0 the MLD call
+    decoded, without sampling again, and leaves the RNG where the MLD call did; the MLD output is
+    projector.generate's; another RNG state or other captions sample afresh."""
+    pipe, realigner, calls = _tiny_pipeline(), _Realigner(), []
+    sample = pipe.schedule.ddim_sample
+    monkeypatch.setattr(pipe.schedule, "ddim_sample", lambda *a, **k: calls.append(1) or sample(*a, **k))
+    captions, lengths = ["a person walks", "jumps"], torch.tensor([16, 24])
+    torch.manual_seed(3)
+    mld = pipe.generate(captions, lengths)
+    after_mld = torch.random.get_rng_state()
+    torch.manual_seed(3)
+    reference = projector.generate(pipe.vae, pipe.denoiser, pipe.schedule, _Text().encode_cached(captions),
+                                   pipe.c_uncond, lengths)
+    torch.testing.assert_close(mld, reference, rtol=0, atol=0)
+    torch.manual_seed(3)
+    lead = pipe.generate(captions, lengths, realigner)
+    assert len(calls) == 2  # the MLD call and the reference; the LEAD call sampled nothing
+    assert torch.equal(torch.random.get_rng_state(), after_mld)
+    torch.manual_seed(3)
+    z = pipe.schedule.ddim_sample(pipe.denoiser, _Text().encode_cached(captions), pipe.c_uncond, (2, *pipe.vae.latent_shape))
+    torch.testing.assert_close(realigner.seen[0], z, rtol=0, atol=0)
+    torch.testing.assert_close(lead, pipe.vae.decode(2 * z, lengths), rtol=0, atol=0)
+    pipe.generate(captions, lengths)           # the RNG moved on: a fresh sample
+    torch.manual_seed(3)
+    pipe.generate(["jumps", "a person walks"], lengths)  # other captions: a fresh sample
+    assert len(calls) == 5
+    small = _tiny_pipeline(memory=1)          # the oldest sample is forgotten past `memory`
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        small.generate(captions, lengths)
+    assert len(small.samples) == 1
