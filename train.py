@@ -1241,7 +1241,10 @@ def stage_eval(run: Run) -> dict:
     section, title, space = eval_labels(run)
     note = (f"{len(test)} test motions of {dataset_name(run)}, mean ± 1.96 std / sqrt(R) over "
             f"R = {cfg.replications} replications; MModality over {cfg.mm_num_texts} texts x "
-            f"{cfg.mm_num_gens} generations. {space}, so they compare methods within this run only.")
+            f"{cfg.mm_num_gens} generations. {space}, so they compare methods within this run only. "
+            f"Equal budgets: +ATM and its control fine-tune diffusion.pt for the same {run.cfg.atm_train.steps} "
+            f"steps on the same batches; +MATE's denoiser and projector are retrained from scratch with MLD's and "
+            f"LEAD's configs and steps; MLD and LEAD rows of one denoiser share their diffusion samples.")
     metrics.write_results(run.out, section, rows, title, note)
     start = time.time()
     fit_rows = fit_table(run, methods, evaluator, tokenizer, len(test))
