@@ -67,6 +67,7 @@ import torch
 import torch.nn as nn
 
 import metrics
+import projector
 from diffusion import Denoiser, GaussianDiffusion
 
 
@@ -362,9 +363,7 @@ def generate_lcm(motion_vae, model: ConsistencyDenoiser, schedule: GaussianDiffu
     assert tuple(model.denoiser.latent_shape) == tuple(motion_vae.latent_shape), \
         f"the model's latent {model.denoiser.latent_shape} is not the VAE's {motion_vae.latent_shape}"
     z = lcm_sample(model, schedule, c, steps, w, generator)                              # (B, N, Dz)
-    if realigner is not None:
-        z = realigner.realign(z)                                                         # (B, N, Dz)
-    return motion_vae.decode(z, lengths)                                                 # (B, T, D)
+    return projector.decode(motion_vae, z, lengths, realigner)                           # (B, T, D)
 
 
 class LCMPipeline:

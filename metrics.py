@@ -68,6 +68,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import diffusion
+import projector
 from data import collate, features_to_joints
 # Guo et al.'s evaluator (loaded or trained) lives in t2m_evaluator.py; metrics.T2MEvaluator names it here
 from t2m_evaluator import FOOT_CONTACT_DIMS, T2MEvaluator, T2MEvaluatorConfig, _valid  # noqa: F401
@@ -573,9 +574,7 @@ class Pipeline:
             if len(self.samples) >= self.memory:
                 self.samples.pop(next(iter(self.samples)))  # the oldest
             self.samples[key] = (z, _rng_state(self.device))
-        if realigner is not None:  # as projector.generate: x = D_vae(D_proj(E_proj(z_0)))
-            z = realigner.realign(z)                                              # (B, N, Dz)
-        return self.vae.decode(z, lengths.to(self.device))                        # (B, T, D)
+        return projector.decode(self.vae, z, lengths.to(self.device), realigner)  # (B, T, D)
 
 
 def _rng_state(device: torch.device) -> bytes:

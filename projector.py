@@ -198,6 +198,12 @@ def generate(motion_vae, denoiser, schedule, c: torch.Tensor, c_uncond: torch.Te
     B = c.shape[0]
     z = schedule.ddim_sample(denoiser, c, c_uncond, (B, *motion_vae.latent_shape), steps=steps,
                              scale=scale, generator=generator)                  # (B, N, Dz)
+    return decode(motion_vae, z, lengths, realigner)
+
+
+def decode(motion_vae, z: torch.Tensor, lengths: torch.Tensor, realigner: "Projector | None" = None) -> torch.Tensor:
+    """A diffused latent z_0 (B, N, Dz) -> motions (B, max(lengths), D): D_vae(D_proj(E_proj(z_0)))
+    with `realigner` (LEAD), D_vae(z_0) without (MLD)."""
     if realigner is not None:
         z = realigner.realign(z)                                               # (B, N, Dz)
     return motion_vae.decode(z, lengths)                                       # (B, T, D)
