@@ -20,56 +20,38 @@ Notation (code -> paper):
     real_emb  m_i      ground-truth motion embedding (B, E), cached
     text_sim  cos(t_i, t_j)   text-text cosine similarity (B, B)
     *_clip_emb  m^_i^k, m_i^k  embeddings of the 2 s clips (B, K, E); clip_mask (B, K)
-D is the Euclidean distance in the embedding space of a frozen text-motion embedder: here
-train.py's `alignment` embedder (t2m_evaluator.T2MEvaluator, trained like the evaluator but
-separately seeded, so no method is scored by the model that trained it). As in the paper
-(Sec. 4.1), the embeddings of texts, real motions and real clips are computed once and cached;
-only the generated motions are embedded at each step.
+D is the Euclidean distance in the space of train.py's frozen `alignment` embedder (trained like
+the evaluator but separately seeded, so no method is scored by the model that trained it). As in
+Sec. 4.1, texts, real motions and real clips are embedded once and cached.
 
-Latent diffusion (LEAD, ../shared/seeds/000_c8069c11a3356e2a.txt). ATM applies its losses
-"to the final denoised motion sequence, where a complete motion can be decoded" (Sec. 3.3);
-its baseline MDM predicts that motion x0 directly. A latent model predicts noise, so the final
-denoised motion at a training step is the one-step estimate of LEAD's Eq. (10),
-z0^ = F(eps_theta) = (z_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t), decoded by the frozen
-VAE: m^ = D_vae(z0^). The gradient runs m^ -> D_vae -> z0^ -> eps_theta -> the denoiser; the
-VAE, the embedder and the text encoder stay frozen (their inputs carry gradient, their
-weights do not). `diffusion_atm_loss` is one such training step.
+Latent diffusion (LEAD, ../shared/seeds/000_c8069c11a3356e2a.txt): ATM applies its losses "to
+the final denoised motion sequence" (Sec. 3.3), which MDM predicts directly. A latent model
+predicts noise, so here that motion is the decoded one-step estimate of LEAD's Eq. (10),
+m^ = D_vae(z0^), z0^ = (z_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t); the gradient runs
+through the frozen VAE, embedder and text encoder to the denoiser (`diffusion_atm_loss`).
 
 Glossary: B batch, T frames, D feature width, K clips per motion, E embedding width,
 n latent tokens, d latent width, W text-condition width.
 
 Differences from the paper:
-- Text similarity (the eps rule of Eq. 2) is the cosine of the frozen CLIP text encoder's
-  embeddings c (the denoiser's condition); the paper encodes texts with a pretrained language
-  model, Sentence-BERT (its ref. [34]), which is not available here.
-- The embedding module is Guo et al.'s evaluator architecture trained here (t2m_evaluator.T2MEvaluator,
-  InfoNCE on Euclidean distances), not the TMR-style module of HumanTOMATO (ref. [23]) with
-  256-d embeddings.
-- Eq. (2) and Eqs. (5)-(6) divide by a distance between real motions (clips); pairs whose
-  real embeddings coincide (distance 0) are skipped, a case the paper does not address.
-- Each loss is averaged over the rows that have a triplet: L_inter over the rows with a valid
-  negative, L_intra over the rows that pass the gamma gate (and have two proxies). The paper
-  does not say how the per-example losses are reduced.
-- Mining (the argmin / argmax of Eqs. 2, 4, 5, 6) is done on detached embeddings; the triplet
-  terms of Eqs. (3) and (7) carry the gradient through every generated motion in them (anchor,
-  negative, proxies). The margins phi_ter and phi_tra involve only cached embeddings.
-- ATM trains its model from scratch with L_all (400k steps of batch 64, Sec. 4.1); train.py's
-  `--stage atm` fine-tunes the trained latent denoiser with L_all instead (CPU cost: an ATM
-  step decodes and embeds every motion of the batch).
-- Rows whose condition was dropped for classifier-free guidance (10%, LEAD Sec. 4.1.2) were
-  generated without their text, so they take no part in ATM (they only add to L_mse).
-- The paper does not say at which diffusion steps ATM applies; we take the x0 estimate at the
-  uniformly drawn training step t (MDM, ATM's baseline, predicts x0 at every t in training).
-  note: at large t, F(eps) amplifies the noise-prediction error by 1 / sqrt(abar_t) (~15 at
-  t = 999), so those steps give blurry motions and large ATM gradients.
-- Clips: successive windows of L = 2 s (40 frames at 20 fps, 25 at KIT's 12.5 fps) from the
-  first frame; a last window shorter than 1 s is discarded (Sec. 4.1). Generated and real
-  motions share lengths, so their windows coincide. Clip tensors are (B, K, E) with a mask
-  (B, K): a discarded or absent window is a zero row that is never the least aligned clip
-  (Eq. 4) nor a proxy (Eqs. 5-6).
+- Text similarity (the eps rule of Eq. 2) is the cosine of the frozen CLIP embeddings c (the
+  denoiser's condition), not of Sentence-BERT's (ref. [34]), which is not available here.
+- The embedder is Guo et al.'s evaluator architecture trained here (t2m_evaluator.T2MEvaluator,
+  InfoNCE on Euclidean distances), not HumanTOMATO's TMR-style module (ref. [23], 256-d).
+- Pairs whose real embeddings coincide (distance 0 in Eqs. 2, 5-6) are skipped; each loss is
+  averaged over the rows that have a triplet (the paper does not say how it reduces).
+- Mining (Eqs. 2, 4-6) runs on detached embeddings; the triplets of Eqs. (3), (7) carry the
+  gradient through every generated motion in them; the margins use only cached embeddings.
+- `--stage atm` fine-tunes the trained denoiser with L_all (the paper trains from scratch,
+  400k steps of batch 64); rows whose condition was dropped for guidance take no part in ATM.
+- ATM applies at the uniformly drawn training step t (not said; MDM predicts x0 at every t).
+  note: at large t, z0^ amplifies the noise error by 1 / sqrt(abar_t) (~15 at t = 999).
+- Clips: 2 s windows from the first frame, a last one under 1 s discarded (Sec. 4.1); such a
+  window is a masked zero row, never the least aligned clip (Eq. 4) nor a proxy (Eqs. 5-6).
 """
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +100,8 @@ class ATMConfig:
     gamma: float = 0.8             # Sec. 4.1 "gamma = 0.8", the gate of L_intra, Sec. 3.3
     clip_seconds: float = 2.0      # Sec. 4.1 "a duration of 2 seconds" (40 frames HumanML3D, 25 KIT)
     min_clip_seconds: float = 1.0  # Sec. 4.1 "motion clips shorter than 1 second are discarded"
+    AT_LEAST_ZERO: ClassVar = ("lambda_inter", "lambda_intra")  # ranges: config.check_ranges
+    FRACTIONS: ClassVar = ("eps", "gamma")
 
 
 def clip_frames(cfg: ATMConfig, fps: float) -> tuple[int, int]:

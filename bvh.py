@@ -2,60 +2,43 @@
 or any other animation tool.
 
 None of the papers in ../shared/seeds/ writes BVH; this file only follows the format (Biovision
-Hierarchy, as described by Meredith & Maddock, "Motion Capture File Formats Explained", 2001).
-A BVH file has two parts:
+Hierarchy, as described by Meredith & Maddock, "Motion Capture File Formats Explained", 2001):
 
     HIERARCHY   a tree of joints; each has an OFFSET from its parent in the rest pose and a list
                 of CHANNELS; a leaf ends in an `End Site` with an OFFSET only.
     MOTION      `Frames: T`, `Frame Time: 1/fps`, then one line per frame holding every channel's
                 value, joint by joint in the order the joints appear in HIERARCHY.
 
-Forward kinematics (what a reader does): a joint's rotation channels, read left to right,
-compose as matrices in that order (`Zrotation Yrotation Xrotation` -> M = Rz Ry Rx, acting on
-column vectors), and
+A reader composes a joint's rotation channels left to right as matrices (`Zrotation Yrotation
+Xrotation` -> M = Rz Ry Rx, on column vectors), and
 
     G_j = G_parent M_j,    p_j = p_parent + G_parent OFFSET_j,    p_root = OFFSET_root + position.
 
-Our motions are joint positions only, so the rotations come from inverse kinematics: each joint
-gets the rotation that turns the rest offsets of its children onto the observed bones.
-
-1. `rest_offsets`: the rest skeleton, standing with the arms hanging, facing +Z (+X the body's
-   left, +Y up: the dataset's axes). Every bone has its mean length over the clip. Bones hang
-   (legs, arms: -Y), stand (spine, neck, head: +Y), point out (collar to shoulder: +-X) or forward
-   (ankle to toe: +Z), except the children of the two joints with three children each (Pelvis:
-   hips and Spine1; Spine3: Neck and collars): one rotation must place all three, so those keep
-   the clip's own shape, their mean direction in that joint's frame (x from the right child to
-   the left one, y towards the middle child). In the rest pose that frame is the world's, so
-   Spine1 and Neck stand upright, leaning neither forward nor back.
-2. `write_bvh`: inverse kinematics joint by joint from the root outwards. A joint with one child
-   takes the shortest-arc rotation, in its parent's frame, from the rest offset to the observed
-   bone (data.qbetween, the helper of the feature pipeline's IK); a joint with three children
-   takes the rotation between its rest frame and its observed frame. The root also gets its
-   position; the file is written in centimetres and degrees.
+Our motions are joint positions only, so the rotations come from inverse kinematics:
+1. `rest_offsets`: the rest skeleton facing +Z (+X the body's left, +Y up, the dataset's axes),
+   each bone its mean length over the clip, hanging, standing or pointing along an axis; the
+   children of the two three-child joints (Pelvis, Spine3) keep the clip's mean shape instead.
+2. `write_bvh`: from the root outwards, a one-child joint takes the shortest-arc rotation from
+   its rest offset to the observed bone (data.qbetween); a three-child joint the rotation from
+   its rest frame to its observed frame. Written in centimetres and degrees.
 
 What is lost (the BVH reproduces the positions exactly only where none of these apply):
-- Bone lengths are fixed to the offsets. Generated motions' bones vary a little from frame to
-  frame; the BVH keeps each bone's direction and puts its child at the offset's length.
-- Twist about a bone's own axis is not observable from positions. Each limb joint takes the
-  least rotation from its parent's frame (no twist of its own), so roll follows the parent; the
-  five leaves (feet, head, wrists) have no child to orient them and get zero rotations.
-- The Pelvis and Spine3 place their three children with one rotation; where a generated motion
-  deforms those triangles, the children go where the clip's mean shape puts them.
+- Bone lengths are fixed to the offsets: the BVH keeps each generated bone's direction and
+  puts its child at the offset's length.
+- Twist about a bone's own axis is not observable from positions: each limb joint takes the
+  least rotation from its parent's frame; the five leaves get zero rotations.
+- Where a generated motion deforms the Pelvis or Spine3 triangle, their three children go
+  where the clip's mean shape puts them.
 
 Conventions chosen here (BVH itself has no comments, so they are stated only in this docstring):
 - Units: centimetres for OFFSET and position channels (most importers' default), degrees for
   rotations. Joint names: SMPL's (t2m joint indices follow SMPL's order).
-- Channel orders: the root `Xposition Yposition Zposition Yrotation Xrotation Zrotation` (heading
-  first, so turning in circles is one smooth channel; singular only at 90 degrees of pelvis
-  pitch), every other joint `Zrotation Yrotation Xrotation`. The middle angle is the singular
-  one (+-90 degrees); Y is the twist axis of every hanging or standing bone, so limbs meet
-  gimbal lock only when pointing exactly opposite their rest direction. Each channel is
-  unwrapped over time (adding 360 degrees to one angle keeps the rotation), so curves do not
-  jump at +-180.
-- The root's OFFSET is zero, so its position channels are world positions.
-- Leaf joints keep three (zero) rotation channels so all 22 joints are named; their End Site
-  continues the leaf's bone by END_SITE_CM, since importers draw a bone to the End Site and
-  a zero-length bone is dropped or refused by some.
+- Channels: the root `Xposition Yposition Zposition Yrotation Xrotation Zrotation` (heading
+  first: turning is one smooth channel), the others `Zrotation Yrotation Xrotation` (Y, the
+  singular middle angle, is the twist axis of hanging and standing bones); each unwrapped in time.
+- The root's OFFSET is zero, so its position channels are world positions. Leaves keep three
+  zero rotation channels (all 22 joints named) and an End Site END_SITE_CM further along their
+  bone, since some importers drop or refuse a zero-length bone.
 
 Shapes: T frames, J = 22 joints; positions in metres until they are written.
 """

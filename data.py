@@ -3,11 +3,10 @@
 Every paper in ../shared/seeds/ (LEAD 000_c8069c11a3356e2a.txt, arXiv 2410.14508; ATM
 002_f70d1cb769d79b2a.txt; LaMP 003_d88d83113f8fa35c.txt; MATE 004_fcd44ad5e4e1e096.txt)
 trains and evaluates on HumanML3D (Guo et al., CVPR 2022) and KIT-ML in the feature
-representation of Guo et al.; this file implements that representation and the data
-around it. None of the papers defines it: the specification is the public HumanML3D
+representation of Guo et al.; none defines it. The specification is the public HumanML3D
 processing code (`motion_representation.ipynb`, `common/skeleton.py`, `cal_mean_variance`),
-whose facts are restated here in our own code. The embedded synthetic dataset, written in
-this layout, is synthetic.py (this file imports nothing from it).
+restated here in our own code. The embedded synthetic dataset, written in this layout, is
+synthetic.py (this file imports nothing from it).
 
 1. `joints_to_features`: (T, J, 3) joint positions -> (T-1, D) features, D = 12 J - 1
    (263 for the 22-joint t2m skeleton, 251 for the 21-joint KIT skeleton):
@@ -26,21 +25,20 @@ this layout, is synthetic.py (this file imports nothing from it).
 5. Writing the layout: `save_features`, `FeatureStats` (Mean.npy, Std.npy), `write_splits`,
    shared by synthetic.py's generator and ingest.py (one's own joint clips into a dataset).
 
+Kept on purpose, because the published features contain them:
+  (a) the root rotation comes from the Gaussian-smoothed facing (sigma 20 frames), so a
+      clip's last 80 frames change when its length changes;
+  (b) the facing is shoulders minus hips with the hip vector sign-flipped (the public code
+      unpacks the face joints as `l_hip, r_hip` where they are `r_hip, l_hip`);
+  (c) frame 0's root rotation is forced to identity, so feature row 0 carries the jump to
+      the smoothed facing of frame 1;
+  (d) the root angular velocity is arcsin of the y of r_{t+1} r_t^-1 with no quaternion sign
+      fix: where the facing passes 180 degrees from frame 0's, one row has the wrong sign
+      (HumanML3D issue #156), and recovered trajectories carry that one-frame error.
+
 Differences from the public HumanML3D code:
-- No skeleton retargeting. HumanML3D first re-targets every clip to the bone lengths of
-  clip 000021 (`uniform_skeleton`); that needs the raw AMASS joints, and the published
-  `new_joints/` are already past that step, so `joints_to_features` leaves bone lengths as
-  they are. The synthetic motions are built on a skeleton with those proportions instead.
-- Kept on purpose, because the published features contain them: (a) the root rotation
-  comes from the Gaussian-smoothed facing direction (sigma 20 frames), so a clip's last
-  80 frames change when its length changes; (b) inverse kinematics computes the facing
-  with the hip vector sign-flipped (the public code unpacks the face joints as
-  `l_hip, r_hip` where they are `r_hip, l_hip`), so its facing is shoulders minus hips;
-  (c) the root rotation of frame 0 is forced to identity, so feature row 0 carries the
-  jump from identity to the smoothed facing of frame 1; (d) the root angular velocity is
-  arcsin of the y component of r_{t+1} r_t^-1 without a quaternion sign fix, so the row
-  where the facing passes 180 degrees from the first frame's has the wrong sign
-  (HumanML3D issue #156); recovered trajectories carry that one-frame error.
+- No skeleton retargeting to clip 000021's bone lengths (`uniform_skeleton` needs the raw
+  AMASS joints; the published `new_joints/` are past it); the synthetic skeleton has them.
 - Bad input raises `ValueError` naming the file (HumanML3D skips such files silently);
   clips outside the length rules are skipped with a printed count, as HumanML3D does.
 - The loader's extra augmentation (with probability 1/3 HumanML3D drops one more unit of 4

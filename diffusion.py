@@ -1,4 +1,4 @@
-"""Latent diffusion over the MLD motion latent: schedule, denoiser, loss, DDIM/DDPM, guidance.
+"""Latent diffusion over the MLD motion latent: schedule, denoiser, loss, DDIM, guidance.
 
 Paper: LEAD: Latent Realignment for Human Motion Diffusion (Andreou et al., arXiv 2410.14508;
 ../shared/seeds/000_c8069c11a3356e2a.txt). Implements
@@ -11,8 +11,8 @@ Paper: LEAD: Latent Realignment for Human Motion Diffusion (Andreou et al., arXi
 
 with the denoiser of Sec. 4.1.1 (2) (a transformer with long skip connections over the tokens
 [z_t, time, text]) and the sampler LEAD inherits from MLD (Sec. 5.2: "1K diffusion steps and 50
-for training and inference"): DDIM (Song et al., arXiv 2010.02502, Eqs. 12 and 16) with eta 0,
-and, for completeness, ancestral DDPM (Ho et al., arXiv 2006.11239, Eqs. 6-7). Every number
+for training and inference"): DDIM (Song et al., arXiv 2010.02502, Eqs. 12 and 16) with eta 0 over
+the training noise of DDPM (Ho et al., arXiv 2006.11239). Every number
 follows MLD's configs (`configs/modules/scheduler.yaml`, `denoiser.yaml`,
 `config_mld_humanml3d.yaml`), which drive diffusers' DDPMScheduler / DDIMScheduler;
 `from_mld_state_dict` renames MLD's released denoiser weights (`mld_denoiser.py`) into ours.
@@ -32,21 +32,23 @@ Glossary: B batch, n latent tokens, d latent width (= denoiser width), W text wi
 Differences from the paper:
 - Eq. (2) is a squared norm; we take its element mean (MLD: nn.MSELoss), and t is drawn
   uniformly from the T training steps (index 0..999 for the paper's 1..1000).
-- The text projection is MLD's Sequential(ReLU, Linear(768 -> 256)) by default, so MLD's released
-  weights mean the same here (`from_mld_state_dict`). MLD's code flags the ReLU ("debug why
-  relu"): it discards every negative CLIP component. `text_proj_relu=False` gives the plain
-  Linear, which keeps them (not MLD).
+- The text projection is MLD's Sequential(ReLU, Linear(768 -> 256)), so MLD's weights load
+  (`from_mld_state_dict`); MLD flags its ReLU ("debug why relu"), which drops every negative
+  CLIP component: `text_proj_relu=False` (not MLD) gives the plain Linear.
 - The schedule is built in float64 and stored in float32 (diffusers builds it in float32);
   the two agree to about 1e-7.
 - Eq. (8) is evaluated as written; MLD writes the same quantity as
   eps_uncond + s (eps_cond - eps_uncond).
 """
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
+import vae as vae_module
 from vae import SkipTransformer
 
 
@@ -84,6 +86,12 @@ class DiffusionConfig:
     guidance_scale: float = 7.5   # MLD config_mld_humanml3d.yaml guidance_scale, Eq. (8)
     cond_drop: float = 0.1        # MLD guidance_uncondp; LEAD Sec. 4.1.2 "10% dropout"
     text_proj_relu: bool = True   # MLD mld_denoiser.py emb_proj = Sequential(ReLU, Linear); False: Linear
+    AT_LEAST_ZERO: ClassVar = ("steps_offset", "guidance_scale")  # ranges: config.check_ranges
+    FRACTIONS: ClassVar = ("dropout", "eta", "cond_drop")
+
+    def __post_init__(self):
+        if self.beta_start > self.beta_end:
+            raise ValueError(f"diffusion.beta_end={self.beta_end}: must be >= diffusion.beta_start ({self.beta_start})")
 
 
 # ----------------------------------------------------------------------------
@@ -155,7 +163,7 @@ def diffusion_loss(eps_pred: torch.Tensor, eps: torch.Tensor):
 
 
 class GaussianDiffusion(nn.Module):
-    """The noise schedule as buffers, q(x_t | x_0), Eq. (10), Eq. (8), DDIM and DDPM."""
+    """The noise schedule as buffers, q(x_t | x_0), Eq. (10), Eq. (8) and DDIM."""
 
     def __init__(self, cfg: DiffusionConfig):
         super().__init__()
@@ -172,16 +180,6 @@ class GaussianDiffusion(nn.Module):
         self.register_buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt().float())
         self.register_buffer("sqrt_one_minus_alphas_cumprod", (1.0 - alphas_cumprod).sqrt().float())
         self.register_buffer("final_alpha_cumprod", final.float())              # ()
-        # DDPM Eq. (7), the posterior q(x_{t-1} | x_t, x_0) = N(mu_tilde, beta_tilde I) with
-        #   mu_tilde = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0
-        #              + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t
-        #   beta_tilde = (1 - abar_{t-1}) / (1 - abar_t) beta_t,   with abar_{-1} = 1
-        # (in float64: 1 - abar_0 = beta_0 loses 4 digits in float32)
-        prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
-        one_minus = 1.0 - alphas_cumprod
-        self.register_buffer("posterior_coef_x0", (prev.sqrt() * betas / one_minus).float())
-        self.register_buffer("posterior_coef_xt", ((1 - betas).sqrt() * (1 - prev) / one_minus).float())
-        self.register_buffer("posterior_variance", ((1 - prev) / one_minus * betas).float())
 
     @staticmethod
     def _uncond_rows(c_uncond: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -266,66 +264,30 @@ class GaussianDiffusion(nn.Module):
             x_prev = x_prev + sigma * noise
         return x_prev
 
-    def ddpm_step(self, x_t: torch.Tensor, eps: torch.Tensor, t: int,
-                  noise: torch.Tensor | None = None) -> torch.Tensor:
-        """One ancestral DDPM update x_t -> x_{t-1}: sample q(x_{t-1} | x_t, x0_hat) (DDPM Eqs. 6-7),
-        variance beta_tilde ("fixed_small", MLD's DDPMScheduler); no noise at t = 0."""
-        B = x_t.shape[0]
-        x0_hat = self.predict_x0(x_t, torch.full((B,), t, device=x_t.device), eps)
-        # DDPM Eq. (7): mu_tilde = coef_x0 x0_hat + coef_xt x_t  (coefficients in __init__)
-        mean = self.posterior_coef_x0[t] * x0_hat + self.posterior_coef_xt[t] * x_t
-        if t == 0:
-            return mean
-        assert noise is not None, "DDPM adds noise on every step but the last: pass noise ~ N(0, I)"
-        # x_{t-1} = mu_tilde + sqrt(beta_tilde) noise
-        var = self.posterior_variance[t]
-        return mean + torch.sqrt(var) * noise
-
     @torch.no_grad()
     def ddim_sample(self, denoiser: nn.Module, c: torch.Tensor, c_uncond: torch.Tensor,
                     shape: tuple[int, int, int], steps: int | None = None, eta: float | None = None,
-                    scale: float | None = None, generator: torch.Generator | None = None,
-                    return_trajectory: bool = False):
-        """z_T ~ N(0, I) -> z_0 with guided DDIM (LEAD Sec. 4.1.3). shape = (B, n, d).
-
-        steps, eta, scale default to the config (50, 0, 7.5). Returns z_0 (B, n, d), or
-        (z_0, trajectory (steps + 1, B, n, d)) with return_trajectory."""
+                    scale: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z_T ~ N(0, I) -> z_0 (B, n, d) with guided DDIM (LEAD Sec. 4.1.3). shape = (B, n, d).
+        steps, eta, scale default to the config (50, 0, 7.5)."""
         steps = self.cfg.sample_steps if steps is None else steps
         eta = self.cfg.eta if eta is None else eta
         scale = self.cfg.guidance_scale if scale is None else scale
         x = self._initial_noise(denoiser, c, shape, generator)
-        trajectory = [x]
         ratio = self.cfg.train_steps // steps
         for t in self.ddim_timesteps(steps).tolist():
             t_batch = torch.full((shape[0],), t, device=x.device, dtype=torch.long)
             eps = self.guided_eps(denoiser, x, t_batch, c, c_uncond, scale)
             noise = torch.randn(shape, device=x.device, generator=generator) if eta > 0 else None
             x = self.ddim_step(x, eps, t, t - ratio, eta, noise)
-            trajectory.append(x)
-        return (x, torch.stack(trajectory)) if return_trajectory else x
-
-    @torch.no_grad()
-    def ddpm_sample(self, denoiser: nn.Module, c: torch.Tensor, c_uncond: torch.Tensor,
-                    shape: tuple[int, int, int], scale: float | None = None,
-                    generator: torch.Generator | None = None, return_trajectory: bool = False):
-        """z_T ~ N(0, I) -> z_0 with guided ancestral sampling over all T steps (slow: T passes)."""
-        scale = self.cfg.guidance_scale if scale is None else scale
-        x = self._initial_noise(denoiser, c, shape, generator)
-        trajectory = [x]
-        for t in range(self.cfg.train_steps - 1, -1, -1):
-            t_batch = torch.full((shape[0],), t, device=x.device, dtype=torch.long)
-            eps = self.guided_eps(denoiser, x, t_batch, c, c_uncond, scale)
-            noise = torch.randn(shape, device=x.device, generator=generator) if t > 0 else None
-            x = self.ddpm_step(x, eps, t, noise)
-            trajectory.append(x)
-        return (x, torch.stack(trajectory)) if return_trajectory else x
+        return x
 
     @staticmethod
     def _initial_noise(denoiser: nn.Module, c: torch.Tensor, shape, generator) -> torch.Tensor:
         assert not denoiser.training, "call denoiser.eval() before sampling (dropout would be on)"
         assert len(shape) == 3 and shape[0] == c.shape[0], \
             f"shape is (B, n, d) with B = len(c) = {c.shape[0]}, got {tuple(shape)}"
-        # z_T ~ N(0, I) (diffusers' init_noise_sigma is 1 for DDIM and DDPM)
+        # z_T ~ N(0, I) (diffusers' init_noise_sigma is 1 for DDIM)
         return torch.randn(shape, device=c.device, generator=generator)
 
 
@@ -376,3 +338,27 @@ def from_mld_state_dict(sd: dict[str, torch.Tensor], n_tokens: int, n_heads: int
             raise ValueError(f"MLD denoiser key {key!r} has no counterpart here")
         out[renamed[prefix] + key[len(prefix):]] = value
     return cfg, (n_tokens, d), text_dim, out
+
+
+def mld_checkpoints(path) -> dict[str, dict]:
+    """MLD's released Lightning checkpoint (read by safe_pickle, without running its pickled code)
+    -> {"vae": ..., "diffusion": ...}, each a checkpoint dict of this project (loop.fit's layout,
+    marked done), both converted and loaded into our models first so nothing that does not fit
+    is written."""
+    import safe_pickle  # only here: the stage that imports MLD's weights
+    state = safe_pickle.load_torch_checkpoint(path)
+    sd = state.get("state_dict") if isinstance(state, dict) else None
+    if not isinstance(sd, dict) or not any(k.startswith("denoiser.") for k in sd):
+        raise ValueError(f"{path}: no `state_dict` with `vae.` and `denoiser.` keys (MLD's Lightning checkpoint)")
+
+    def part(prefix: str) -> dict:
+        return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+    vae_cfg, feat_dim, vae_sd = vae_module.from_mld_state_dict(part("vae."))
+    den_cfg, latent_shape, text_dim, den_sd = from_mld_state_dict(part("denoiser."), n_tokens=vae_cfg.n_tokens)
+    vae_module.MotionVAE(vae_cfg, feat_dim).load_state_dict(vae_sd, strict=True)  # refuse what does not fit
+    Denoiser(den_cfg, latent_shape, text_dim).load_state_dict(den_sd, strict=True)
+    done = {"step": 0, "done": True, "running": {}}
+    return {"vae": {"model": vae_sd, "config": dataclasses.asdict(vae_cfg), "meta": {"feat_dim": feat_dim}, **done},
+            "diffusion": {"model": den_sd, "config": dataclasses.asdict(den_cfg), **done,
+                          "meta": {"latent_shape": list(latent_shape), "text_dim": text_dim}}}

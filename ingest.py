@@ -8,11 +8,12 @@ and group-averaged Std over every frame, and a seeded train/val/test split; data
 pieces and synthetic.py writes through the same ones. `python train.py --stage data --from-joints
 DIR --data OUT` calls `build_from_joints`.
 
-Differences from HumanML3D's processing: bone lengths stay as given (no retargeting to clip
-000021's skeleton: that needs the raw AMASS joints) and no mirrored copies (HumanML3D's
-M-prefixed clips) are added; clips at another frame rate are resampled linearly to 20 fps; the
-part-of-speech field of each caption line is `word/X` unless a tagger is passed (the reader
-ignores it; only the synthetic dataset's held-out styles read their verbs).
+Differences from HumanML3D's processing:
+- Bone lengths stay as given (no retargeting to clip 000021's skeleton: that needs the raw AMASS
+  joints), and no mirrored copies (HumanML3D's M-prefixed clips) are added.
+- Clips at another frame rate are resampled linearly to 20 fps.
+- The part-of-speech field of each caption line is `word/X` unless a tagger is passed (the reader
+  ignores it; only the synthetic dataset's held-out styles read their verbs).
 """
 import json
 import re

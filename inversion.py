@@ -44,6 +44,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ import data
 import metrics
 from clip import TextEncoder
 from diffusion import Denoiser, GaussianDiffusion
+import projector
 from projector import Projector
 from vae import MotionVAE
 
@@ -79,6 +81,7 @@ class InversionConfig:
     styles: int = 5               # ours: held-out synthetic styles, the 100STYLE stand-in (Fig. 7)
     # Fig. 7: the examples, MTI_mld and MTI_proj w/ project (keys: example, init, feat, mld, lead, +proj)
     render: tuple[str, ...] = ("example", "mld", "lead+proj")
+    AT_LEAST_ZERO: ClassVar = ("styles",)  # ranges: config.check_ranges
 
 
 @dataclass
@@ -93,6 +96,10 @@ class FrozenModels:
     @property
     def device(self) -> torch.device:
         return self.text.device
+
+    def pipeline(self) -> "projector.Pipeline":
+        """These models as the project's text -> motion path (projector.generate)."""
+        return projector.Pipeline(self.text, self.vae, self.denoiser)
 
 
 # ----------------------------------------------------------------------------
@@ -311,29 +318,6 @@ def load_tokens(text: TextEncoder, folder, prompts: list[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------
-# Generation with learned words (LEAD Sec. 4.1.3)
-
-
-@torch.no_grad()
-def generate(models: FrozenModels, prompts: list[str], lengths: torch.Tensor, realign=(False,),
-             generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Prompts (learned words allowed) -> one normalized motion batch (B, max(lengths), D) per
-    entry of `realign`, all decoded from the same diffused latents: D_vae(z_0) (False) or
-    D_vae(D_proj(E_proj(z_0))) (True), so the two differ by the projector alone."""
-    text, vae = models.text, models.vae
-    c = text.encode_cached(prompts)                                            # (B, C)
-    c_uncond = text.encode_cached([""])[0]                                    # (C,)
-    z = models.schedule.ddim_sample(models.denoiser, c, c_uncond, (len(prompts), *vae.latent_shape),
-                                    generator=generator)                      # (B, n, d)
-    lengths = lengths.to(z.device)
-    out = []
-    for project in realign:
-        assert not project or models.projector is not None, "realignment needs the projector"
-        out.append(vae.decode(models.projector.realign(z) if project else z, lengths))  # (B, T, D)
-    return out
-
-
-# ----------------------------------------------------------------------------
 # Evaluation helpers
 
 
@@ -404,11 +388,12 @@ def generate_and_embed(models: FrozenModels, evaluator, prompts: list[str],
     -> {False: (embeddings (N, E), [motion (T_i, D)]), True: (...)}, motions normalized, on the CPU.
     The same seed gives every call the same noise, so methods are compared on paired samples."""
     generator = torch.Generator(device=models.device).manual_seed(seed)
-    out = {False: ([], []), True: ([], [])}
+    pipe, out = models.pipeline(), {False: ([], []), True: ([], [])}
     for start in range(0, len(prompts), chunk):
         span = lengths[start:start + chunk].to(models.device)                     # (b,)
-        motions = generate(models, prompts[start:start + chunk], span, realign=(False, True),
-                           generator=generator)
+        z = pipe.latents(prompts[start:start + chunk], generator)                  # (b, N, Dz)
+        motions = [projector.generate(pipe, prompts[start:start + chunk], span, r, z=z)
+                   for r in (None, models.projector)]                               # D_vae(z), D_vae(D(E(z)))
         for project, motion in zip((False, True), motions):                       # (b, T, D) each
             out[project][0].append(evaluator.encode_motion(motion, span))
             out[project][1].extend(motion[b, :span[b]].cpu() for b in range(len(span)))

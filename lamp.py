@@ -1,26 +1,23 @@
-"""LaMP: language-motion pretraining (motion tokenizer, query transformer, four objectives).
+"""LaMP: language-motion pretraining (query transformer, four objectives, retrieval).
 
 Paper: LaMP: Language-Motion Pretraining for Motion Generation, Retrieval, and Captioning
 (Li et al., ICLR 2025, arXiv 2410.07093; ../shared/seeds/003_d88d83113f8fa35c.txt). Implements
 
-    Sec. 3.1.1, A.3.1  the motion tokenizer: a 1D-convolutional VQ-VAE (temporal downsampling 4),
-                       nearest-code quantisation Eq. (5), the VQ objective Eq. (6) with an EMA
-                       codebook and Code Reset, reconstruction + velocity Eq. (7)
     Sec. 3.1.2, A.3.2  the LaMP model: learnable query tokens; a motion transformer and a text
                        transformer (BERT, transformers' classes) sharing their self-attention
                        layers, the motion side cross-attending to the frozen motion encoder
+                       (vqvae.py, Sec. 3.1.1)
     Sec. 3.1.3         the four objectives, each with its attention mask over [queries | text]:
                        motion-text contrastive (unimodal), motion-text matching (bidirectional,
                        hard negatives), motion-grounded text generation (causal) and
                        text-grounded motion generation, Eq. (1)
     Sec. 3.2, A.3.3    LaMP text features as the condition of a motion generator
                        (`LaMPTextEncoder`, a drop-in for clip.TextEncoder)
-    Sec. 3.3, Tabs. 2-3  retrieval features and the LaMP evaluator (`LaMPEvaluator`, a drop-in
-                       for the evaluator, t2m_evaluator.T2MEvaluator)
+    Sec. 3.3, Tabs. 2-3, 5  retrieval and the LaMP evaluator (`LaMPEvaluator`, a drop-in for
+                       t2m_evaluator.T2MEvaluator); Tab. 5's objectives added in turn (`ablation_rows`)
 
-Left out: LaMP-T2M, the masked autoregressive token generator (Secs. 3.2.1-3.2.2, 3.5,
-Eqs. 2-4): here LaMP's text features condition the project's latent diffusion model instead;
-and LaMP-M2T, the LoRA-finetuned OPT-2.7b captioner (Sec. 3.4) with LaMP-BertScore.
+Not here yet: LaMP-T2M (the masked token generator, Secs. 3.2.1-3.2.2) and LaMP-M2T (the
+captioner, Sec. 3.4); LaMP's text features condition the project's latent diffusion instead.
 
 The attention masks (True = may attend) over the sequence [q_1 .. q_Q | t_1 .. t_L]:
 
@@ -29,77 +26,39 @@ The attention masks (True = may attend) over the sequence [q_1 .. q_Q | t_1 .. t
       q [ 1    0 ]               q [ 1    1 ]                q [ 1    0 ]
       t [ 0    1 ]               t [ 1    1 ]                t [ 1   tril ]
 
-Text keys after the first end token (padding) are masked in every case. Queries cross-attend
-to the motion encoder's features in the first three objectives; in text-grounded motion
-generation the queries see no motion: they attend to each other causally (query i predicts
-code b_i, "autoregressive", Sec. 3.1.3) and cross-attend to the text transformer's output.
-
-"LaMP code" below is the authors' release (github.com/gentlefress/LaMP, models/lamp/
-motiongpm_lamp.py), which follows BLIP-2's Q-Former (github.com/salesforce/LAVIS).
-
-Where this file follows the paper's text and the LaMP code differs (noted so a reader comparing
-numbers with the release knows which was followed):
-- Eq. (1): the paper's queries read the text transformer's output (text-grounded: "cross-attend
-  to the text transformer's output" above); in the LaMP code the queries of the motion-generation
-  objective read the text's embedding-layer output instead.
-- The T2M condition (Sec. 3.2): the paper takes the text transformer's features; the LaMP-T2M
-  code adds a trained `text2former` layer on top and averages over the queries. Here the mean
-  over queries of the text-grounded query states conditions the diffusion model, with no extra
-  trained layer (`LaMPTextEncoder`).
-- The evaluator (Sec. 3.3): the paper ranks by cosine of normalised features; the LaMP code's
-  evaluator wrapper does not L2-normalise. Here `LaMPEvaluator` normalises (MMdist in [0, 2]).
-- Tab. 3's protocol: the paper says "a test set of TMR"; its rows (TMR 67.16 R@1, T2M 52.48) are
-  TMR's batches-of-32 figures, so `retrieval_rows` reports batches of 32 beside the whole split.
+Text keys after the first end token (padding) are masked in every case. In text-grounded motion
+generation the queries see no motion: they attend to each other causally (query i predicts code
+b_i) and cross-attend to the text transformer's output. "LaMP code" below is the authors' release
+(github.com/gentlefress/LaMP), which follows BLIP-2's Q-Former.
 
 Notation (code -> paper):
     z, feats       m_{1:n}     motion encoder output (B, n, d), n = T / 4
-    codebook       C, z_s      S codes of width d;  codes: b_i = Q(m_i), the indices
     query_tokens   q           (Q, H) learnable queries
     f_m, f_t       f_m, f_t    normalised query features (B, Q, E) and text feature (B, E)
     motion_head    F           Eq. (1) classifier over the S codes
 
 Differences from the paper:
-- Text ids come from the project's CLIP tokenizer (clip.Tokenizer), not BERT's WordPiece: the
-  start token plays [CLS]; two ids above the tokenizer's, [ENC] and [DEC], replace it for
-  matching (as BLIP) and generation (as BLIP-2). With `--bert` the BERT-base layers are loaded
-  but the word-embedding table is new (the ids differ), as is the LM head's transform.
-- A single codebook (Sec. 2, A.3.1 "vanilla VQ-VAE"), not the 6-layer residual VQ that A.3.1
-  also mentions. L_emb of Eq. (6) is replaced by the EMA codebook update A.3.1 names
-  (T2M-GPT's QuantizeEMAReset); norms of Eqs. (6)-(7) are element means, Eq. (7) uses
-  SmoothL1 on all features (T2M-GPT). Whole padded clips are tokenised (losses and codebook
-  statistics masked past each length) instead of T2M-GPT's 64-frame windows.
-- The queries are 49 (A.3.2; BLIP-2 uses 32), one per motion token of a 196-frame clip, so
-  query i predicts code b_i in Eq. (1); Eq. (1)'s sum is taken as a mean over valid tokens.
-  The official code predicts all codes with bidirectional query attention; the paper's
-  "autoregressive" is read here as a causal mask among the queries.
-- The frozen motion features pass a LayerNorm (BLIP-2's ln_vision) and get a learned position
-  embedding before cross-attention (the LaMP code: a projection only, so cross-attention could
-  not tell where in the clip a feature comes from).
-- The temperature is BLIP-2's (learned, divides the similarity, clamped to [0.001, 0.5]); the
-  LaMP code multiplies by a learned log(1/0.07) instead. `init_std` (BERT's 0.02) is a field
-  because narrow CPU-sized models learn far faster with a larger one (tiny preset: 0.1).
-- train.fit's constant-rate AdamW; the paper warms up to 2e-4 over 2,000 iterations (Sec. 4.1).
-- Pairs with the same caption are not negatives of each other (contrastive softmax, hard
-  negative sampling); the synthetic captions repeat.
-- One vector per motion for the evaluator (metrics.evaluate needs one): the mean of f_m over
-  the queries as the official evaluator wrapper takes it, then L2-normalised (the wrapper does
-  not normalise; see above); training and the Tab. 3 analogue
-  also use the best-query similarity of Sec. 3.1.3 (`similarity_recall`).
-- The diffusion condition is the mean over queries of the text-grounded query states
-  (A.3.3, Fig. A2 right; the official LaMP-T2M `cond_vector`).
-- Tab. 5 (train.py --ablations): LaMP retrained, from the same initialisation on the same
-  batches, with objectives switched off by zero weights (LaMPConfig.lambda_mtc, _mtm, _mgt,
-  _tgm) in Tab. 5's order: contrastive alone, + matching, + motion-grounded text generation (the
-  full model adds text-grounded motion generation). Tab. 5 scores LaMP-T2M's generations (and
-  LaMP-BertScore), which are left out here; the variants condition no diffusion model and get
-  rows in the retrieval table (`ablation_rows`) only. Without text-grounded motion generation the
-  path of `text_condition` (text_in, the queries reading the text) is never trained anyway.
+- Text ids come from the project's CLIP tokenizer, not BERT's WordPiece; [ENC] and [DEC] ids are
+  added above it (as BLIP). With `--bert` the BERT-base layers load, the word table is new.
+- 49 queries (A.3.2), one per motion token of a 196-frame clip; the paper's "autoregressive" is
+  read as a causal mask among them (the LaMP code attends bidirectionally).
+- Eq. (1)'s queries read the text transformer's output (the paper); the LaMP code reads the text
+  embedding layer. The diffusion condition is the mean over queries, no extra layer.
+- The frozen motion features pass a LayerNorm and a learned position embedding before
+  cross-attention (BLIP-2's ln_vision; the LaMP code: a projection only).
+- BLIP-2's learned temperature; `init_std` is a field (tiny preset 0.1: narrow models learn faster).
+- Constant-rate AdamW (loop.fit); the paper warms up to 2e-4 over 2,000 iterations (Sec. 4.1).
+- Pairs with the same caption are not negatives of each other (the synthetic captions repeat).
+- `LaMPEvaluator` L2-normalises its one vector per motion (MMdist in [0, 2]); the LaMP code's
+  wrapper does not. Tab. 3 reports batches of 32 beside the whole split (TMR's protocol).
+- Tab. 5's variants condition no generator (LaMP-T2M is not here): they get retrieval rows only.
 
 Glossary: B batch, T frames, D feature width, n motion tokens (T / 4), d code width, S codes,
 Q queries, L text tokens, H transformer width, E embedding width, V vocabulary.
 """
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -110,6 +69,7 @@ from transformers.models.bert.modeling_bert import (BertAttention, BertIntermedi
                                                     BertPredictionHeadTransform)
 
 from data import collate
+from vqvae import MotionVQVAE
 from metrics import retrieval_recall
 
 IGNORE = -100  # target index that F.cross_entropy skips
@@ -151,182 +111,9 @@ class LaMPConfig:
     lambda_mtm: float = 1.0        # motion-text matching (Tab. 5 "+ motion-text matching")
     lambda_mgt: float = 1.0        # motion-grounded text generation (Tab. 5 "+ motion-grounded text generation")
     lambda_tgm: float = 1.0        # text-grounded motion generation, Eq. (1) (Tab. 5 "+ text-grounded motion generation")
-
-
-# ----------------------------------------------------------------------------
-# Motion tokenizer: 1D-convolutional VQ-VAE (Sec. 3.1.1, A.3.1)
-
-
-class ResBlock1D(nn.Module):
-    """T2M-GPT's ResConv1DBlock: x + Conv1x1(ReLU(DilatedConv3(ReLU(x))))."""
-
-    def __init__(self, width: int, dilation: int):
-        super().__init__()
-        self.conv = nn.Conv1d(width, width, 3, padding=dilation, dilation=dilation)
-        self.mix = nn.Conv1d(width, width, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.mix(F.relu(self.conv(F.relu(x))))                    # (B, W, T)
-
-
-def _res_stack(cfg: LaMPConfig) -> nn.Sequential:
-    """`vq_depth` residual blocks with dilations growth^(depth-1) .. 1 (T2M-GPT: 9, 3, 1)."""
-    dilations = [cfg.vq_dilation_growth ** k for k in reversed(range(cfg.vq_depth))]
-    return nn.Sequential(*[ResBlock1D(cfg.vq_width, d) for d in dilations])
-
-
-def motion_encoder(cfg: LaMPConfig, feat_dim: int) -> nn.Sequential:
-    """E of Sec. 3.1.1: (B, D, T) -> (B, d, T / 4); stride-2 convolutions downsample (A.3.1)."""
-    W = cfg.vq_width
-    layers = [nn.Conv1d(feat_dim, W, 3, padding=1), nn.ReLU()]
-    for _ in range(cfg.vq_down):
-        layers += [nn.Conv1d(W, W, 4, stride=2, padding=1), _res_stack(cfg)]
-    return nn.Sequential(*layers, nn.Conv1d(W, cfg.vq_code_dim, 3, padding=1))
-
-
-def motion_decoder(cfg: LaMPConfig, feat_dim: int) -> nn.Sequential:
-    """D of Sec. 3.1.1: (B, d, T / 4) -> (B, D, T); nearest-neighbour upsampling (A.3.1)."""
-    W = cfg.vq_width
-    layers = [nn.Conv1d(cfg.vq_code_dim, W, 3, padding=1), nn.ReLU()]
-    for _ in range(cfg.vq_down):
-        layers += [_res_stack(cfg), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv1d(W, W, 3, padding=1)]
-    return nn.Sequential(*layers, nn.Conv1d(W, W, 3, padding=1), nn.ReLU(), nn.Conv1d(W, feat_dim, 3, padding=1))
-
-
-class Quantizer(nn.Module):
-    """The codebook C (S, d): nearest-code lookup, straight-through gradient, commitment term,
-    EMA update and Code Reset (A.3.1 "Optimization strategy"; T2M-GPT's QuantizeEMAReset).
-
-    The codebook is a buffer, not a parameter: it moves by the EMA of the encoder outputs
-    assigned to each code (which replaces L_emb of Eq. 6), so no optimizer touches it.
-    """
-
-    def __init__(self, n_codes: int, code_dim: int, ema: float, reset_below: float):
-        super().__init__()
-        self.n_codes, self.ema, self.reset_below = n_codes, ema, reset_below
-        self.register_buffer("codebook", torch.zeros(n_codes, code_dim))       # (S, d)
-        self.register_buffer("code_sum", torch.zeros(n_codes, code_dim))       # (S, d) EMA of sums
-        self.register_buffer("code_count", torch.zeros(n_codes))               # (S,) EMA of counts
-        self.register_buffer("initialised", torch.tensor(False))
-
-    def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """Eq. (5): s = argmin_j ||z_j - m_i||_2 for z (..., d) -> indices (...)."""
-        flat = z.reshape(-1, z.shape[-1])                                      # (N, d)
-        # ||m - z_j||^2 = ||m||^2 - 2 m.z_j + ||z_j||^2; ||m||^2 does not change the argmin
-        dist = -2.0 * flat @ self.codebook.T + (self.codebook ** 2).sum(1)[None, :]  # (N, S)
-        return dist.argmin(1).reshape(z.shape[:-1])
-
-    def _random_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """S rows drawn from x (N, d), x repeated when N < S (T2M-GPT `_tile`, without its noise)."""
-        repeats = -(-self.n_codes // len(x))
-        pool = x.repeat(repeats, 1)
-        return pool[torch.randperm(len(pool), device=x.device)[: self.n_codes]]   # (S, d)
-
-    @torch.no_grad()
-    def initialise(self, x: torch.Tensor) -> None:
-        """T2M-GPT: the first training batch's encoder outputs x (N, d) seed the codebook."""
-        self.codebook.copy_(self._random_rows(x))
-        self.code_sum.copy_(self.codebook)
-        self.code_count.fill_(1.0)
-        self.initialised.fill_(True)
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor, idx: torch.Tensor) -> None:
-        """EMA step and Code Reset from the valid encoder outputs x (N, d) and their codes (N,):
-
-            sum_s   <- lambda sum_s   + (1 - lambda) sum_{i: s_i = s} m_i
-            count_s <- lambda count_s + (1 - lambda) |{i: s_i = s}|
-            z_s     <- sum_s / count_s          if count_s >= reset_below, else a random m_i
-        """
-        onehot = F.one_hot(idx, self.n_codes).to(x.dtype)                      # (N, S)
-        self.code_sum.mul_(self.ema).add_((1 - self.ema) * onehot.T @ x)
-        self.code_count.mul_(self.ema).add_((1 - self.ema) * onehot.sum(0))
-        alive = (self.code_count >= self.reset_below)[:, None]                 # (S, 1)
-        centres = self.code_sum / self.code_count.clamp_min(1e-12)[:, None]
-        self.codebook.copy_(torch.where(alive, centres, self._random_rows(x)))
-
-    def forward(self, z: torch.Tensor, valid: torch.Tensor):
-        """z (B, n, d), valid (B, n) -> (quantised z with straight-through gradient (B, n, d),
-        codes (B, n), commitment ||m - sg[z_s]||^2 averaged over valid tokens). In training
-        mode the codebook then takes its EMA / reset step (T2M-GPT's order)."""
-        assert z.shape[:2] == valid.shape, f"valid must be (B, n) = {tuple(z.shape[:2])}, got {tuple(valid.shape)}"
-        if self.training and not bool(self.initialised):
-            self.initialise(z[valid].detach())
-        assert bool(self.initialised), "the codebook is empty: train the VQ-VAE first (train mode seeds it)"
-        codes = self.nearest(z.detach())                                       # (B, n)
-        q = self.codebook[codes]                                               # (B, n, d), a copy
-        if self.training:
-            self.update(z[valid].detach(), codes[valid])
-        # Eq. (6), L_com: ||m_i - sg[z_s]||^2 (element mean over valid tokens)
-        commit = ((z - q) ** 2)[valid].mean()
-        # straight-through: the forward pass sees z_s, the gradient flows to m_i unchanged
-        return z + (q - z).detach(), codes, commit
-
-
-def frames_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
-    """(B, T) True on the first lengths[b] steps."""
-    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
-
-
-class MotionVQVAE(nn.Module):
-    """motion (B, T, D) normalised -> codes (B, T / 4) -> motion (B, T, D)."""
-
-    def __init__(self, cfg: LaMPConfig, feat_dim: int):
-        super().__init__()
-        self.cfg, self.feat_dim, self.down = cfg, feat_dim, 2 ** cfg.vq_down
-        self.encoder = motion_encoder(cfg, feat_dim)
-        self.quantizer = Quantizer(cfg.vq_codes, cfg.vq_code_dim, cfg.vq_ema, cfg.vq_reset_below)
-        self.decoder = motion_decoder(cfg, feat_dim)
-
-    def encode(self, motion: torch.Tensor, lengths: torch.Tensor):
-        """-> z (B, n, d) before quantisation, valid (B, n); n = ceil(T / 4), token k valid
-        when it lies inside the clip (k < length // 4)."""
-        B, T, D = motion.shape
-        assert D == self.feat_dim, f"the VQ-VAE was built for {self.feat_dim}-d features, got {D}"
-        lengths = torch.as_tensor(lengths, device=motion.device).long()
-        x = motion * frames_mask(lengths, T)[..., None]                        # zero past each length
-        x = F.pad(x, (0, 0, 0, (-T) % self.down))                              # (B, T', D), T' % 4 == 0
-        z = self.encoder(x.transpose(1, 2)).transpose(1, 2)                    # (B, n, d)
-        return z, frames_mask(lengths // self.down, z.shape[1])
-
-    def tokenize(self, motion: torch.Tensor, lengths: torch.Tensor):
-        """-> (z (B, n, d), codes (B, n), valid (B, n)): LaMP's motion features and Eq. (1)'s labels."""
-        z, valid = self.encode(motion, lengths)
-        return z, self.quantizer.nearest(z), valid
-
-    def forward(self, motion: torch.Tensor, lengths: torch.Tensor):
-        """-> (reconstruction (B, T, D), commitment, codes (B, n))."""
-        z, valid = self.encode(motion, lengths)
-        q, codes, commit = self.quantizer(z, valid)
-        x_hat = self.decoder(q.transpose(1, 2)).transpose(1, 2)               # (B, T', D)
-        return x_hat[:, : motion.shape[1]], commit, codes
-
-
-def vq_loss(x_hat: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor, commit: torch.Tensor,
-            cfg: LaMPConfig):
-    """Eqs. (6)-(7) on valid frames -> (loss, {"recon", "velocity", "commit"}).
-
-        L_vq = L_recon + beta L_com,   L_recon = |m - m_hat|_1 + alpha |V(m) - V(m_hat)|_1
-    with SmoothL1 for |.|_1 (T2M-GPT) and V(m)_i = m_{i+1} - m_i."""
-    assert x_hat.shape == x.shape, f"{tuple(x_hat.shape)} vs {tuple(x.shape)}"
-    valid = frames_mask(lengths.to(x.device), x.shape[1])                      # (B, T)
-    recon = F.smooth_l1_loss(x_hat[valid], x[valid])
-    # V(m): frame differences; the pair (i, i+1) is valid when frame i+1 is
-    vel_valid = valid[:, 1:]
-    velocity = F.smooth_l1_loss((x_hat[:, 1:] - x_hat[:, :-1])[vel_valid], (x[:, 1:] - x[:, :-1])[vel_valid])
-    # Eq. (6) with Eq. (7): L_recon + beta L_com (L_emb is the EMA update)
-    loss = recon + cfg.vq_velocity * velocity + cfg.vq_commit * commit
-    return loss, {"recon": recon.detach(), "velocity": velocity.detach(), "commit": commit.detach()}
-
-
-def codebook_usage(codes: torch.Tensor, n_codes: int) -> dict[str, float]:
-    """Share of the S codes used by `codes` (any shape) and the perplexity exp(H(p)) of their
-    frequencies p (S for uniform use, 1 for a collapsed codebook)."""
-    counts = torch.bincount(codes.reshape(-1).cpu(), minlength=n_codes).double()  # (S,)
-    p = counts / counts.sum()
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return {"used": float((counts > 0).double().mean()), "perplexity": float(entropy.exp()),
-            "codes": n_codes}
+    AT_LEAST_ZERO: ClassVar = ("vq_commit", "vq_velocity", "vq_reset_below", "lambda_mtc", "lambda_mtm",
+                               "lambda_mgt", "lambda_tgm")  # ranges: config.check_ranges
+    FRACTIONS: ClassVar = ("vq_ema", "dropout", "label_smoothing")
 
 
 # ----------------------------------------------------------------------------
@@ -520,7 +307,7 @@ class LaMP(nn.Module):
     # --- text handling
 
     def text_valid(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) True up to and including the first end token (clip.Tokenizer pads with it)."""
+        """(B, L) True up to and including the first end token (clip_tokenizer.Tokenizer pads with it)."""
         is_end = ids == self.eot_id
         assert bool(is_end.any(1).all()), f"every row of ids needs the end token {self.eot_id}"
         return torch.arange(ids.shape[1], device=ids.device)[None, :] <= is_end.int().argmax(1)[:, None]
@@ -777,7 +564,7 @@ class LaMPEvaluator(nn.Module):
         self.tokenizer = tokenizer
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, 77) from clip.Tokenizer -> (B, E)."""
+        """ids (B, 77) from clip_tokenizer.Tokenizer -> (B, E)."""
         return self.model.text_embedding(ids.to(self.model.query_tokens.device))
 
     def encode_motion(self, motion: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -796,15 +583,6 @@ class LaMPEvaluator(nn.Module):
 # retrieval (Tab. 3)
 
 
-def vq_loss_fn(vq: MotionVQVAE, cfg: LaMPConfig, device):
-    """loss_fn(batch) -> (loss, parts) of the motion tokenizer (Sec. 3.1.1) on dataset batches."""
-    def loss_fn(batch):
-        x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
-        x_hat, commit, _ = vq(x, lengths)
-        return vq_loss(x_hat, x, lengths, commit, cfg)
-    return loss_fn
-
-
 def lamp_loss_fn(model: "LaMP", vq: MotionVQVAE, tokenizer, device):
     """loss_fn(batch) -> (loss, parts) of LaMP's four objectives (Sec. 3.1.3) over the frozen
     tokenizer's motion features and codes."""
@@ -813,17 +591,6 @@ def lamp_loss_fn(model: "LaMP", vq: MotionVQVAE, tokenizer, device):
             z, codes, valid = vq.tokenize(batch["motion"].to(device), batch["lengths"].to(device))
         return model.loss(z, valid, tokenizer(batch["caption"]).to(device), codes)
     return loss_fn
-
-
-@torch.no_grad()
-def codebook_usage_on(vq: MotionVQVAE, dataset, device, batch_size: int = 64) -> dict[str, float]:
-    """codebook_usage of the codes `vq` gives the valid motion tokens of `dataset`."""
-    codes = []
-    for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        _, c, valid = vq.tokenize(batch["motion"].to(device), batch["lengths"].to(device))
-        codes.append(c[valid])
-    return codebook_usage(torch.cat(codes), vq.cfg.vq_codes)
 
 
 @torch.no_grad()

@@ -4,11 +4,11 @@ Papers: MotionLCM: Real-time Controllable Motion Generation via Latent Consisten
 al., ECCV 2024, arXiv 2404.19759), Sec. 3.2 "Motion Latent Consistency Distillation", which applies
 Latent Consistency Models (Luo et al., arXiv 2310.04378) Secs. 4.1-4.3 to MLD's motion latent.
 LEAD (../shared/seeds/000_c8069c11a3356e2a.txt, Tab. 5) realigns MotionLCM's 1-, 2- and 4-step
-latents with the LEAD projector, not retrained: `generate_lcm(..., realigner=projector)`.
+latents with the LEAD projector, not retrained: `projector.generate` with a Pipeline holding the
+consistency model, and evaluation.few_step_rows for the table.
 Constants are MotionLCM's public code (Dai-Wenxun/MotionLCM, the ECCV "V1" release: configs_v1/,
-train_motionlcm.py) and the diffusers 0.24.0 LCMScheduler it samples with; see LCMConfig. The
-stored copies of the two papers gave no equation numbers we could check, so each equation below
-is cited by its section.
+train_motionlcm.py) and the diffusers 0.24.0 LCMScheduler it samples with (see LCMConfig);
+the stored papers have no equation numbers we could check, so equations cite sections.
 
 The teacher eps_phi is the frozen diffusion.Denoiser; the student f_theta is a copy of it that
 also reads the guidance scale w; the target f_theta- is an exponential moving average of the
@@ -47,27 +47,22 @@ Notation (code -> paper):
 Glossary: B batch, n latent tokens, d latent width, W text width, E w-embedding width.
 
 Differences from the paper:
-- The distance is MotionLCM's, elementwise and averaged over every number: mean over (B, n, d)
-  of sqrt((a - b)^2 + c^2) - c. The pseudo-Huber metric of improved consistency training (Song
-  & Dhariwal 2023) is sqrt(||a - b||^2 + c^2) - c over a whole sample. With c = 0.001 the
-  elementwise form is nearly the mean absolute error.
-- MotionLCM never calls eval() on its teacher or target network, so dropout (0.1) acts in both
-  during distillation. Here the caller sets their modes; we put both in eval(), so the target is
-  a deterministic function of z^_{t_n}. With the tiny preset's dropout 0 the two agree.
-- MotionLCM's training schedule (batch 256, lr 2e-4 with 1000 warmup steps then cosine, AdamW
-  without weight decay, gradients clipped to norm 1, 1000 epochs) belongs to train.py's fit loop;
-  see the comment under LCMConfig for what that loop does instead.
-- The tiny (CPU) preset shortens everything; see the comment under LCMConfig.
+- The distance is MotionLCM's elementwise pseudo-Huber, averaged over (B, n, d), not improved
+  consistency training's sqrt(||a - b||^2 + c^2) - c over a whole sample (Song & Dhariwal
+  2023); with c = 0.001 it is nearly the mean absolute error.
+- MotionLCM leaves its teacher and target in train mode (dropout 0.1 acts); here the caller
+  puts both in eval(), so the target is deterministic (with the tiny preset's dropout 0 they agree).
+- MotionLCM's training schedule (batch 256, lr 2e-4, 1000 warmup steps then cosine, AdamW, no
+  weight decay, clip norm 1, 1000 epochs) and the tiny preset's: the comment under LCMConfig.
 """
 import copy
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
-import metrics
-import projector
 from diffusion import Denoiser, GaussianDiffusion
 
 
@@ -147,19 +142,24 @@ class LCMConfig:
     sample_steps: int = 1         # configs_v1/modules/scheduler_lcm.yaml num_inference_steps
     sample_w: float = 6.5         # model.guidance_scale 7.5, embedded as 7.5 - 1 (mld/models/
     #                               modeltype/mld.py _diffusion_reverse)
+    AT_LEAST_ZERO: ClassVar = ("w_min", "w_max", "huber_c")  # ranges: config.check_ranges
+    FRACTIONS: ClassVar = ("ema_decay",)
 
     def __post_init__(self):
         if not self.w_min <= self.w_max:
             raise ValueError(f"lcm.w_min ({self.w_min}) must not exceed lcm.w_max ({self.w_max})")
         if self.loss_type not in ("huber", "l2"):
             raise ValueError(f"lcm.loss_type must be 'huber' or 'l2', got {self.loss_type!r}")
+        if self.sample_steps > self.num_ddim_timesteps:
+            raise ValueError(f"lcm.num_ddim_timesteps={self.num_ddim_timesteps}: must be >= lcm.sample_steps "
+                             f"({self.sample_steps})")
 
 
 # The fit schedule (train.py's Schedule for the `lcm` stage), configs_v1/motionlcm_t2m.yaml TRAIN:
 # BATCH_SIZE 256, learning_rate 2e-4, lr_scheduler "cosine" after lr_warmup_steps 1000,
 # max_train_epochs 1000 (HumanML3D's ~23k training motions: ~90 steps an epoch, ~90k steps),
 # AdamW betas (0.9, 0.999), adam_weight_decay 0.0, adam_epsilon 1e-8, max_grad_norm 1.0.
-# train.py's fit runs AdamW with torch's default weight decay (0.01), no warmup and no clipping.
+# loop.fit runs AdamW with torch's default weight decay (0.01), no warmup and no clipping.
 # MotionLCM-V2 (configs/motionlcm_t2m.yaml, a later 16 x 32 latent) changed num_ddim_timesteps to
 # 10, huber_c to 0.5, batch to 128 and the sampling guidance scale s to 8.0 / 12.5 / 13.5 for
 # 1 / 2 / 4 steps (w = s - 1; configs/modules/scheduler_lcm.yaml cfg_step_map), with its own
@@ -320,7 +320,7 @@ def distillation_loss_fn(student: ConsistencyDenoiser, target: ConsistencyDenois
 
 
 # ----------------------------------------------------------------------------
-# Sampling in 1-4 steps, and the LEAD inference path
+# Sampling in 1-4 steps (projector.Pipeline samples with it when given a consistency model)
 
 
 @torch.no_grad()
@@ -350,47 +350,3 @@ def lcm_sample(model: ConsistencyDenoiser, schedule: GaussianDiffusion, c: torch
             noise = torch.randn(shape, device=c.device, generator=generator)
             z = a_next.sqrt() * x0 + (1 - a_next).sqrt() * noise
     return x0
-
-
-@torch.no_grad()
-def generate_lcm(motion_vae, model: ConsistencyDenoiser, schedule: GaussianDiffusion, c: torch.Tensor,
-                 lengths: torch.Tensor, steps: int | None = None, w: float | None = None,
-                 realigner=None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Text embeddings c (B, C) -> normalized motions (B, max(lengths), D), as projector.generate
-    but with lcm_sample (steps and w default to the model's config): x = D_vae(z_0) (MotionLCM),
-    or x = D_vae(D_proj(E_proj(z_0))) with `realigner` = the LEAD projector, not retrained (LEAD
-    Tab. 5, "LEAD (MotionLCM)")."""
-    assert tuple(model.denoiser.latent_shape) == tuple(motion_vae.latent_shape), \
-        f"the model's latent {model.denoiser.latent_shape} is not the VAE's {motion_vae.latent_shape}"
-    z = lcm_sample(model, schedule, c, steps, w, generator)                              # (B, N, Dz)
-    return projector.decode(motion_vae, z, lengths, realigner)                           # (B, T, D)
-
-
-class LCMPipeline:
-    """metrics.Pipeline's interface (text, vae, device, generate) over a consistency model: text ->
-    motion in `steps` steps, realigned by the LEAD projector when one is given (LEAD Tab. 5)."""
-
-    def __init__(self, pipe, model: ConsistencyDenoiser, steps: int | None = None):
-        self.text, self.vae, self.device, self.schedule = pipe.text, pipe.vae, pipe.device, pipe.schedule
-        self.model, self.steps = model, steps
-
-    def generate(self, captions: list[str], lengths: torch.Tensor, realigner=None) -> torch.Tensor:
-        c = self.text.encode_cached(captions)                                           # (B, C)
-        return generate_lcm(self.vae, self.model, self.schedule, c, lengths.to(self.device),
-                            steps=self.steps, realigner=realigner)
-
-
-def steps_rows(pipe, model: ConsistencyDenoiser, realigner, dataset, evaluator, tokenizer,
-               cfg: "metrics.EvalConfig", seed: int, steps=(1, 2, 4)) -> dict:
-    """The LEAD Tab. 5 protocol: MotionLCM and LEAD (MotionLCM), the LEAD projector `realigner`
-    trained on the teacher's latents and not retrained (Sec. 5.4), at 1, 2 and 4 steps, each row
-    with the metrics of metrics.t2m_rows and its per-prompt time. pipe: a metrics.Pipeline."""
-    rows = {}
-    for n in steps:
-        fast = LCMPipeline(pipe, model, n)
-        for name, r in (("MotionLCM", None), ("LEAD (MotionLCM)", realigner)):
-            label = f"{name}, {n} step{'s' if n > 1 else ''}"
-            rows.update(metrics.t2m_rows({label: lambda c, lengths, r=r: fast.generate(c, lengths, r)},
-                                         dataset, evaluator, tokenizer, cfg, seed))
-            rows[label]["s / prompt"] = metrics.seconds_per_prompt(fast, dataset, r, cfg.timing_prompts)
-    return rows

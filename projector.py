@@ -16,15 +16,14 @@ ablations are configurations of this file: `kind="mlp"` for the MLP projector, a
 Notation: z = z_vae (B, N, Dz) with N latent tokens of width Dz (MLD: 1 x 256); c the CLIP text
 embedding (B, C) (ViT-L/14: 768); z_proj (B, C).
 
+E_proj is a transformer encoder over the latent tokens plus one learned output token, whose final
+state is projected to C; D_proj a transformer encoder over the N tokens a linear layer expands c
+into ("encoder" and "decoder" name the two directions; both are self-attention stacks).
+
 Differences from the paper:
-- The paper gives "9 layers, 4 heads, hidden 1024, dropout 0.1, GELU, sinusoidal positions"
-  (Sec. 5.2) and nothing else. We read "hidden 1024" as the feed-forward width (MLD's naming) with
-  the model width equal to the latent width, and build E_proj as a transformer encoder over the
-  latent tokens plus one learned output token (whose final state is projected to C), and D_proj
-  as a transformer encoder over the N tokens that a linear layer expands c into ("encoder" and
-  "decoder" name the two directions, both self-attention stacks). With MLD's single latent token
-  the self-attention runs over two tokens in E_proj and one in D_proj; the paper does not say
-  how it handles this either.
+- Sec. 5.2 gives only "9 layers, 4 heads, hidden 1024, dropout 0.1, GELU, sinusoidal positions":
+  we read "hidden" as the feed-forward width (MLD's naming), the model width as the latent's; the
+  architecture above is ours (with MLD's 1 token, attention runs over 2 tokens, then 1).
 - L_var is not specified beyond Eq. (6). As DESIGN.md prescribes, P and Q are diagonal Gaussians
   fitted per latent dimension over the batch, and L_var is the mean over dimensions of
   KL(P_d || Q_d) = log(s_q / s_p) + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2.
@@ -32,11 +31,14 @@ Differences from the paper:
   does not depend on the latent size. L_align is averaged over the batch.
 """
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import lcm
+from diffusion import GaussianDiffusion
 from vae import sinusoidal_positions
 
 
@@ -50,6 +52,8 @@ class ProjectorConfig:
     lambda_align: float = 2.1591  # Sec. 5.2, Eq. (7)
     lambda_rec: float = 4.7036    # Sec. 5.2, Eq. (7)
     lambda_var: float = 0.05960   # Sec. 5.2, Eq. (7)
+    AT_LEAST_ZERO: ClassVar = ("lambda_align", "lambda_rec", "lambda_var")  # ranges: config.check_ranges
+    FRACTIONS: ClassVar = ("dropout",)
 
 
 class TransformerProjector(nn.Module):
@@ -182,28 +186,50 @@ def projector_loss_fn(model: "Projector", text):
 
 
 # ----------------------------------------------------------------------------
-# LEAD inference (Sec. 4.1.3)
+# LEAD inference (Sec. 4.1.3): the one text -> motion path of the project
+
+
+@dataclass
+class Pipeline:
+    """The frozen models of text -> motion: captions -> c -> z_0 (DDIM with guidance, or MotionLCM's
+    few steps when a consistency model is given) -> motion. Eval, sample, inversion, the benchmarks
+    and the tests all generate through `generate` below."""
+    text: nn.Module                  # clip.TextEncoder or lamp.LaMPTextEncoder: captions -> c (B, C)
+    vae: nn.Module                   # vae.MotionVAE: z (B, N, Dz) -> motion (B, T, D)
+    denoiser: nn.Module              # diffusion.Denoiser eps_theta(z_t, t, c)
+    consistency: nn.Module | None = None  # lcm.ConsistencyDenoiser: sample z_0 with it instead (MotionLCM)
+    steps: int | None = None         # sampling steps (None: the config's, DDIM 50, MotionLCM 1)
+
+    def __post_init__(self):
+        self.schedule = GaussianDiffusion(self.denoiser.cfg).to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @torch.no_grad()
+    def latents(self, captions: list[str], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Captions -> diffused latents z_0 (B, N, Dz): z_T ~ N(0, I) denoised with classifier-free
+        guidance (Eq. 8) by DDIM, or by MotionLCM's consistency sampling (lcm.lcm_sample)."""
+        c = self.text.encode_cached(captions)                                  # (B, C)
+        if self.consistency is not None:  # guidance w is the consistency model's input
+            return lcm.lcm_sample(self.consistency, self.schedule, c, self.steps, generator=generator)
+        c_uncond = self.text.encode_cached([""])[0]                            # (C,) MLD's null condition
+        shape = (len(captions), *self.vae.latent_shape)
+        return self.schedule.ddim_sample(self.denoiser, c, c_uncond, shape, steps=self.steps,
+                                         generator=generator)                 # (B, N, Dz)
 
 
 @torch.no_grad()
-def generate(motion_vae, denoiser, schedule, c: torch.Tensor, c_uncond: torch.Tensor,
-             lengths: torch.Tensor, realigner: "Projector | None" = None, scale: float | None = None,
-             steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Text embeddings c (B, C) -> normalized motions (B, max(lengths), D).
+def generate(pipe: Pipeline, captions: list[str], lengths: torch.Tensor, realigner: "Projector | None" = None,
+             z: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Captions and lengths (B,) -> normalized motions (B, max(lengths), D): LEAD's inference.
 
-    z_T ~ N(0, I) is denoised with classifier-free guidance (Eq. 8) by DDIM, then realigned,
-    x = D_vae(D_proj(E_proj(z_0))). With `realigner=None` the same checkpoints give MLD,
-    x = D_vae(z_0), so a comparison of the two isolates the projector.
-    """
-    B = c.shape[0]
-    z = schedule.ddim_sample(denoiser, c, c_uncond, (B, *motion_vae.latent_shape), steps=steps,
-                             scale=scale, generator=generator)                  # (B, N, Dz)
-    return decode(motion_vae, z, lengths, realigner)
-
-
-def decode(motion_vae, z: torch.Tensor, lengths: torch.Tensor, realigner: "Projector | None" = None) -> torch.Tensor:
-    """A diffused latent z_0 (B, N, Dz) -> motions (B, max(lengths), D): D_vae(D_proj(E_proj(z_0)))
-    with `realigner` (LEAD), D_vae(z_0) without (MLD)."""
+    z_0 = pipe.latents(captions) (or the given z, to decode one sample several ways), then
+    x = D_vae(D_proj(E_proj(z_0))) with `realigner` (LEAD), x = D_vae(z_0) without (MLD): with
+    the same checkpoints, a comparison of the two isolates the projector."""
+    if z is None:
+        z = pipe.latents(captions, generator)                                  # (B, N, Dz)
     if realigner is not None:
         z = realigner.realign(z)                                               # (B, N, Dz)
-    return motion_vae.decode(z, lengths)                                       # (B, T, D)
+    return pipe.vae.decode(z, lengths.to(z.device))                            # (B, T, D)

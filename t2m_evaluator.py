@@ -20,10 +20,11 @@ the lexicon that tags captions for an evaluator trained here, the three encoders
 parameter names (so the official state dicts load with strict=True), the evaluator that
 renormalises, sorts and packs as the official wrapper does, and its adapter to a dataset.
 
-Differences from the official code: files are read without running pickled code (safe_pickle);
-each failure names the file. Otherwise none for the released evaluator: it must give the official
-numbers. An evaluator trained here differs where the files are missing (learned word vectors,
-lexicon POS tags, padding masked, InfoNCE training): metrics.py's docstring lists it.
+Differences from the official code:
+- Files are read without running pickled code (safe_pickle); each failure names the file.
+  Otherwise none for the released evaluator: it must give the official numbers.
+- An evaluator trained here differs where the files are missing (learned word vectors, lexicon
+  POS tags, padding masked, InfoNCE training): metrics.py's docstring lists it.
 
 Glossary: B batch, T frames, D feature width, L words (22 with sos/eos), H GRU width.
 """
@@ -421,7 +422,7 @@ class CaptionTokens(list):
 
 
 class DatasetEvaluator(nn.Module):
-    """The released T2MEvaluator for one dataset, with the interface metrics.evaluate calls: `tokenizer(captions)` looks up each caption's word/POS tokens in the
+    """The released T2MEvaluator for one dataset, with the interface evaluation.evaluate calls: `tokenizer(captions)` looks up each caption's word/POS tokens in the
     dataset's texts/ files (`tags`: caption -> "word/POS ..."), `encode_text(tokens)`, and
     `encode_motion(x, lengths)` on the dataset's normalized features, de-normalised here with
     its Mean/Std before the evaluator renormalises them with its own (as MLD's renorm4t2m)."""

@@ -25,76 +25,23 @@ Glossary: B batch, T frames, D feature width (263 for HumanML3D), n latent token
 width (= transformer width), J joints.
 
 Differences from the paper:
-- LEAD Sec. 4.1.2 says the VAE is trained with "MSE and KL"; we follow MLD's code, which LEAD
-  says it builds on: SmoothL1 on features + SmoothL1 on joints + 1e-4 * KL.
-- The KL is the mean over batch, tokens and latent dimensions (MLD's `KLLoss`:
-  `kl_divergence(q, p).mean()`), not a sum over latent dimensions.
-- The reconstruction terms average over valid frames only; MLD averages over the zero-padded
-  tensor (padded frames contribute zero error but count in the denominator).
-- `joint_loss="root_relative"` (not MLD; off by default) takes the joint term on joints with the
-  root's x/z removed. On clips that drift ~2 m, over 98% of the global joint SmoothL1 is root
-  trajectory error (0.37 vs 0.005 after 200 tiny CPU steps), whose gradient through the
-  integrated velocities swamps the pose signal; the trajectory is then learned from the
-  feature term alone.
-- `norm_first=True` (pre-norm layers) and `position_init="sinusoidal"` (the learned tables
-  start at the sinusoid instead of U[0, 1)) are not MLD either; both are off by default and on
-  in the tiny preset, with 4 latent tokens (MLD's ablations go up to 10 x 256), batch 16 and a
-  cosine learning-rate decay. Probes on the synthetic data (200 s of training each, one torch
-  thread, two probes sharing the 2 cores; feature SmoothL1 at the end, then the validation
-  per-joint error root-aligned / global):
-      MLD's 1 token, post-norm, batch 32 (+ root-relative joints)   0.263   9.27 / 166 cm
-      4 tokens, pre-norm, sinusoidal start, batch 32               0.209   8.58 /  96 cm
-      ... batch 16, lr 1e-3 / 5e-4                           0.171 / 0.170   8.03 / 84, 7.94 / 80 cm
-  An oracle that outputs each clip's own mean frame scores 0.289 (8.04 / 109 cm): MLD's recipe
-  is still at the stage where its decoder barely varies over time, which it leaves only after
-  far more steps than a CPU has in minutes. The tiny preset's VAE is past it in features but
-  not in joints: its 800-step reconstructions of val clips vary over time about a quarter as
-  much as the motions do (temporal std of the normalised root-invariant positions 0.158 vs
-  0.576, correlation of the deviations 0.36), and twice the training time (400 s) moves the
-  root-aligned error only from 7.94 to 7.74 cm. By DCT band over time, its error on val clips
-  is 24% of the signal's energy in the clip mean of the root-invariant positions, 57% in the
-  next 3 bands and ~100% from band 8 on: the decoder renders slow changes partly and the limbs'
-  swing not at all. The latent's size is not the limit: a linear autoencoder fitted in closed
-  form (each clip's first 8 DCT coefficients per feature, projected on 512 principal
-  components) reaches 4.25 cm root-aligned, 7.6 cm global. What the transformer VAE lacks is
-  training: none of these reached 5 cm in 200 s either (root-aligned): queries' positions added
-  at every decoder layer (MLD's unused `query_pos`) 8.21; MLD's "all_encoder" decoder 8.48;
-  8 tokens tied to time by an attention bias 7.55; no posterior noise 7.64, with the tied tokens
-  7.18; a learned linear DCT path beside the transformers, no posterior noise 6.52, or 4.58
-  when that path starts from the closed-form fit (worse than the fit alone).
-  bench/bench_vae.py repeats the comparison and the linear reference.
-- `noise_ramp` (not MLD; 1 = MLD's full posterior noise from the first step) grows the scale of
-  the posterior noise in z = mu + s sigma n linearly from 0 to 1 over that many training steps;
-  the tiny preset ramps over half its steps (`vae.noise_ramp=475`, `vae_train.steps=950`, about 6
-  minutes here; `--set vae.noise_ramp=1 --set vae_train.steps=800` is the previous preset). Why:
-  the encoder's final LayerNorm shapes the mu and
-  the logvar tokens alike, so training starts with sigma ~ 1 in every latent dimension and mu
-  spread ~ 1 across clips, and the one parameter that lowers all the logvars at once (that
-  LayerNorm's bias, shared with mu) moves about lr per Adam step: through a CPU run the decoder
-  reads latents that are about half noise (median signal-to-noise 0.5 per dimension in the
-  800-step VAE) and renders what each noisy latent has in common, the clip's mean pose. Measured
-  with bench/bench_vae.py (one torch thread, another job on the other core; swing is
-  metrics.reconstruction_swing on val, then the root-aligned error):
-      preset without / with the ramp, 150 s (~500 steps)        0.23 / 0.28   8.53 / 8.25 cm
-      ... 330 s (1046 / 1202 steps)                             0.37 / 0.41   7.63 / 7.34 cm
-      ... exactly 1100 steps each                               0.34 / 0.37   7.86 / 7.52 cm
-      no noise at all (decoding mu while training), 150 s       0.34          8.04 cm
-  Training time is the larger lever (150 s -> 330 s: 0.23 -> 0.37). For scale: each clip's first
-  8 / 12 / 16 DCT coefficients over time keep 0.65 / 0.76 / 0.84 of its swing (4.2 / 3.4 / 2.8 cm).
-  Tried on the preset at 150 s and not kept (swing, root-aligned; the preset: 0.23, 8.53 cm):
-  64-frame training windows 0.25, 9.02 (twice the steps, but decoder positions past 64 never
-  train); a velocity term, SmoothL1 on frame differences weighted 1 / 4, 0.21, 8.68 / 0.23, 8.61;
-  16 x 32 tokens (MotionLCM's VAE) 0.09, 9.50; 8 x 64 0.22, 8.62; 16 x 128 0.19, 8.92; 8 heads 0.19,
-  8.85; 100 warm-up steps to lr 1e-3 0.18, 8.98; batch 8 0.23, 8.68; sigma ~ 0.25 from the start
-  (that LayerNorm's bias at -3, shifting mu by -3 too) 0.29, 8.38. That LayerNorm's gain started
-  at 3 (mu 3x wider, sigma more spread) scores 0.15, 9.12 alone but 0.44, 7.20 cm with the ramp at
-  330 s, the best figures measured; it triples the scale of the latents the denoiser must model,
-  so the preset leaves it out.
+- LEAD says "MSE and KL"; we follow MLD's code: SmoothL1 on features + SmoothL1 on joints +
+  1e-4 * KL, the KL a mean over batch, tokens and latent dimensions (MLD's `KLLoss`), the
+  reconstruction averaged over valid frames only (MLD: over the zero-padded tensor).
+- `joint_loss="root_relative"` (not MLD, off by default) drops the root's x/z from the joint
+  term: on drifting clips the global term is almost all root trajectory error.
+- `norm_first=True` (pre-norm), `position_init="sinusoidal"` (tables start at the sinusoid,
+  not U[0, 1)), 4 latent tokens, batch 16 and a cosine learning-rate decay: not MLD, on in the
+  tiny preset only, where they train faster on a CPU budget (bench/bench_vae.py).
+- `noise_ramp` (1 = MLD) grows the posterior noise in z = mu + s sigma n from s = 0 to 1 over
+  that many steps (tiny preset: half its steps): early latents are about half noise and the
+  decoder renders the clip's mean pose (bench/bench_vae.py).
 - MLD's learned positional tables have 500 rows; ours have exactly as many as can be used
   (max_len + 2n in the encoder, max_len in the decoder).
 """
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -211,6 +158,8 @@ class VAEConfig:
     norm_first: bool = False    # MLD: post-norm layers; ours: pre-norm (docstring)
     position_init: str = "uniform"  # MLD: learned positions from U[0, 1); or "sinusoidal"
     noise_ramp: int = 1         # MLD: full posterior noise from step 1; ours: grown over this many steps
+    AT_LEAST_ZERO: ClassVar = ("lambda_kl",)  # ranges: config.check_ranges
+    FRACTIONS: ClassVar = ("dropout",)
 
 
 class MotionVAE(nn.Module):

@@ -5,7 +5,7 @@
 The plain step is LEAD's Eq. (2) (GaussianDiffusion.loss); the ATM step adds ATM's Eq. (8)
 term on the one-step estimate of Eq. (10), decoded by the frozen VAE and embedded, with its
 clips, by the frozen alignment embedder (atm_losses.diffusion_atm_loss). Both include the
-backward pass and the AdamW update. Models are built at the sizes of train.py's preset
+backward pass and the AdamW update. Models are built at the sizes of config.py's preset
 (with --set overrides, as on train.py's command line); lengths are drawn like HumanML3D's
 (40..196 frames, multiples of 4). Prints the seconds per step of each, their ratio, and how
 many ATM steps fit in a time budget. Figures are medians over --steps timed steps.
@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import atm_losses  # noqa: E402
 import diffusion  # noqa: E402
-import metrics  # noqa: E402
-import train  # noqa: E402
 import vae  # noqa: E402
+from config import build_config  # noqa: E402
+from t2m_evaluator import T2MEvaluator  # noqa: E402
 
 FEAT_DIM = 263  # HumanML3D features
 
@@ -46,11 +46,11 @@ def main(argv=None) -> None:
     parser.add_argument("--budget-s", type=float, default=300.0, help="stage budget to convert into steps")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     args = parser.parse_args(argv)
-    cfg = train.build_config(args.preset, args.sets)
+    cfg = build_config(args.preset, args.sets)
     torch.manual_seed(0)
     B, text_dim = args.batch_size, cfg.text.projection_dim
     motion_vae = vae.MotionVAE(cfg.vae, FEAT_DIM).eval().requires_grad_(False)
-    embedder = metrics.T2MEvaluator.trained(cfg.evaluator, FEAT_DIM, {"a man walks": "a/DET man/NOUN walk/VERB"})
+    embedder = T2MEvaluator.trained(cfg.evaluator, FEAT_DIM, {"a man walks": "a/DET man/NOUN walk/VERB"})
     embedder.eval().requires_grad_(False)
     denoiser = diffusion.Denoiser(cfg.diffusion, motion_vae.latent_shape, text_dim).train()
     schedule = diffusion.GaussianDiffusion(cfg.diffusion)

@@ -1,5 +1,5 @@
-"""Throughput of clip.py: the hand-written tokenizer (cold and cached), the BPE trainer, and the
-offline text encoder (captions per second). Usage: python bench/bench_clip.py [--n 4000]"""
+"""Throughput of clip_tokenizer.py and clip.py: the hand-written tokenizer (cold and cached), the BPE
+trainer, and the offline text encoder (captions per second). Usage: python bench/bench_clip.py [--n 4000]"""
 import argparse
 import random
 import sys
@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import clip  # noqa: E402
+import clip_tokenizer  # noqa: E402
 import synthetic  # noqa: E402
 
 
@@ -55,11 +56,12 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n} captions, "
           f"{len(set(captions))} distinct")
     with tempfile.TemporaryDirectory() as tmp:
-        folder, seconds = timed(lambda: clip.train_bpe(captions, clip.ClipConfig().vocab_size, Path(tmp) / "bpe"))
-        tok = clip.Tokenizer.from_pretrained(folder)
+        folder, seconds = timed(lambda: clip_tokenizer.train_bpe(captions, clip.ClipConfig().vocab_size,
+                                                                 Path(tmp) / "bpe"))
+        tok = clip_tokenizer.Tokenizer.from_pretrained(folder)
         print(f"train_bpe (vocab {len(tok)}): {seconds:.2f} s")
 
-        tok = clip.Tokenizer.from_pretrained(folder)  # empty word cache
+        tok = clip_tokenizer.Tokenizer.from_pretrained(folder)  # empty word cache
         ids, cold = timed(lambda: tok(captions))
         _, warm = timed(lambda: tok(captions))
         print(f"tokenizer cold:   {n / cold:10.0f} captions/s ({ids.shape[1]} ids each)")

@@ -6,9 +6,10 @@ nothing about the motion changes; the R-precision says how well they tell captio
 
     python bench/bench_evaluator.py --run runs/final [--data data/synthetic]
 
-It reads evaluator.pt / alignment.pt through train.py's own loaders, and falls back to the run's
-CLIP tokenizer for embedders that have no reader of their own, so it also scores runs made
-before the evaluator became Guo et al.'s architecture (to compare before and after).
+It reads evaluator.pt / alignment.pt through the recipe's own loaders (loop.load_checkpoint,
+runfolder.BUILDERS), and falls back to the run's CLIP tokenizer for embedders that have no reader
+of their own, so it also scores runs made before the evaluator became Guo et al.'s architecture
+(to compare before and after).
 """
 import argparse
 import sys
@@ -18,15 +19,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import clip  # noqa: E402
 import data  # noqa: E402
+import evaluation  # noqa: E402
+import loop  # noqa: E402
 import metrics  # noqa: E402
-import train  # noqa: E402
+import runfolder  # noqa: E402
+from clip_tokenizer import Tokenizer  # noqa: E402
 
 
 def load_embedder(run: Path, name: str):
-    state = train.load_checkpoint(run / f"{name}.pt", "evaluator")
-    model = train.BUILDERS[name](state["config"], state["meta"])
+    state = loop.load_checkpoint(run / f"{name}.pt", "evaluator")
+    model = runfolder.BUILDERS[name](state["config"], state["meta"])
     model.load_state_dict(state["model"])
     return model.eval().requires_grad_(False), sum(p.numel() for p in model.parameters())
 
@@ -34,7 +37,7 @@ def load_embedder(run: Path, name: str):
 def real_figures(test, model, tokenizer, passes: int = 2) -> dict:
     """Top-1, top-3 and MMdist over `passes` passes (one random crop and caption per clip each),
     and the FID between the first two passes' motion embeddings."""
-    runs = [metrics.embed_dataset(test, model, tokenizer) for _ in range(passes)]
+    runs = [evaluation.embed_dataset(test, model, tokenizer) for _ in range(passes)]
     top = np.stack([metrics.r_precision(r["text"], r["real"], seed=k) for k, r in enumerate(runs)])  # (P, 3)
     return {"top-1": float(top[:, 0].mean()), "top-3": float(top[:, 2].mean()),
             "MMdist": float(np.mean([metrics.matching_score(r["text"], r["real"]) for r in runs])),
@@ -52,7 +55,7 @@ def main() -> None:
         if not (args.run / f"{name}.pt").exists():
             continue
         model, n_params = load_embedder(args.run, name)
-        tokenizer = getattr(model, "tokenizer", None) or clip.Tokenizer.from_pretrained(args.run / "text_encoder")
+        tokenizer = getattr(model, "tokenizer", None) or Tokenizer.from_pretrained(args.run / "text_encoder")
         test = data.MotionTextDataset(args.data, "test", seed=args.seed)
         figures = real_figures(test, model, tokenizer)
         print(f"{name} ({type(model).__name__}, {n_params / 1e6:.2f} M parameters), {len(test)} test motions: "

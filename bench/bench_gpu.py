@@ -4,7 +4,7 @@
                               [--precisions fp32,bf16] [--batch-div N] [--sample-batch 32]
                               [--set section.field=value ...]
 
-Issue "Past one GPU". The paper preset's models (train.build_config("paper", [])) with random
+Issue "Past one GPU". The paper preset's models (config.build_config("paper", [])) with random
 weights, text width 768 (CLIP ViT-L/14, the paper's; the offline encoder's projection_dim is
 not used here): MLD's VAE (9 layers, 1 x 256 latent), the denoiser and the LEAD projector.
 Printed, on one device (cuda if available, else cpu):
@@ -12,15 +12,16 @@ Printed, on one device (cuda if available, else cpu):
 - training: ms per step after warm-up (AdamW, forward + loss + backward + step) and peak memory
   (torch.cuda.max_memory_allocated after the warm-up, so with the optimizer state; on a CPU the
   process's max RSS, once, at the end) for each model at the paper's batch sizes (VAE 128,
-  denoiser 128, projector 1024: train.RunConfig's schedules) on random inputs of the right
+  denoiser 128, projector 1024: config.RunConfig's schedules) on random inputs of the right
   shapes: motions (B, 196, 263) normalised with lengths 40..196, latents (B, 1, 256), text
   c (B, 768). Precisions: fp32; bf16, one torch.autocast context around forward and loss (the
   STYLE.md rule); fp16, the same plus a GradScaler (CUDA only).
 - sampling: seconds per prompt at batch 1 and prompts per second at batch 32 (`--sample-batch`),
-  50 DDIM steps with classifier-free guidance and the VAE decode of 196 frames
-  (projector.generate), for MLD (realigner=None) and LEAD (the projector), the ratio LEAD / MLD;
-  and MotionLCM one-step sampling (lcm.generate_lcm; the student is a copy of the denoiser,
-  which is all the speed depends on). Beside them the papers' figures: LEAD 0.245 s and MLD
+  50 DDIM steps with classifier-free guidance (schedule.ddim_sample) and the VAE decode of 196
+  frames (projector.generate with that z_0), for MLD (realigner=None) and LEAD (the projector),
+  the ratio LEAD / MLD; and MotionLCM one-step sampling (lcm.lcm_sample, then the same decode;
+  the student is a copy of the denoiser, which is all the speed depends on). The text embeddings
+  c are random: no text encoder runs. Beside them the papers' figures: LEAD 0.245 s and MLD
   0.236 s per prompt (LEAD Sec. 5.3 "Inference Time"; the GPU is not named there, Sec. 5.2 trains
   on a GeForce 3090), MotionLCM about 0.03 s at one step.
 
@@ -43,8 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import diffusion  # noqa: E402
 import lcm  # noqa: E402
 import projector  # noqa: E402
-import train  # noqa: E402
 import vae  # noqa: E402
+from config import build_config  # noqa: E402
+from runfolder import pick_device  # noqa: E402
 
 FEAT_DIM = 263   # HumanML3D features: 12 J - 1 with J = 22 joints
 FRAMES = 196     # HumanML3D's longest clip (vae.max_len)
@@ -176,13 +178,21 @@ def report_sampling(cfg, precisions, repeats, sample_batch, device) -> None:
     denoiser = diffusion.Denoiser(cfg.diffusion, latent_shape, TEXT_DIM).to(device).eval().requires_grad_(False)
     realigner = projector.Projector(cfg.projector, latent_shape, TEXT_DIM).to(device).eval().requires_grad_(False)
     student = lcm.ConsistencyDenoiser.from_teacher(denoiser, lcm.LCMConfig()).to(device).eval().requires_grad_(False)
-    schedule = diffusion.GaussianDiffusion(cfg.diffusion).to(device)
+    # no text encoder: c is random, so each sampler is handed z_0 and the captions are never read
+    pipe = projector.Pipeline(None, motion_vae, denoiser)
+    schedule = pipe.schedule                                                      # GaussianDiffusion(cfg.diffusion)
     c_uncond = torch.randn(TEXT_DIM, device=device)                               # tau("")
+
+    def ddim(c):
+        return schedule.ddim_sample(denoiser, c, c_uncond, (c.shape[0], *latent_shape))  # (B, 1, 256)
+
+    def decoded(z, lengths, r=None):
+        return projector.generate(pipe, [""] * z.shape[0], lengths, r, z=z)
+
     samplers = {
-        "MLD": lambda c, lengths: projector.generate(motion_vae, denoiser, schedule, c, c_uncond, lengths, None),
-        "LEAD": lambda c, lengths: projector.generate(motion_vae, denoiser, schedule, c, c_uncond, lengths,
-                                                      realigner),
-        "MotionLCM 1 step": lambda c, lengths: lcm.generate_lcm(motion_vae, student, schedule, c, lengths, steps=1),
+        "MLD": lambda c, lengths: decoded(ddim(c), lengths, None),
+        "LEAD": lambda c, lengths: decoded(ddim(c), lengths, realigner),
+        "MotionLCM 1 step": lambda c, lengths: decoded(lcm.lcm_sample(student, schedule, c, steps=1), lengths),
     }
     print(f"\n== sampling: {cfg.diffusion.sample_steps} DDIM steps, guidance {cfg.diffusion.guidance_scale} "
           f"(MotionLCM: 1 step, w {lcm.LCMConfig().sample_w}), VAE decode of {FRAMES} frames, "
@@ -221,7 +231,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     # note: one CPU thread, as the other benches; on a GPU the host only launches kernels
     torch.set_num_threads(1)
-    device = train.pick_device(args.device)
+    device = pick_device(args.device)
     gpu = device.type != "cpu"
     steps = args.steps or (200 if gpu else 2)
     repeats = args.sample_repeats or (10 if gpu else 2)
@@ -234,7 +244,7 @@ def main(argv=None) -> None:
             raise ValueError("--precisions fp16 needs CUDA (its GradScaler is CUDA's)")
     if batch_div < 1 or args.sample_batch < 1:
         raise ValueError("--batch-div and --sample-batch must be at least 1")
-    cfg = train.build_config("paper", args.set)
+    cfg = build_config("paper", args.set)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     print(f"device: {name}, torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)")

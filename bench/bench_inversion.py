@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import synthetic  # noqa: E402
 import inversion  # noqa: E402
-import train  # noqa: E402
 from clip import TextEncoder  # noqa: E402
+from config import PRESETS, RunConfig, build_config  # noqa: E402
 from diffusion import Denoiser, GaussianDiffusion  # noqa: E402
 from projector import Projector  # noqa: E402
 from vae import MotionVAE  # noqa: E402
@@ -35,7 +35,7 @@ CAPTIONS = ["a person walks forward", "someone jumps then waves with the right h
             "she squats down slowly", "he walks backward then turns around", "they walk slowly"]
 
 
-def build(cfg: train.RunConfig, folder: Path) -> inversion.FrozenModels:
+def build(cfg: RunConfig, folder: Path) -> inversion.FrozenModels:
     text = TextEncoder.offline(CAPTIONS, folder, config=cfg.text, log=lambda *_: None)
     vae = MotionVAE(cfg.vae, data.T2M.feat_dim)
     denoiser = Denoiser(cfg.diffusion, vae.latent_shape, text.dim)
@@ -47,14 +47,14 @@ def build(cfg: train.RunConfig, folder: Path) -> inversion.FrozenModels:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", choices=sorted(train.PRESETS))
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     parser.add_argument("--steps", type=int, default=None, help="default: 20 (Sec. 5.2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = train.build_config(args.preset, [])
+    cfg = build_config(args.preset, [])
     inv = inversion.InversionConfig()  # steps and batch are the paper's in every preset
     if args.steps:
         inv.steps = args.steps

@@ -4,14 +4,16 @@
 
 MotionLCM's target: one-step sampling of 32 motions at least 20x faster than 50-step guided DDIM
 on the same denoiser size (the README's figure for the latter: 0.82 s for 32 motions). With
-the tiny preset's sizes (train.build_config("tiny", [])) and random weights (the speed does not
+the tiny preset's sizes (config.build_config("tiny", [])) and random weights (the speed does not
 depend on them), one torch thread, this times generating 32 motions of 120 frames with the VAE
-decode included: guided DDIM as projector.generate runs it (MLD, no realigner: per step one
-denoiser pass over the conditional and unconditional batch of 64) and lcm.generate_lcm at 1, 2
-and 4 steps (per step one pass over 32, the guidance scale an input), each also without the
-decode (schedule.ddim_sample, lcm.lcm_sample: the latents alone); each figure is the median of
-`--repeats` calls after one warm-up. Also printed: the VAE decode alone, which every sampler pays
-once, so that DDIM / decode bounds the speed-up with the decode included.
+decode included: guided DDIM as projector.Pipeline samples it (MLD, no realigner: per step one
+denoiser pass over the conditional and unconditional batch of 64) and MotionLCM's lcm.lcm_sample
+at 1, 2 and 4 steps (per step one pass over 32, the guidance scale an input), the latents
+decoded by projector.generate(..., z=z_0), each also without the decode (schedule.ddim_sample,
+lcm.lcm_sample: the latents alone); the text embeddings c are random, so no text encoder runs.
+Each figure is the median of `--repeats` calls after one warm-up. Also printed: the VAE decode
+alone, which every sampler pays once, so that DDIM / decode bounds the speed-up with the decode
+included.
 
 --run DIR loads DIR's vae.pt and diffusion.pt (and lcm.pt if the `lcm` stage has run; else the
 student is a copy of the denoiser, as lcm.ConsistencyDenoiser.from_teacher makes it).
@@ -28,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import diffusion  # noqa: E402
 import lcm  # noqa: E402
 import projector  # noqa: E402
-import train  # noqa: E402
+import runfolder  # noqa: E402
 import vae  # noqa: E402
+from config import build_config  # noqa: E402
 
 FEAT_DIM = 263      # HumanML3D features (the synthetic dataset's too)
 N_MOTIONS = 32
@@ -60,12 +63,12 @@ def random_models(cfg):
 
 def trained_models(cfg, out: Path):
     """-> (VAE, denoiser, student) from a run folder's checkpoints, on the CPU."""
-    run = train.Run(cfg=cfg, out=out, data_root=Path("data/synthetic"), synthetic=True,
-                    device=torch.device("cpu"), clip=None, resume=False,
-                    args=argparse.Namespace(ablations=False, text_encoder="clip", evaluator="evaluator"))
-    motion_vae, denoiser = train.load_model(run, "vae"), train.load_denoiser(run)
+    run = runfolder.Run(cfg=cfg, out=out, data_root=Path("data/synthetic"), synthetic=True,
+                        device=torch.device("cpu"), clip=None, resume=False,
+                        args=argparse.Namespace(ablations=False, text_encoder="clip", evaluator="evaluator"))
+    motion_vae, denoiser = runfolder.load_model(run, "vae"), runfolder.load_denoiser(run)
     if (out / "lcm.pt").exists():
-        student = train.load_lcm(run)
+        student = runfolder.load_lcm(run)
     else:
         print(f"note: {out / 'lcm.pt'} not found: the student is a copy of the denoiser")
         student = lcm.ConsistencyDenoiser.from_teacher(denoiser, cfg.lcm).eval().requires_grad_(False)
@@ -81,9 +84,12 @@ def main(argv=None) -> None:
         raise ValueError("--repeats must be at least 1")
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = train.build_config("tiny", [])
+    cfg = build_config("tiny", [])
     motion_vae, denoiser, student = trained_models(cfg, args.run) if args.run else random_models(cfg)
-    schedule = diffusion.GaussianDiffusion(denoiser.cfg)
+    # no text encoder: c is random and every sampler below is handed z_0 or c, never captions
+    pipe = projector.Pipeline(None, motion_vae, denoiser)
+    schedule = pipe.schedule                                                      # GaussianDiffusion(denoiser.cfg)
+    captions = [""] * N_MOTIONS  # not read: projector.generate decodes the z_0 it is given
     c = torch.randn(N_MOTIONS, denoiser.text_dim)                                 # (B, W)
     c_uncond = torch.randn(denoiser.text_dim)                                     # tau("")
     lengths = torch.full((N_MOTIONS,), FRAMES)                                    # (B,)
@@ -98,12 +104,14 @@ def main(argv=None) -> None:
     # (latents alone, with the decode) per sampler
     rows = {f"guided DDIM, {schedule.cfg.sample_steps} steps": (
         median_seconds(lambda: schedule.ddim_sample(denoiser, c, c_uncond, shape), args.repeats),
-        median_seconds(lambda: projector.generate(motion_vae, denoiser, schedule, c, c_uncond, lengths),
+        median_seconds(lambda: projector.generate(pipe, captions, lengths,
+                                                  z=schedule.ddim_sample(denoiser, c, c_uncond, shape)),
                        args.repeats))}
     for n in LCM_STEPS:
         rows[f"MotionLCM, {n} step{'s' if n > 1 else ''}"] = (
             median_seconds(lambda: lcm.lcm_sample(student, schedule, c, steps=n), args.repeats),
-            median_seconds(lambda: lcm.generate_lcm(motion_vae, student, schedule, c, lengths, steps=n),
+            median_seconds(lambda: projector.generate(pipe, captions, lengths,
+                                                      z=lcm.lcm_sample(student, schedule, c, steps=n)),
                            args.repeats))
     print(f"  {'VAE decode alone':22s}                      {decode:.3f} s")
     (ddim_z, ddim), *_ = rows.values()

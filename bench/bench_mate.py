@@ -27,16 +27,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import synthetic  # noqa: E402
 import mate  # noqa: E402
+import mate_segmentation  # noqa: E402
+import evaluation  # noqa: E402
+import loop  # noqa: E402
 import metrics  # noqa: E402
-import train  # noqa: E402
+import runfolder  # noqa: E402
+from config import build_config  # noqa: E402
+from t2m_evaluator import T2MEvaluator  # noqa: E402
 
 
 def train_alignment(dataset, cfg, sched, seed: int = 2000):
     """An embedder trained as train.py's stage_evaluator trains `alignment` (tiny preset)."""
     torch.manual_seed(seed)
-    model = metrics.T2MEvaluator.trained(cfg, dataset.mean.shape[0], dataset.tags)
+    model = T2MEvaluator.trained(cfg, dataset.mean.shape[0], dataset.tags)
     optimizer = torch.optim.AdamW(model.parameters(), lr=sched.lr)
-    stream = train.batches(dataset, sched.batch_size, seed)
+    stream = loop.batches(dataset, sched.batch_size, seed)
     for _ in range(sched.steps):
         batch = next(stream)
         loss, _ = metrics.embedder_loss(model.encode_text(model.tokenizer(batch["caption"])),
@@ -50,7 +55,7 @@ def train_alignment(dataset, cfg, sched, seed: int = 2000):
 
 def naive_records(dataset, embedder, cfg, motions: int):
     """Eq. (1) with every candidate clip embedded by encode_motion itself (the reference the
-    shared-work `mate.embed_segments` reproduces), on the first `motions` motions."""
+    shared-work `mate_segmentation.embed_segments` reproduces), on the first `motions` motions."""
     def naive(embedder, motion, spans):
         with torch.no_grad():
             clips = [motion[s:e] for s, e in spans]
@@ -58,13 +63,13 @@ def naive_records(dataset, embedder, cfg, motions: int):
             lengths = torch.tensor([e - s for s, e in spans])
             return F.normalize(embedder.encode_motion(batch, lengths), dim=-1)
 
-    fast, mate.embed_segments = mate.embed_segments, naive
+    fast, mate_segmentation.embed_segments = mate_segmentation.embed_segments, naive
     items = dataset.items
     try:
         dataset.items = items[:motions]
         return mate.prepare_records(dataset, embedder, cfg, torch.device("cpu"), log=lambda *a: None)
     finally:
-        mate.embed_segments, dataset.items = fast, items
+        mate_segmentation.embed_segments, dataset.items = fast, items
 
 
 def main():
@@ -78,15 +83,15 @@ def main():
     torch.set_num_threads(args.threads)
     if not (args.data / "segments.json").exists():
         synthetic.generate_synthetic(args.data, n_motions=3000, seed=0)
-    preset = train.build_config("tiny", [])
+    preset = build_config("tiny", [])
     train_split = data.MotionTextDataset(args.data, "train")
     test = data.MotionTextDataset(args.data, "test", random_caption=False)
     segments = synthetic.load_segments(args.data)
 
     start = time.time()
     if args.run:
-        state = train.load_checkpoint(args.run / "alignment.pt", "evaluator")
-        embedder = train.BUILDERS["alignment"](state["config"], state["meta"])
+        state = loop.load_checkpoint(args.run / "alignment.pt", "evaluator")
+        embedder = runfolder.BUILDERS["alignment"](state["config"], state["meta"])
         embedder.load_state_dict(state["model"])
         embedder.eval().requires_grad_(False)
         source = f"alignment embedder of {args.run}"
@@ -94,12 +99,12 @@ def main():
         embedder = train_alignment(train_split, preset.evaluator, preset.evaluator_train)
         source = (f"alignment embedder trained here ({preset.evaluator_train.steps} steps, tiny preset) "
                   f"in {time.time() - start:.0f} s")
-    real = metrics.evaluate(None, test, embedder, embedder.tokenizer, replications=1, seed=0, log=lambda *a: None)
+    real = evaluation.evaluate(None, test, embedder, embedder.tokenizer, replications=1, seed=0, log=lambda *a: None)
     print(f"E_t, E_m: {source}; its test R-precision top-1 {real['R-precision top-1'][0]:.3f}, "
           f"top-3 {real['R-precision top-3'][0]:.3f} (chance 1/32 = 0.031)")
 
     captions = [(name, c) for name, _, caps in test.items for c in caps]
-    split_ok = np.mean([len(mate.split_caption(c)) == len(segments[n]["actions"]) for n, c in captions])
+    split_ok = np.mean([len(mate_segmentation.split_caption(c)) == len(segments[n]["actions"]) for n, c in captions])
     print(f"sub-text decomposition accuracy: {100 * split_ok:.1f} % of {len(captions)} test captions "
           f"(MATE Tab. 7, ChatGPT on HumanML3D: 97.0 %)")
     print(f"{len(test)} test motions (mate.prepare_records runs on one CPU thread):")

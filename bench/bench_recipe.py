@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import projector  # noqa: E402
+import runfolder  # noqa: E402
 import train  # noqa: E402
 
 
@@ -51,18 +53,16 @@ def main():
     for name, row in vae_fig.get("test_reconstruction", {}).items():
         print(f"  evaluator on test {name}s: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
 
-    run = train.Run(cfg=train.build_config("tiny", []), out=args.out, data_root=Path("data/synthetic"),
-                    synthetic=True, device=train.pick_device("auto"), clip=None, resume=False,
-                    args=argparse.Namespace(ablations=False, text_encoder="clip", evaluator="evaluator"))
-    pipe = train.pipeline(run)
-    realigner = train.load_projector(run)
-    test = train.open_split(run, "test")
+    run = runfolder.open_run(args.out)  # tiny preset, data/synthetic, device auto
+    pipe = runfolder.pipeline(run)
+    realigner = runfolder.load_projector(run)
+    test = runfolder.open_split(run, "test")
     items = [test[i] for i in range(32)]
     captions, lengths = [it["caption"] for it in items], torch.tensor([it["length"] for it in items])
-    pipe.generate(captions[:2], lengths[:2], realigner)  # warm-up
+    projector.generate(pipe, captions[:2], lengths[:2], realigner)  # warm-up
     for name, r in (("MLD", None), ("LEAD", realigner)):
         t0 = time.perf_counter()
-        pipe.generate(captions, lengths, r)
+        projector.generate(pipe, captions, lengths, r)
         print(f"  sampling 32 motions ({name}, 50 DDIM steps, guidance 7.5): {time.perf_counter() - t0:.2f} s")
     print("\n" + (args.out / "results.md").read_text())
 

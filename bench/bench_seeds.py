@@ -41,6 +41,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import metrics  # noqa: E402
+import runfolder  # noqa: E402
 import train  # noqa: E402
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
@@ -142,11 +143,11 @@ def stage_plan(is_base: bool, lamp: bool) -> list[tuple[str, list[str]]]:
 
 def run_seed(folder: Path, seed: int, plan, passed: list[str]) -> None:
     """Each stage of `plan` as `python train.py --stage STAGE --out FOLDER --set run.seed=SEED`,
-    skipped when its STAGE.json (train.record_path) exists; --resume continues a checkpoint that
+    skipped when its STAGE.json (runfolder.record_path) exists; --resume continues a checkpoint that
     an interrupted call left behind."""
     for stage, extra in plan:
         argv = ["--stage", stage, "--out", str(folder), "--set", f"run.seed={seed}", "--resume", *extra, *passed]
-        record = train.record_path(SimpleNamespace(args=train.parse_args(argv), out=folder), stage)
+        record = runfolder.record_path(SimpleNamespace(args=train.parse_args(argv), out=folder), stage)
         if record.exists():
             print(f"[seeds] seed {seed}: {' '.join([stage, *extra])} already done ({record})")
             continue
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [json.loads((out / f"seed_{s}" / "results.json").read_text()) for s in seeds]
     table = collect(results)
     summary = summarise(table)
-    suffix = train.evaluator_suffix(SimpleNamespace(args=train.parse_args(["--stage", "eval", *passed])))
+    suffix = runfolder.evaluator_suffix(SimpleNamespace(args=train.parse_args(["--stage", "eval", *passed])))
     found = claims(table, suffix)
     text = report(table, summary, found, seeds, args.base_seed)
     write_atomic(out / "seeds.md", text)

@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import clip  # noqa: E402
 import data  # noqa: E402
 import synthetic  # noqa: E402
-import train  # noqa: E402
+from config import PRESETS  # noqa: E402
 
 
 def tiny_text_config(**pretraining) -> clip.ClipConfig:
     """ClipConfig with the tiny preset's text.* overrides, then the given pretraining fields."""
-    sizes = {key[len("text."):]: value for key, value in train.PRESETS["tiny"].items() if key.startswith("text.")}
+    sizes = {key[len("text."):]: value for key, value in PRESETS["tiny"].items() if key.startswith("text.")}
     return replace(clip.ClipConfig(**sizes), **{k: v for k, v in pretraining.items() if v is not None})
 
 

@@ -10,7 +10,7 @@ reaches are printed), with a cosine decay over the steps its first 20 predict, o
 running training losses, the mean posterior sigma, and on val the mean per-joint error on global
 joints (root trajectory integrated from the velocities), root-aligned joints (MPJPE as MLD reports
 it) and body-frame joints (ric: heading ignored), all from the posterior mean, and the swing
-(metrics.reconstruction_swing: how much the reconstructions move in the body frame against the
+(evaluation.reconstruction_swing: how much the reconstructions move in the body frame against the
 motions, 1 = as much). References: the same figures when every frame is replaced by the dataset
 mean ("mean motion") and by each clip's own mean frame ("clip mean", an oracle), and for a linear
 autoencoder fitted in closed form: each clip's first 8 DCT-II coefficients over time (per
@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
-import metrics  # noqa: E402
-import train  # noqa: E402
+import evaluation  # noqa: E402
+import loop  # noqa: E402
 import vae  # noqa: E402
 
 SIZES = dict(latent_dim=128, n_layers=3, ff_dim=256, dropout=0.0)
@@ -80,8 +80,8 @@ VARIANTS = {  # name -> Variant; "mld": 1 token, post-norm, uniform positions, g
 
 
 def errors(reconstruct, dataset) -> dict:
-    """metrics.joint_errors in centimetres."""
-    return {k: round(100 * v, 2) for k, v in metrics.joint_errors(reconstruct, dataset, torch.device("cpu")).items()}
+    """evaluation.joint_errors in centimetres."""
+    return {k: round(100 * v, 2) for k, v in evaluation.joint_errors(reconstruct, dataset, torch.device("cpu")).items()}
 
 
 def dct_basis(lengths: torch.Tensor, frames: int, k: int) -> torch.Tensor:
@@ -169,7 +169,7 @@ def train_for(seconds: float, variant: Variant, train_set, val_set, steps: int =
             loss = loss + variant.lambda_vel * parts["vel"]
         return loss, parts
 
-    stream = train.batches(train_set, variant.batch_size, 0)
+    stream = loop.batches(train_set, variant.batch_size, 0)
     running, step, start, horizon = {}, 0, time.time(), steps or 10 ** 9
     model.train()
     while step < steps if steps else time.time() - start < seconds:
@@ -190,7 +190,7 @@ def train_for(seconds: float, variant: Variant, train_set, val_set, steps: int =
     model.eval()
     with torch.no_grad():
         val = errors(model.reconstruct, val_set)
-        swing = metrics.reconstruction_swing(model.reconstruct, val_set, torch.device("cpu"))
+        swing = evaluation.reconstruction_swing(model.reconstruct, val_set, torch.device("cpu"))
         batch = data.collate([val_set[i] for i in range(min(64, len(val_set)))])
         _, _, logvar = model.encode(batch["motion"], batch["lengths"], sample=False)
     return {"steps": step, "seconds": round(time.time() - start), **{k: round(v, 4) for k, v in running.items()},
@@ -221,7 +221,7 @@ def main():
         return ((x * valid).sum(1, keepdim=True) / lengths[:, None, None]).expand_as(x) * valid
 
     def scored(reconstruct):
-        swing = metrics.reconstruction_swing(reconstruct, val_set, torch.device("cpu"))
+        swing = evaluation.reconstruction_swing(reconstruct, val_set, torch.device("cpu"))
         return {**errors(reconstruct, val_set), "swing": round(swing, 3)}
 
     if not args.no_references:

@@ -10,7 +10,7 @@ import torch
 from atm_losses import (ATMConfig, atm_loss, clip_frames, diffusion_atm_loss, embed_motions,
                         inter_motion_loss, intra_motion_loss)
 from diffusion import Denoiser, DiffusionConfig, GaussianDiffusion
-from metrics import T2MEvaluator, T2MEvaluatorConfig
+from t2m_evaluator import T2MEvaluator, T2MEvaluatorConfig
 from vae import MotionVAE, VAEConfig
 
 r2, r5, r10, r17, r18, r20, r32, r65 = (math.sqrt(v) for v in (2, 5, 10, 17, 18, 20, 32, 65))
@@ -196,7 +196,7 @@ def tiny_models(feat_dim=263, latent=(1, 16), text_dim=8):
     emb_cfg = T2MEvaluatorConfig(dim_word=8, dim_text_hidden=8, dim_movement_enc_hidden=8, dim_movement_latent=8,
                                  dim_motion_hidden=8, dim_coemb_hidden=8, mask_padding=True)
     embedder = T2MEvaluator.trained(emb_cfg, feat_dim, {"a man walks": "a/DET man/NOUN walk/VERB"})
-    for frozen in (vae, embedder):  # as train.load_model returns them
+    for frozen in (vae, embedder):  # as runfolder.load_model returns them
         frozen.eval().requires_grad_(False)
     return vae, denoiser, embedder
 

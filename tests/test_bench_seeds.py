@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import metrics
-import train
+import config
+import evaluation
+import loop
+import runfolder
 
 spec = importlib.util.spec_from_file_location(
     "bench_seeds", Path(__file__).resolve().parents[1] / "bench" / "bench_seeds.py")
@@ -28,18 +30,18 @@ def write_base(root: Path) -> Path:
     (base / "text_encoder").mkdir(parents=True)
     (base / "text_encoder" / "config.json").write_text("{}")
     for name in ("vae", "evaluator", "alignment", "lamp_mtc", "lcm", "projector.prev"):
-        train.save_checkpoint(base / f"{name}.pt", {"model": {"w": torch.randn(3)}, "step": 1, "done": True,
+        loop.save_checkpoint(base / f"{name}.pt", {"model": {"w": torch.randn(3)}, "step": 1, "done": True,
                                                    "meta": {}})
     run = make_run(base)
-    trained_on = {"vae.pt": train.fingerprint(run, base / "vae.pt"),
-                  "text_encoder": train.fingerprint(run, base / "text_encoder")}
-    train.save_checkpoint(base / "diffusion.pt", {"model": {}, "step": 1, "done": True,
+    trained_on = {"vae.pt": runfolder.fingerprint(run, base / "vae.pt"),
+                  "text_encoder": runfolder.fingerprint(run, base / "text_encoder")}
+    loop.save_checkpoint(base / "diffusion.pt", {"model": {}, "step": 1, "done": True,
                                                   "meta": {"trained_on": trained_on}})
     return base
 
 
-def make_run(out: Path) -> train.Run:
-    return train.Run(cfg=train.build_config("tiny", []), out=out, data_root=out, synthetic=False,
+def make_run(out: Path) -> runfolder.Run:
+    return runfolder.Run(cfg=config.build_config("tiny", []), out=out, data_root=out, synthetic=False,
                      device=torch.device("cpu"), clip=None, resume=False,
                      args=argparse.Namespace(text_encoder="clip", evaluator="evaluator"))
 
@@ -52,7 +54,7 @@ def test_seed_folders_copy_the_shared_parts_and_stay_quiet(tmp_path, capsys):
         "alignment.pt", "diffusion.pt", "evaluator.pt", "lamp_mtc.pt", "text_encoder", "vae.pt"]  # no lcm, .prev
     assert (tmp_path / "seed_1" / "lamp_mtc.pt").exists(), "LaMP is shared"
     assert not (tmp_path / "seed_1" / "diffusion.pt").exists(), "the other seeds train their own"
-    train.finished(make_run(tmp_path / "seed_0"), "diffusion")
+    runfolder.finished(make_run(tmp_path / "seed_0"), "diffusion")
     assert "[provenance]" not in capsys.readouterr().out
     bench_seeds.prepare(base, tmp_path / "seed_1", is_base=False)  # a second call: the copies are there
     (tmp_path / "seed_1" / "text_encoder" / "config.json").write_text('{"other": 1}')
@@ -90,11 +92,11 @@ def write_seed(folder: Path, k: int) -> None:
             "LEAD": {"FID": ([1.0, 2.0, 3.0][k], ci), "R-precision top-1": (0.2, ci)},
             "MLD+ATM": {"FID": (6.0, ci), "R-precision top-1": ([0.1, 0.2, 0.3][k], ci)},
             "MLD (+40 steps, L_mse only)": {"FID": (6.0, ci), "R-precision top-1": ([0.2, 0.1, 0.3][k], ci)}}
-    metrics.write_results(folder, "t2m", rows, "Text-to-motion")
+    evaluation.write_results(folder, "t2m", rows, "Text-to-motion")
     mti = {"MTI_mld": {"FID": (2.0, 0.0)}, "MTI_lead": {"FID": (2.5 + 0.1 * k, 0.0)}}
-    metrics.write_results(folder, "mti", mti, "MTI")
+    evaluation.write_results(folder, "mti", mti, "MTI")
     if k:
-        metrics.write_results(folder, "only_some", {"X": {"FID": (1.0, 0.0)}}, "not in every seed")
+        evaluation.write_results(folder, "only_some", {"X": {"FID": (1.0, 0.0)}}, "not in every seed")
 
 
 def test_aggregation_and_claims_by_hand(tmp_path):

@@ -1,23 +1,20 @@
-"""Data parallelism and mixed precision, on the CPU: two gloo processes stepping on halves of each
-batch end with the parameters of one process stepping on the whole batch, and only rank 0 writes;
+"""Data parallelism (loop.fit under torch's DistributedDataParallel) and mixed precision, on the CPU:
+two gloo processes stepping on halves of each batch end with the parameters of one process stepping
+on the whole batch, and only rank 0 writes;
 bf16 autocast gives a finite loss close to fp32's; torch.compile gives the same samples."""
 import os
 import socket
-import types
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import loop
 import train
 
 STEPS = 4
-
-
-def toy_run(out, rank=0, world=1, precision="fp32"):
-    return types.SimpleNamespace(out=out, resume=False, device=torch.device("cpu"), loaded={}, cache={},
-                                 cfg=train.build_config("tiny", [f"run.precision={precision}"]), rank=rank, world=world)
 
 
 def stream():
@@ -31,25 +28,26 @@ class Config:
     pass
 
 
-def fit_toy(run) -> torch.nn.Module:
+def fit_toy(out: Path) -> torch.nn.Module:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
 
     def loss_fn(batch):
         return ((model(batch["x"]) - batch["y"]) ** 2).mean(), {}  # a per-row mean: shards average exactly
 
-    train.fit(run, "toy", model, Config(), loss_fn, stream(), train.Schedule(STEPS, 8, 1e-2, log_every=1), {})
+    loop.fit(out / "toy.pt", model, loss_fn, stream(), loop.Schedule(STEPS, 8, 1e-2, log_every=1), config=Config(),
+             meta={}, stage="toy")
     return model
 
 
 def _rank(rank: int, world: int, port: int, out: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    train.dataclasses.asdict = lambda cfg: {}
+    loop.dataclasses.asdict = lambda cfg: {}
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        model = fit_toy(toy_run(train.Path(out) / f"rank{rank}", rank, world))
-        torch.save(model.state_dict(), train.Path(out) / f"params{rank}.pt")
+        model = fit_toy(Path(out) / f"rank{rank}")
+        torch.save(model.state_dict(), Path(out) / f"params{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -59,8 +57,8 @@ def test_two_processes_step_like_one_on_the_whole_batch(tmp_path, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
-    monkeypatch.setattr(train.dataclasses, "asdict", lambda cfg: {})
-    single = fit_toy(toy_run(tmp_path / "single")).state_dict()
+    monkeypatch.setattr(loop.dataclasses, "asdict", lambda cfg: {})
+    single = fit_toy(tmp_path / "single").state_dict()
     for r in range(2):
         shared = torch.load(tmp_path / f"params{r}.pt", weights_only=True)
         for name, value in single.items():
@@ -71,10 +69,10 @@ def test_two_processes_step_like_one_on_the_whole_batch(tmp_path, monkeypatch):
 
 def test_shards_split_every_batched_field():
     batch = {"x": torch.arange(8)[:, None], "caption": list("abcdefgh"), "fps": 20}
-    part = train.shard(batch, 1, 2)
+    part = loop.shard(batch, 1, 2)
     assert part["x"].flatten().tolist() == [4, 5, 6, 7] and part["caption"] == list("efgh") and part["fps"] == 20
     with pytest.raises(ValueError, match="multiple of 3"):
-        train.shard(batch, 0, 3)
+        loop.shard(batch, 0, 3)
 
 
 def test_bf16_autocast_loss_is_finite_and_close_to_fp32(tmp_path):
@@ -88,7 +86,7 @@ def test_bf16_autocast_loss_is_finite_and_close_to_fp32(tmp_path):
     losses = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(1)  # the same t and noise
-        with train.autocast(toy_run(tmp_path, precision=precision)):
+        with loop.autocast(precision, torch.device("cpu")):
             losses[precision] = schedule.loss(model, z, c, torch.zeros(8))[0].float()
     assert torch.isfinite(losses["bf16"])
     assert abs(losses["bf16"] - losses["fp32"]) / losses["fp32"] < 0.05

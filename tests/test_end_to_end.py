@@ -7,11 +7,15 @@ ATM rows, inversion adds its tables and saves words, sample writes motions, `--r
 finished stages, and `--no-realign` gives MLD samples.
 """
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
 import pytest
 
+import config
+import loop
+import runfolder
 import train
 
 SMOKE = [
@@ -55,6 +59,40 @@ def smoke_run(tmp_path_factory):
     return tmp_path
 
 
+SKIPPED_FIGURES = ("wall_time_s", "fit_s", "segmentation_s", "s / prompt", "files", "timing")
+
+
+def _figures(tree, prefix="") -> dict:
+    """Every number in a results.json section or a STAGE.json, by its path; times and file lists left out."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() if key not in SKIPPED_FIGURES
+                for k, v in _figures(sub, f"{prefix}/{key}").items()}
+    if isinstance(tree, list) and tree and all(isinstance(x, (int, float)) for x in tree):
+        return {f"{prefix}/{i}": x for i, x in enumerate(tree)}
+    if isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        return {prefix: tree}
+    return {}
+
+
+def test_the_smoke_run_reproduces_the_figures_recorded_before_the_redesign(smoke_run):
+    """Behaviour unchanged by the redesign (issue 26): every table cell and every figure each stage
+    recorded (losses, errors, metrics; not times) equals what the pre-redesign code wrote for this
+    configuration and seed (tests/fixtures/smoke_figures.json, from `--stage all --ablations` with SMOKE)."""
+    run = smoke_run / "run"
+    results = json.loads((run / "results.json").read_text())
+    now = {}
+    for section, table in results.items():
+        if section != "timing":
+            now.update(_figures(table["rows"], f"results/{section}"))
+    for path in run.glob("*.json"):
+        if path.name != "results.json":
+            now.update(_figures(json.loads(path.read_text()), path.stem))
+    recorded = json.loads((Path(__file__).parent / "fixtures" / "smoke_figures.json").read_text())
+    assert sorted(set(recorded) - set(now)) == [] and sorted(set(now) - set(recorded)) == []
+    different = {k: (recorded[k], now[k]) for k in recorded if now[k] != pytest.approx(recorded[k], rel=1e-5, abs=1e-7)}
+    assert not different, f"{len(different)} of {len(recorded)} figures changed, e.g. {list(different.items())[:5]}"
+
+
 def test_every_stage_wrote_its_outputs(smoke_run):
     run = smoke_run / "run"
     for stage in train.ALL_ORDER:
@@ -65,7 +103,7 @@ def test_every_stage_wrote_its_outputs(smoke_run):
                  "diffusion_mate", "projector_mate", "lamp", "lamp_vq",
                  *train.PROJECTOR_ABLATIONS, *train.MATE_ABLATIONS, *train.LAMP_ABLATIONS,
                  *(f"diffusion_{name}" for name in train.MATE_ABLATIONS)):
-        state = train.load_checkpoint(run / f"{name}.pt", name)
+        state = loop.load_checkpoint(run / f"{name}.pt", name)
         assert state["done"] and state["step"] == 3
     assert (run / "text_encoder" / "vocab.json").exists()
     # the evaluator ran before the VAE, so the VAE stage scored its reconstructions with it
@@ -79,20 +117,20 @@ def test_every_stage_wrote_its_outputs(smoke_run):
 def test_ablation_checkpoints_load_as_their_stage_wrote_them(smoke_run):
     """--ablations' MATE Tab. 3 and LaMP Tab. 5 variants are named after the stage that writes
     them, load through finished / load_model, and hold their removed terms' zero weights."""
-    run = train.Run(cfg=train.build_config("tiny", []), out=smoke_run / "run", data_root=smoke_run / "synthetic",
+    run = runfolder.Run(cfg=config.build_config("tiny", []), out=smoke_run / "run", data_root=smoke_run / "synthetic",
                     synthetic=True, device=torch.device("cpu"), clip=None, resume=False, args=None)
     for name, (_, overrides) in train.LAMP_ABLATIONS.items():
-        assert train.stage_of(name) == "lamp"
-        model = train.load_model(run, name)
+        assert runfolder.stage_of(name) == "lamp"
+        model = runfolder.load_model(run, name)
         assert all(getattr(model.cfg, k) == v == 0.0 for k, v in overrides.items())
     for name, (_, overrides) in train.MATE_ABLATIONS.items():
-        assert train.stage_of(name) == train.stage_of(f"diffusion_{name}") == "mate"
-        assert all(train.finished(run, name)["config"][k] == v == 0.0 for k, v in overrides.items())
-        assert train.load_model(run, f"diffusion_{name}").text_dim == train.load_model(run, "diffusion").text_dim
+        assert runfolder.stage_of(name) == runfolder.stage_of(f"diffusion_{name}") == "mate"
+        assert all(runfolder.finished(run, name)["config"][k] == v == 0.0 for k, v in overrides.items())
+        assert runfolder.load_model(run, f"diffusion_{name}").text_dim == runfolder.load_model(run, "diffusion").text_dim
         # the variant's pipeline reads the variant's word table, not the full model's
-        table = train.pipeline(run, f"diffusion_{name}", mate=name).text.word_embeddings.weight
-        assert torch.equal(table.cpu(), train.finished(run, name)["model"]["word_table"])
-        assert not torch.equal(table.cpu(), train.finished(run, "mate")["model"]["word_table"])
+        table = runfolder.pipeline(run, f"diffusion_{name}", mate=name).text.word_embeddings.weight
+        assert torch.equal(table.cpu(), runfolder.finished(run, name)["model"]["word_table"])
+        assert not torch.equal(table.cpu(), runfolder.finished(run, "mate")["model"]["word_table"])
 
 
 def test_results_table_has_the_papers_rows(smoke_run):
@@ -179,8 +217,8 @@ def test_lamp_condition_and_evaluator(smoke_run):
         assert train.main(["--stage", stage, "--text-encoder", "lamp", *smoke_args(smoke_run)]) == 0
     assert train.main(["--stage", "eval", "--evaluator", "lamp", *smoke_args(smoke_run)]) == 0
     assert train.main(["--stage", "inversion", "--text-encoder", "lamp", *smoke_args(smoke_run)]) == 2
-    assert train.load_checkpoint(run / "diffusion_lamp.pt", "diffusion")["meta"]["text_dim"] == 16  # lamp.hidden_size
-    assert train.load_checkpoint(run / "diffusion.pt", "diffusion")["meta"]["text_dim"] == 32       # CLIP's
+    assert loop.load_checkpoint(run / "diffusion_lamp.pt", "diffusion")["meta"]["text_dim"] == 16  # lamp.hidden_size
+    assert loop.load_checkpoint(run / "diffusion.pt", "diffusion")["meta"]["text_dim"] == 32       # CLIP's
     assert all((run / f).exists() for f in ("projector_lamp.pt", "diffusion_atm_lamp.pt", "diffusion_lamp.json"))
     assert any((run / "samples_lamp").iterdir())
     results = json.loads((run / "results.json").read_text())
@@ -244,9 +282,9 @@ def test_import_mlds_released_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     assert train.main(["--stage", "import", "--mld", str(ckpt), "--out", str(out), "--device", "cpu"]) == 0
     assert "--clip" in capsys.readouterr().out
-    run = train.Run(cfg=train.build_config("paper", []), out=out, data_root=tmp_path, synthetic=False,
+    run = runfolder.Run(cfg=config.build_config("paper", []), out=out, data_root=tmp_path, synthetic=False,
                     device=torch.device("cpu"), clip=None, resume=False, args=None)
-    motion_vae, denoiser = train.load_model(run, "vae"), train.load_model(run, "diffusion")
+    motion_vae, denoiser = runfolder.load_model(run, "vae"), runfolder.load_model(run, "diffusion")
     assert motion_vae.latent_shape == (1, 256) and denoiser.text_dim == 768
     assert torch.equal(motion_vae.dist_tokens, sd["vae.global_motion_token"])
     assert torch.equal(denoiser.pos, sd["denoiser.query_pos.pe"][:3, 0])
@@ -269,3 +307,16 @@ def test_eval_in_guo_et_als_evaluator_space(smoke_run, tmp_path):
     assert "Guo et al.'s released" in results["t2m_t2m_evaluator"]["note"]
     assert list(results["t2m_t2m_evaluator_fit"]["rows"]) == list(rows)  # the training captions' own tags
     assert (smoke_run / "run" / "eval_t2m_evaluator.json").exists()
+
+
+def test_the_readme_snippet_generates_a_motion(smoke_run):
+    """README.md's "use the modules directly" block, run as written on this run folder."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("**Use the modules directly**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'runfolder.open_run("runs/default")' in code
+    code = code.replace('runfolder.open_run("runs/default")',
+                        f'runfolder.open_run({str(smoke_run / "run")!r}, data_root={str(smoke_run / "synthetic")!r})')
+    scope = {}
+    exec(code, scope)
+    assert scope["motion"].shape == (1, 120, 263) and scope["joints"].shape == (120, 22, 3)
+    assert torch.isfinite(scope["joints"]).all()

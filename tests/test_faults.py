@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+import config
 import data
+import loop
+import runfolder
 import train
 
 # ----------------------------------------------------------------------------
@@ -68,7 +71,7 @@ class Evil:
 @pytest.mark.parametrize("case", ["truncated", "empty", "garbage", "code"])
 def test_a_broken_checkpoint_names_the_file_and_the_stage(tmp_path, case):
     good = tmp_path / "good.pt"
-    train.save_checkpoint(good, {"model": {"w": torch.ones(3)}, "step": 1, "done": True})
+    loop.save_checkpoint(good, {"model": {"w": torch.ones(3)}, "step": 1, "done": True})
     path, marker = tmp_path / "vae.pt", tmp_path / "ran"
     content = {"truncated": good.read_bytes()[:100], "empty": b"", "garbage": b"PK\x03\x04 not a zip" * 20}
     if case == "code":
@@ -76,7 +79,7 @@ def test_a_broken_checkpoint_names_the_file_and_the_stage(tmp_path, case):
     else:
         path.write_bytes(content[case])
     with pytest.raises(ValueError, match=re.escape(str(path)) + ".*--stage vae"):
-        train.load_checkpoint(path, "vae")
+        loop.load_checkpoint(path, "vae")
     assert not marker.exists(), "loading a checkpoint must never run its code"
 
 
@@ -104,7 +107,7 @@ def stream(seed=0):
 
 def toy_run(out, resume=False):
     return types.SimpleNamespace(out=out, resume=resume, device=torch.device("cpu"), loaded={}, cache={},
-                                 cfg=train.build_config("tiny", []), rank=0, world=1)
+                                 cfg=config.build_config("tiny", []))
 
 
 def train_toy(out, sched, interrupt_at=None, resume=False):
@@ -120,7 +123,7 @@ def train_toy(out, sched, interrupt_at=None, resume=False):
         noise = 0.01 * torch.randn_like(batch["y"])
         return ((model(batch["x"]) - batch["y"] - noise) ** 2).mean(), {}
 
-    train.fit(toy_run(out, resume), "toy", model, ToyConfig(), loss_fn, stream(), sched, {})
+    runfolder.fit(toy_run(out, resume), "toy", model, ToyConfig(), loss_fn, stream(), sched, {})
     return model
 
 
@@ -129,12 +132,12 @@ class ToyConfig:
 
 
 def test_resume_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
-    monkeypatch.setattr(train.dataclasses, "asdict", lambda cfg: {})
-    sched = train.Schedule(steps=23, batch_size=8, lr=1e-2, log_every=100, ckpt_every=500)  # every 5 steps
+    monkeypatch.setattr(loop.dataclasses, "asdict", lambda cfg: {})
+    sched = loop.Schedule(steps=23, batch_size=8, lr=1e-2, log_every=100, ckpt_every=500)  # every 5 steps
     straight = train_toy(tmp_path / "a", sched)
     with pytest.raises(KeyboardInterrupt):
         train_toy(tmp_path / "b", sched, interrupt_at=13)
-    assert train.load_checkpoint(tmp_path / "b" / "toy.pt", "toy")["step"] == 10  # min(500, 23 // 4) = 5
+    assert loop.load_checkpoint(tmp_path / "b" / "toy.pt", "toy")["step"] == 10  # min(500, 23 // 4) = 5
     resumed = train_toy(tmp_path / "b", sched, resume=True)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
@@ -144,7 +147,7 @@ def test_a_checkpoint_write_killed_midway_keeps_the_last_one(tmp_path, monkeypat
     """torch.save dies after writing half the temporary file: the previous checkpoint is
     untouched and loads; the stray .tmp is overwritten by the next write."""
     path = tmp_path / "toy.pt"
-    train.save_checkpoint(path, {"model": {"w": torch.ones(2)}, "step": 5, "done": False})
+    loop.save_checkpoint(path, {"model": {"w": torch.ones(2)}, "step": 5, "done": False})
     real_save = torch.save
 
     def dying_save(obj, f):
@@ -155,39 +158,39 @@ def test_a_checkpoint_write_killed_midway_keeps_the_last_one(tmp_path, monkeypat
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "step": 10, "done": False})
+        loop.save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "step": 10, "done": False})
     monkeypatch.setattr(torch, "save", real_save)
-    assert train.load_checkpoint(path, "toy")["step"] == 5
-    train.save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "step": 10, "done": True})
-    assert train.load_checkpoint(path, "toy")["step"] == 10
+    assert loop.load_checkpoint(path, "toy")["step"] == 5
+    loop.save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "step": 10, "done": True})
+    assert loop.load_checkpoint(path, "toy")["step"] == 10
 
 
 def test_a_corrupt_checkpoint_is_replaced_by_a_rerun_and_named_by_resume(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train.dataclasses, "asdict", lambda cfg: {})
-    sched = train.Schedule(steps=4, batch_size=8, lr=1e-2, log_every=100)
+    monkeypatch.setattr(loop.dataclasses, "asdict", lambda cfg: {})
+    sched = loop.Schedule(steps=4, batch_size=8, lr=1e-2, log_every=100)
     (tmp_path / "toy.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="toy.pt.*--stage toy"):
         train_toy(tmp_path, sched, resume=True)
     train_toy(tmp_path, sched)  # without --resume: retrains, the old file kept until done
     assert "kept as" in capsys.readouterr().out
-    assert train.load_checkpoint(tmp_path / "toy.pt", "toy")["done"]
+    assert loop.load_checkpoint(tmp_path / "toy.pt", "toy")["done"]
     assert not (tmp_path / "toy.prev.pt").exists()
 
 
 def test_a_retrained_prerequisite_is_named(tmp_path, monkeypatch, capsys):
     """diffusion.pt records the vae.pt it was trained on; replacing vae.pt makes loading
     diffusion.pt warn and name the stage to rerun."""
-    monkeypatch.setattr(train.dataclasses, "asdict", lambda cfg: {})
+    monkeypatch.setattr(loop.dataclasses, "asdict", lambda cfg: {})
     run = toy_run(tmp_path)
-    train.save_checkpoint(tmp_path / "vae.pt", {"model": {"w": torch.ones(2)}, "step": 1, "done": True, "meta": {}})
-    train.finished(run, "vae")  # what a stage does when it loads the VAE
+    loop.save_checkpoint(tmp_path / "vae.pt", {"model": {"w": torch.ones(2)}, "step": 1, "done": True, "meta": {}})
+    runfolder.finished(run, "vae")  # what a stage does when it loads the VAE
     model = torch.nn.Linear(3, 1)
     loss_fn = lambda b: (((model(b["x"]) - b["y"]) ** 2).mean(), {})  # noqa: E731
-    train.fit(run, "diffusion", model, ToyConfig(), loss_fn, stream(), train.Schedule(steps=2, batch_size=8, lr=1e-2), {})
-    train.finished(toy_run(tmp_path), "diffusion")
+    runfolder.fit(run, "diffusion", model, ToyConfig(), loss_fn, stream(), loop.Schedule(steps=2, batch_size=8, lr=1e-2), {})
+    runfolder.finished(toy_run(tmp_path), "diffusion")
     assert "warning" not in capsys.readouterr().out
-    train.save_checkpoint(tmp_path / "vae.pt", {"model": {"w": torch.zeros(2)}, "step": 1, "done": True, "meta": {}})
-    train.finished(toy_run(tmp_path), "diffusion")
+    loop.save_checkpoint(tmp_path / "vae.pt", {"model": {"w": torch.zeros(2)}, "step": 1, "done": True, "meta": {}})
+    runfolder.finished(toy_run(tmp_path), "diffusion")
     assert "--stage diffusion" in capsys.readouterr().out
 
 
@@ -203,7 +206,7 @@ def test_a_retrained_prerequisite_is_named(tmp_path, monkeypatch, capsys):
     ("lcm.w_min=20", "lcm.w_max"), ("atm.eps=2", "atm.eps")])
 def test_each_range_names_its_field(setting, field, capsys):
     with pytest.raises(ValueError, match=re.escape(field)):
-        train.build_config("tiny", [setting])
+        config.build_config("tiny", [setting])
     assert train.main(["--stage", "eval", "--set", setting]) == 2
     assert field in capsys.readouterr().err
 

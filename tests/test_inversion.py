@@ -223,18 +223,27 @@ def test_segments_are_crops_in_multiples_of_four():
 # Generation and evaluation helpers
 
 
-def test_generate_matches_lead_inference_with_and_without_realignment(clip_dir):
+def test_generate_and_embed_decodes_one_sample_with_and_without_realignment(clip_dir):
+    """The plain and the realigned motion of a prompt come from the same z_0, through the project's
+    one inference path (projector.generate), and the same seed gives the same noise."""
     models = build_models(clip_dir)
     lengths = torch.tensor([40, 48])
     prompts = ["a person walks", "someone jumps"]
-    plain, lead = I.generate(models, prompts, lengths, realign=(False, True),
-                             generator=torch.Generator().manual_seed(0))
-    c, c_uncond = models.text.encode_cached(prompts), models.text.encode_cached([""])[0]
-    for out, realigner in ((plain, None), (lead, models.projector)):
-        expected = P.generate(models.vae, models.denoiser, models.schedule, c, c_uncond, lengths, realigner,
-                              generator=torch.Generator().manual_seed(0))
-        assert torch.allclose(out, expected, atol=1e-5)
-    assert not torch.allclose(plain, lead)
+
+    class MeanEmbedder:
+        def encode_motion(self, motion, lengths):
+            return motion.mean(1)                                               # (B, D)
+
+    out = I.generate_and_embed(models, MeanEmbedder(), prompts, lengths, seed=0)
+    pipe = models.pipeline()
+    z = pipe.latents(prompts, torch.Generator().manual_seed(0))
+    for project, realigner in ((False, None), (True, models.projector)):
+        expected = P.generate(pipe, prompts, lengths, realigner, z=z)
+        for b, motion in enumerate(out[project][1]):
+            torch.testing.assert_close(motion, expected[b, :lengths[b]], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out[False][1][0], out[True][1][0])
+    again = I.generate_and_embed(models, MeanEmbedder(), prompts, lengths, seed=0)
+    np.testing.assert_array_equal(again[True][0], out[True][0])
 
 
 def test_coarse_descriptor_picks_the_first_one_token_verb():

@@ -4,14 +4,13 @@ adapters used by train.py."""
 import dataclasses
 import math
 
-import numpy as np
 import pytest
-import scipy.spatial.distance
 import torch
 import torch.nn.functional as F
 
-import clip
+import clip_tokenizer
 import lamp
+import vqvae
 import metrics
 
 CAPTIONS = ["a person walks forward", "a person jumps", "someone waves the right hand",
@@ -26,7 +25,7 @@ def tiny_config(**changes) -> lamp.LaMPConfig:
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    return clip.Tokenizer.from_pretrained(clip.train_bpe(CAPTIONS * 3, 600, tmp_path_factory.mktemp("bpe")))
+    return clip_tokenizer.Tokenizer.from_pretrained(clip_tokenizer.train_bpe(CAPTIONS * 3, 600, tmp_path_factory.mktemp("bpe")))
 
 
 @pytest.fixture()
@@ -216,89 +215,12 @@ def test_hard_negatives_are_never_positives():
 
 
 # ----------------------------------------------------------------------------
-# Motion tokenizer
-
-
-def test_quantizer_nearest_matches_scipy():
-    torch.manual_seed(0)
-    q = lamp.Quantizer(16, 8, 0.99, 1.0)
-    q.codebook.copy_(torch.randn(16, 8))
-    z = torch.randn(5, 7, 8)
-    expected = scipy.spatial.distance.cdist(z.reshape(-1, 8).numpy(), q.codebook.numpy()).argmin(1)
-    assert np.array_equal(q.nearest(z).reshape(-1).numpy(), expected)
-
-
-def test_quantizer_straight_through_and_commitment():
-    """Codes {0, 10} in 1-d; z = (1, 9, 100 [padding]) quantises to (0, 10, -); the commitment over
-    the valid tokens is ((1-0)^2 + (9-10)^2) / 2 = 1, and dz of sum(output) is exactly 1."""
-    q = lamp.Quantizer(2, 1, 0.99, 1.0).eval()
-    q.codebook.copy_(torch.tensor([[0.0], [10.0]]))
-    q.initialised.fill_(True)
-    z = torch.tensor([[[1.0], [9.0], [100.0]]], requires_grad=True)
-    out, codes, commit = q(z, torch.tensor([[True, True, False]]))
-    assert codes.tolist() == [[0, 1, 1]] and out[0, :2, 0].tolist() == [0.0, 10.0]
-    assert commit.item() == pytest.approx(1.0)
-    out.sum().backward()
-    assert z.grad.tolist() == [[[1.0], [1.0], [1.0]]]
-
-
-def test_ema_update_and_code_reset_hand_computed():
-    """lambda = 0.5, codes {0, 10} with sums {0, 10} and counts {1, 1}; data x = (1, 3) both
-    nearest code 0. Code 0: sum 0.5*0 + 0.5*4 = 2, count 0.5*1 + 0.5*2 = 1.5 -> centre 4/3.
-    Code 1: count 0.5 < 1, dead -> reset to one of the data vectors (1 or 3)."""
-    q = lamp.Quantizer(2, 1, 0.5, 1.0)
-    q.codebook.copy_(torch.tensor([[0.0], [10.0]]))
-    q.code_sum.copy_(q.codebook)
-    q.code_count.fill_(1.0)
-    q.initialised.fill_(True)
-    q.update(torch.tensor([[1.0], [3.0]]), torch.tensor([0, 0]))
-    assert q.code_sum[0].item() == pytest.approx(2.0) and q.code_count.tolist() == [1.5, 0.5]
-    assert q.codebook[0].item() == pytest.approx(4 / 3)
-    assert q.codebook[1].item() in (1.0, 3.0)
-
-
-def test_vq_vae_shapes_and_loss():
-    """T = 44 -> n = 11 tokens (downsampling 4); lengths 44, 40, 36 -> 11, 10, 9 valid tokens.
-    vq_loss hand case: x_hat = x + 0.1 on every frame -> SmoothL1 0.5 * 0.1^2 = 0.005, velocity 0."""
-    torch.manual_seed(0)
-    cfg = tiny_config()
-    vq = lamp.MotionVQVAE(cfg, 263)
-    x, lengths = motion_batch()
-    x_hat, commit, codes = vq(x, lengths)
-    assert x_hat.shape == x.shape and codes.shape == (3, 11)
-    z, valid = vq.encode(x, lengths)
-    assert z.shape == (3, 11, 8) and valid.sum(1).tolist() == [11, 10, 9]
-    loss, parts = lamp.vq_loss(x + 0.1, x, lengths, torch.tensor(2.0), cfg)
-    assert parts["recon"].item() == pytest.approx(0.005, abs=1e-6)
-    assert parts["velocity"].item() == pytest.approx(0.0, abs=1e-6)
-    assert loss.item() == pytest.approx(0.005 + cfg.vq_commit * 2.0, abs=1e-6)
-
-
-def test_what_lies_past_a_length_is_ignored():
-    """Frames past a clip's length are zeroed before the encoder: garbage there gives exactly the
-    features that zeros give."""
-    torch.manual_seed(0)
-    vq = lamp.MotionVQVAE(tiny_config(), 263).eval()
-    x, _ = motion_batch(1, 40)
-    zeros = torch.cat([x, torch.zeros(1, 16, 263)], dim=1)
-    garbage = torch.cat([x, torch.randn(1, 16, 263)], dim=1)
-    with torch.no_grad():
-        assert torch.equal(vq.encode(zeros, torch.tensor([40]))[0], vq.encode(garbage, torch.tensor([40]))[0])
-
-
-def test_codebook_usage_hand_computed():
-    """codes 0, 0, 1, 1 of S = 4: half the codes used, p = (1/2, 1/2) -> perplexity 2."""
-    usage = lamp.codebook_usage(torch.tensor([0, 0, 1, 1]), 4)
-    assert usage["used"] == 0.5 and usage["perplexity"] == pytest.approx(2.0)
-
-
-# ----------------------------------------------------------------------------
 # The model as a whole
 
 
 def test_loss_reaches_every_parameter(model, tokenizer):
     torch.manual_seed(0)
-    vq = lamp.MotionVQVAE(model.cfg, 263)
+    vq = vqvae.MotionVQVAE(model.cfg, 263)
     x, lengths = motion_batch(4)
     vq(x, lengths)  # train mode: seeds the codebook
     with torch.no_grad():
@@ -313,7 +235,7 @@ def test_loss_reaches_every_parameter(model, tokenizer):
 
 def lamp_loss_inputs(model, tokenizer):
     torch.manual_seed(0)
-    vq = lamp.MotionVQVAE(model.cfg, 263)
+    vq = vqvae.MotionVQVAE(model.cfg, 263)
     x, lengths = motion_batch(4)
     vq(x, lengths)  # train mode: seeds the codebook
     with torch.no_grad():
@@ -398,14 +320,14 @@ def test_adapters_for_train_py(model, tokenizer):
     encoder.train()
     assert not encoder.model.training
     torch.manual_seed(0)
-    vq = lamp.MotionVQVAE(model.cfg, 263)
+    vq = vqvae.MotionVQVAE(model.cfg, 263)
     x, lengths = motion_batch(3)
     vq(x, lengths)
     evaluator = lamp.LaMPEvaluator(vq, model)
     text, motion = evaluator.encode_text(tokenizer(CAPTIONS[:3])), evaluator.encode_motion(x, lengths)
     assert text.shape == motion.shape == (3, model.cfg.embed_dim)
     assert torch.allclose(text.norm(dim=1), torch.ones(3)) and torch.allclose(motion.norm(dim=1), torch.ones(3))
-    tokenizer_with_more = clip.Tokenizer(dict(tokenizer.encoder), sorted(tokenizer.ranks, key=tokenizer.ranks.get))
+    tokenizer_with_more = clip_tokenizer.Tokenizer(dict(tokenizer.encoder), sorted(tokenizer.ranks, key=tokenizer.ranks.get))
     tokenizer_with_more.add_token("<*>")
     with pytest.raises(ValueError, match="token ids"):
         lamp.LaMPTextEncoder(model, tokenizer_with_more)

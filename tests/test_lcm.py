@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+import projector
 from diffusion import Denoiser, DiffusionConfig, GaussianDiffusion
 from lcm import (ConsistencyDenoiser, LCMConfig, boundary_scalings, consistency_pair, ddim_grid,
-                 distillation_loss, ema_copy, ema_update, generate_lcm, guidance_scale_embedding,
+                 distillation_loss, ema_copy, ema_update, guidance_scale_embedding,
                  lcm_sample, lcm_timesteps, pseudo_huber, teacher_ddim_step)
 
 TINY = DiffusionConfig(n_layers=3, n_heads=2, ff_dim=32, dropout=0.0)
@@ -234,11 +235,10 @@ def test_two_step_sampling_renoises_to_the_next_timestep():
     torch.testing.assert_close(z0, expected, rtol=0, atol=0)
 
 
-def test_generate_lcm_samples_realigns_then_decodes():
-    """The order of the LEAD inference path: sample, D_proj(E_proj(.)), D_vae."""
-    _, student, _ = tiny_models()
+def test_generate_with_a_consistency_model_samples_realigns_then_decodes():
+    """projector.generate with MotionLCM's sampler (LEAD Tab. 5): lcm_sample, D_proj(E_proj(.)), D_vae."""
+    teacher, student, _ = tiny_models()
     model = student.eval()
-    schedule = GaussianDiffusion(TINY)
 
     class Realigner:
         def realign(self, z):
@@ -251,10 +251,18 @@ def test_generate_lcm_samples_realigns_then_decodes():
             self.z = z
             return torch.zeros(z.shape[0], int(max(lengths)), 5)
 
+    class Text:
+        def __init__(self, c):
+            self.c = c
+
+        def encode_cached(self, captions):
+            return self.c[:len(captions)]
+
     vae, c = VAE(), torch.randn(2, TEXT)
-    motion = generate_lcm(vae, model, schedule, c, torch.tensor([7, 9]), steps=2, w=6.5,
-                          realigner=Realigner(), generator=torch.Generator().manual_seed(0))
-    expected = lcm_sample(model, schedule, c, 2, 6.5, torch.Generator().manual_seed(0)) + 100.0
+    pipe = projector.Pipeline(Text(c), vae, teacher.eval(), consistency=model, steps=2)
+    motion = projector.generate(pipe, ["a", "b"], torch.tensor([7, 9]), realigner=Realigner(),
+                                generator=torch.Generator().manual_seed(0))
+    expected = lcm_sample(model, pipe.schedule, c, 2, model.cfg.sample_w, torch.Generator().manual_seed(0)) + 100.0
     assert motion.shape == (2, 9, 5)
     torch.testing.assert_close(vae.z, expected, rtol=0, atol=0)
 

@@ -1,4 +1,4 @@
-"""Tests for t2m_evaluator.py (metrics.T2MEvaluator), Guo et al.'s released evaluator: the official file layout
+"""Tests for t2m_evaluator.py, Guo et al.'s evaluator (released or trained here): the official file layout
 (state-dict keys and shapes written out from Guo et al.'s networks/modules.py, not from our
 classes) loads strictly; the word vectorizer on a hand-worked vocabulary (sos / eos / unk, POS
 indices, VIP override, 20-word truncation); both pipelines against a reference written from the
@@ -7,6 +7,7 @@ lengths // 4 checked where they happen.
 
 Nothing here needs the real files: tmp_path gets random weights and a ten-word GloVe vocabulary.
 """
+import dataclasses
 import pickle
 from collections import OrderedDict
 
@@ -15,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from t2m_evaluator import POS_ENUMERATOR, T2MEvaluator, T2MEvaluatorConfig, WordVectorizer
+from t2m_evaluator import POS_ENUMERATOR, Lexicon, T2MEvaluator, T2MEvaluatorConfig, WordVectorizer
+from tiny_evaluator import TINY, tiny_embedder
 
 WORDS = ["sos", "eos", "unk", "a", "man", "walk", "left", "slowly", "the", "forward"]
 
@@ -281,3 +283,66 @@ def test_motion_pipeline_renormalises_drops_contacts_and_restores_order(small_ev
         torch.testing.assert_close(emb[i], expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="lengths"):
         small_evaluator.embed_motions(features, torch.tensor([3, 24, 17]))  # 3 frames: no GRU step
+
+
+# ---------------------------------------------------------------------------------------
+# The evaluator trained here: padding, its text reading
+
+
+def test_embedder_shapes_and_motion_padding_is_ignored():
+    model = tiny_embedder()
+    motion = torch.randn(3, 24, 12)
+    lengths = torch.tensor([24, 16, 8])
+    with torch.no_grad():
+        emb = model.encode_motion(motion, lengths)
+        assert emb.shape == (3, 6)
+        garbage = motion.clone()
+        garbage[1, 16:] = 100.0
+        garbage[2, 8:] = -7.0
+        torch.testing.assert_close(model.encode_motion(garbage, lengths), emb)
+        # the same motion alone, with no padding at all
+        torch.testing.assert_close(model.encode_motion(motion[2:, :8], lengths[2:]), emb[2:])
+        # foot contacts (last 4 dims) are not read
+        no_feet = motion.clone()
+        no_feet[..., -4:] = 5.0
+        torch.testing.assert_close(model.encode_motion(no_feet, lengths), emb)
+        # a change inside the valid frames does change it
+        changed = motion.clone()
+        changed[1, 15] += 1.0
+        assert not torch.allclose(model.encode_motion(changed, lengths)[1], emb[1])
+        # the released evaluator's reading (no masking) sees the padding
+        model.cfg = dataclasses.replace(TINY, mask_padding=False)
+        assert not torch.allclose(model.encode_motion(garbage, lengths)[1], emb[1])
+
+
+def test_embedder_reads_captions_as_lemma_pos_tokens():
+    """The vocabulary holds sos/eos/unk and the training lemmas; captions are read by the lexicon
+    (case, punctuation and hyphens as HumanML3D's text_process drops them), an unseen word as
+    unk; the text embedding depends on the words and on nothing past the caption."""
+    model = tiny_embedder()
+    assert model.vectorizer.words == ["sos", "eos", "unk", "a", "backward", "forward", "jump", "person",
+                                      "run", "slowly", "then", "walk", "wave"]
+    assert model.tokenizer(["A person walks, then jumps!", "a zebra runs"]) == [
+        ["a/DET", "person/NOUN", "walk/VERB", "then/ADV", "jump/VERB"], ["a/DET", "zebra/OTHER", "run/VERB"]]
+    assert model.vectorizer["zebra/OTHER"][0] == model.vectorizer.index["unk"]
+    with torch.no_grad():
+        emb = model.encode_text(model.tokenizer(["a person walks forward", "a person runs"]))
+        assert emb.shape == (2, 6)
+        torch.testing.assert_close(model.encode_text(model.tokenizer(["a person runs"])), emb[1:])  # batch-free
+        assert not torch.allclose(model.encode_text(model.tokenizer(["a person walks backward"]))[0], emb[0])
+    # a rebuilt model (what train.py's checkpoints hold) reads alike
+    again = T2MEvaluator.rebuild(TINY, model.meta())
+    again.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_text(again.tokenizer(["a person walks forward"])), emb[:1])
+
+
+def test_lexicon_majority_reading_and_agreement():
+    """Each word's most frequent token among the aligned training captions; a caption whose word
+    count differs from its tokens is skipped; agreement counts matching tokens."""
+    tagged = {"to the left": "to/ADP the/DET left/NOUN", "left hand up": "left/ADJ hand/NOUN up/ADV",
+              "the left arm": "the/DET left/ADJ arm/NOUN", "don't walk": "do/AUX walk/VERB"}
+    lexicon = Lexicon.from_tagged(tagged)
+    assert lexicon.table["left"] == "left/ADJ" and "don" not in lexicon.table  # 2 ADJ vs 1 NOUN; skipped
+    assert lexicon("Left-hand") == ["lefthand/OTHER"]
+    assert lexicon.agreement(tagged) == pytest.approx(8 / 9)  # "to the left": left read as ADJ

@@ -1,0 +1,299 @@
+"""The training loop every stage shares: batches, `fit`, checkpoints, exact resume, torchrun.
+
+    fit(path, model, loss_fn, stream, sched, ...)  minimise loss_fn over sched.steps batches
+
+One loop for every model of the recipe (nanoGPT's train.py is the model): AdamW, an optional
+half-cosine learning rate, one autocast context for mixed precision, a checkpoint dict
+`{model, optimizer, config, meta, step, done, running, rng}` written atomically, and `--resume`
+that continues an interrupted stage to the same weights as an uninterrupted run (the batch
+streams are seeded and replayed; the RNG that drives noise and dropout is restored).
+
+Several processes (torchrun) run data-parallel with torch's own DistributedDataParallel: each
+process takes its rows of the configured (global) batch, DDP averages the gradients. The loss
+functions call their models' methods (encode_motion, tokenize, loss), not `forward`, so the loop
+wraps each one in a module whose forward is the loss: DDP then sees every call.
+
+Nothing here knows the run folder: the stages pass the path, the resume flag, the precision
+and what the checkpoint must record.
+"""
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import data
+
+
+@dataclass
+class Schedule:
+    """How long and how fast one training stage runs (AdamW throughout, as MLD and LEAD)."""
+    steps: int
+    batch_size: int
+    lr: float
+    log_every: int = 100   # progress line every this many steps
+    ckpt_every: int = 500  # checkpoint (for --resume) every this many steps
+    cosine: bool = False   # ours: decay lr to 0 over `steps` by a half cosine (MLD: constant)
+
+
+def learning_rate(sched: Schedule, step: int) -> float:
+    """The rate for the update that follows `step` completed steps (0-based): constant, or
+    lr * (1 + cos(pi * step / steps)) / 2 with `cosine` (SGDR without restarts, Loshchilov &
+    Hutter 2017), which helps the few-hundred-step CPU runs finish near a minimum."""
+    if not sched.cosine:
+        return sched.lr
+    return sched.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, sched.steps) / sched.steps))
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(precision: str, device: torch.device):
+    """Mixed precision as one autocast context; fp32: none."""
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints: one dict per stage, written atomically, loaded without pickle code execution
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write `state` to `path` through a temporary file and a rename, so an interruption
+    never leaves a half-written checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, stage: str) -> dict:
+    """Load a checkpoint written by `--stage stage` (weights only: nothing in it can run code). A
+    missing file names the stage to run; an unreadable one says what is wrong and which stage
+    rewrites it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `python train.py --stage {stage}` first "
+                                f"(with the same --out)")
+    rewrite = f"`python train.py --stage {stage}` (without --resume) rewrites it"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's zip reader, unpickler, EOF and allow-list refusals
+        reason = ("it holds Python objects a checkpoint of this project never holds (refused: loading "
+                  "them could run code)" if "Weights only load failed" in str(err)
+                  else f"{type(err).__name__}: {(str(err).strip().splitlines() or ['empty file'])[0].split('. ')[0]}")
+        raise ValueError(f"{path}: not a readable checkpoint ({reason}); {rewrite}") from None
+    if not isinstance(state, dict) or not {"model", "step", "done"} <= set(state):
+        raise ValueError(f"{path}: not a checkpoint of this project (no model, step, done); {rewrite}")
+    return state
+
+
+# ----------------------------------------------------------------------------
+# Batch streams: endless and seeded, so that --resume can replay them to where they were
+
+
+def _check_batch(dataset, batch_size: int) -> None:
+    if len(dataset) < batch_size:
+        raise ValueError(f"the {dataset.split!r} split has {len(dataset)} usable items, fewer than "
+                         f"one batch of {batch_size}: lower the batch size or add data")
+
+
+def batches(dataset, batch_size: int, seed: int):
+    """An endless stream of padded batches of similar lengths: each pass shuffles the items,
+    sorts windows of 50 batches by length and shuffles the resulting batches, so little of each
+    batch is padding (clips run from 40 to 196 frames) while the order stays random."""
+    _check_batch(dataset, batch_size)
+    rng = np.random.default_rng(seed)
+    lengths = np.array([len(motion) for _, motion, _ in dataset.items])
+    window = 50 * batch_size
+    while True:
+        order = rng.permutation(len(dataset))
+        groups = []
+        for start in range(0, len(order), window):
+            chunk = order[start:start + window]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            groups += [chunk[i:i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
+        for g in rng.permutation(len(groups)):
+            yield data.collate([dataset[int(i)] for i in groups[g]])
+
+
+def latent_batches(dataset, mu: torch.Tensor, logvar: torch.Tensor, batch_size: int, seed: int):
+    """An endless stream of {"z", "caption", "index"}: z drawn from each item's cached posterior
+    (as MLD samples it, not its mean), with one of the item's captions drawn at random, and the
+    items' indices in `dataset` (B,) for stages that cached more per item (ATM)."""
+    _check_batch(dataset, batch_size)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator(device=mu.device).manual_seed(seed)
+    while True:
+        order = rng.permutation(len(dataset))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            idx = order[start:start + batch_size]
+            captions = [dataset.items[i][2][rng.integers(len(dataset.items[i][2]))] for i in idx]
+            idx = torch.as_tensor(idx, device=mu.device)
+            noise = torch.randn(mu[idx].shape, generator=generator, device=mu.device)
+            yield {"z": mu[idx] + torch.exp(0.5 * logvar[idx]) * noise, "caption": captions, "index": idx}
+
+
+# ----------------------------------------------------------------------------
+# Data parallelism (torchrun): rank 0 alone prints and writes
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(this process, processes) under torchrun; (0, 1) alone."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def check_distributed(stages: list[str], allowed) -> None:
+    """Under torchrun with several processes, only the `allowed` (training) stages: the others run
+    on one process."""
+    others = [s for s in stages if s not in allowed]
+    if others and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ValueError(f"--stage {' '.join(others)} runs on one process (python train.py ...); under "
+                         f"torchrun run the training stages one at a time: {', '.join(allowed)}")
+
+
+def start_distributed(device: torch.device) -> torch.device:
+    """Under torchrun: one process per GPU (NCCL) or CPU process (gloo), the process group from
+    the environment torchrun sets; returns this process's device. Ranks other than 0 are silent."""
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.get_rank() != 0:
+        sys.stdout = open(os.devnull, "w")
+    return device
+
+
+def shard(batch: dict, rank: int, world: int) -> dict:
+    """This rank's rows of a global batch (rows rank*B/W .. (rank+1)*B/W of every tensor and list
+    of B entries): the configured batch size is the global one, split evenly across the ranks."""
+    B = len(batch["caption"]) if "caption" in batch else len(next(v for v in batch.values() if torch.is_tensor(v)))
+    if B % world:
+        raise ValueError(f"a batch of {B} does not split evenly over {world} processes: make the "
+                         f"batch size (*_train.batch_size) a multiple of {world}")
+    rows = slice(rank * B // world, (rank + 1) * B // world)
+    return {k: v[rows] if (torch.is_tensor(v) or isinstance(v, list)) and len(v) == B else v
+            for k, v in batch.items()}
+
+
+class LossModule(nn.Module):
+    """`loss_fn` as the forward of a module holding `model`: what DistributedDataParallel wraps,
+    so that its gradient hooks see the parameters every loss function reaches."""
+
+    def __init__(self, model: nn.Module, loss_fn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: dict):
+        return self.loss_fn(batch)
+
+
+def _averaged(values: list, world: int) -> torch.Tensor:
+    """Scalars (tensors or numbers) as one float64 tensor, averaged over the ranks."""
+    flat = torch.tensor([float(v.detach()) if torch.is_tensor(v) else float(v) for v in values], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(flat)
+        flat /= world
+    return flat
+
+
+# ----------------------------------------------------------------------------
+# The loop
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, config, meta: dict,
+        stage: str, resume: bool = False, precision: str = "fp32", device=torch.device("cpu"),
+        seed: int = 0, after_step=None) -> dict:
+    """Minimise `loss_fn(batch) -> (loss, parts)` over `sched.steps` batches of `stream`.
+
+    Writes `path` = {model, optimizer, config, meta, step, done, running, rng} (config: the
+    model's dataclass; meta: what else its constructor needs and what it was trained on) at
+    least four times and at the end. `resume` continues from it to the same weights as an
+    uninterrupted run. Without it an existing checkpoint is kept as NAME.prev.pt until the new
+    one is done. A non-finite loss stops the stage and keeps the last good checkpoint.
+    `after_step()` runs after each update (MotionLCM's EMA). `stage` names the stage that writes
+    `path`, for the messages; `seed` seeds each rank's noise under torchrun. Returns the final running averages of the loss parts.
+    """
+    path = Path(path)
+    previous = path.with_name(path.stem + ".prev.pt")
+    rank, world = rank_and_world()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=sched.lr)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    step, running = 0, {}
+    if resume and path.exists():
+        state = load_checkpoint(path, stage)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, running = state["step"], state.get("running", {})
+        print(f"[{path.stem}] resuming from {path} at step {step}/{sched.steps}")
+        for _ in range(step if step < sched.steps else 0):  # the stream back where it was
+            next(stream)
+        if "rng" in state:  # (checkpoints of older versions resume, but not bit for bit)
+            torch.set_rng_state(state["rng"])
+    elif path.exists() and rank == 0:
+        os.replace(path, previous)
+        print(f"[{path.stem}] retraining from scratch; the existing checkpoint is kept as {previous} until "
+              f"the new one is done (pass --resume to continue an interrupted run instead)")
+    forward = LossModule(model, loss_fn)
+    if world > 1:  # the same weights everywhere (DDP broadcasts rank 0's); noise and dropout differ by rank
+        forward = nn.parallel.DistributedDataParallel(forward, find_unused_parameters=True, broadcast_buffers=False)
+        torch.manual_seed(1000 * seed + 7919 * step + rank)
+    every = max(1, min(sched.ckpt_every, sched.steps // 4))
+
+    def checkpoint(done: bool):
+        if rank == 0:
+            save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "config": dataclasses.asdict(config), "meta": meta, "step": step,
+                                   "done": done, "running": running, "rng": torch.get_rng_state()})
+
+    model.train()
+    start, start_step = time.time(), step
+    while step < sched.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(sched, step)
+        batch = next(stream)
+        with autocast(precision, device):
+            loss, parts = forward(shard(batch, rank, world) if world > 1 else batch)
+        logged = {key: float(v) for key, v in zip(["loss", *parts], _averaged([loss, *parts.values()], world))}
+        if not math.isfinite(logged["loss"]):
+            raise NonFiniteLoss(f"[{path.stem}] the loss became {logged['loss']} at step {step + 1}; "
+                                f"the last good checkpoint ({path}) is kept. Lower the learning "
+                                f"rate ({stage}_train.lr) and rerun with --resume.")
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler else loss).backward()  # under DDP: gradients averaged over the ranks
+        scaler.step(optimizer) if scaler else optimizer.step()
+        if scaler:
+            scaler.update()
+        if after_step is not None:
+            after_step()
+        step += 1
+        for key, value in logged.items():
+            running[key] = 0.98 * running.get(key, value) + 0.02 * value
+        if step % sched.log_every == 0 or step == sched.steps:
+            rate = (step - start_step) / (time.time() - start)
+            eta = (sched.steps - step) / max(rate, 1e-9)
+            print(f"[{path.stem}] step {step}/{sched.steps} "
+                  + " ".join(f"{k} {v:.4f}" for k, v in running.items())
+                  + f" | {rate:.1f} it/s, {eta:.0f} s left", flush=True)
+        if step % every == 0 and step < sched.steps:
+            checkpoint(done=False)
+    checkpoint(done=True)
+    previous.unlink(missing_ok=True)
+    model.eval()
+    return {k: round(v, 5) for k, v in running.items()}
