@@ -145,17 +145,17 @@ _TINY = {
     "lcm_train.log_every": 200,
 }
 
-# smoke: the tiny preset with a smaller dataset and about a tenth of its steps; every stage runs
-# and writes what it writes in the full recipe, in about 3 minutes on 2 cores (measured in
-# RESULTS.md). Its motions are not meant to be good.
+# smoke: the tiny preset's models with a smaller dataset, a few percent of its steps and 10 DDIM
+# steps; every stage runs and writes what it writes in the full recipe, in a few minutes on 2 cores
+# (measured in RESULTS.md). Its motions are not meant to be good.
 _SMOKE = {**_TINY,
-          "data.synthetic_motions": 600, "text.pretrain_steps": 30,
-          "evaluator_train.steps": 60, "vae.noise_ramp": 60, "vae_train.steps": 120, "diffusion_train.steps": 300,
-          "projector_train.steps": 150, "projector_train.batch_size": 64, "atm_train.steps": 10,
-          "eval.replications": 1, "eval.mm_num_texts": 5, "eval.timing_prompts": 2,
-          "inversion.test_motions": 4, "inversion.steps": 10, "inversion.styles": 2,
-          "lamp_vq_train.steps": 40, "lamp_train.steps": 40, "mate_train.steps": 30, "mate.probe_captions": 8,
-          "lcm_train.steps": 150, "lcm_train.batch_size": 32}
+          "data.synthetic_motions": 600, "text.pretrain_steps": 30, "diffusion.sample_steps": 10,
+          "evaluator_train.steps": 30, "vae.noise_ramp": 20, "vae_train.steps": 40, "diffusion_train.steps": 100,
+          "projector_train.steps": 60, "projector_train.batch_size": 64, "atm_train.steps": 10,
+          "eval.replications": 1, "eval.mm_num_texts": 5, "eval.timing_prompts": 2, "eval.diversity_times": 60,
+          "inversion.test_motions": 2, "inversion.steps": 10, "inversion.styles": 2,
+          "lamp_vq_train.steps": 30, "lamp_train.steps": 30, "mate_train.steps": 20, "mate.probe_captions": 8,
+          "lcm_train.steps": 60, "lcm_train.batch_size": 32}
 for key in [k for k in _SMOKE if k.endswith(".log_every")]:
     _SMOKE[key] = 10
 

@@ -11,6 +11,7 @@ viewed in 3D with a camera that follows the root.
 """
 import importlib.util
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -46,20 +47,22 @@ def mp4_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None and _ffmpeg() is not None
 
 
-def _save_animation(joints: np.ndarray, path, title: str, fps: float, skeleton: data.Skeleton,
-                    radius: float, kind: str) -> Path:
-    """Draw `joints` (T, J, 3) in metres frame by frame and save as `kind`, "gif" or "mp4"."""
-    matplotlib, plt, animation = _require_matplotlib()
+def _save_animations(joints: np.ndarray, paths: dict[str, Path], title: str, fps: float, skeleton: data.Skeleton,
+                     radius: float) -> list[Path]:
+    """Draw `joints` (T, J, 3) in metres frame by frame, each frame rasterised once, and write it
+    to every file of `paths` {"gif" | "mp4": path}: GIF through Pillow, MP4 through ffmpeg."""
+    matplotlib, plt, _ = _require_matplotlib()
+    from PIL import Image  # matplotlib's own dependency
     joints = np.asarray(joints, dtype=np.float32)
     T, J, _ = joints.shape
     assert J == skeleton.n_joints, f"{skeleton.name} has {skeleton.n_joints} joints, got {J}"
     root = joints[:, 0]                                               # (T, 3)
-    fig = plt.figure(figsize=(4, 4))  # 400 x 400 pixels: even sizes, as H.264 needs
+    fig = plt.figure(figsize=(4, 4), dpi=100)  # 400 x 400 pixels: even sizes, as H.264 needs
     ax = fig.add_subplot(111, projection="3d")
     fig.suptitle("\n".join(title[i:i + 48] for i in range(0, len(title), 48)), fontsize=8)
     colors = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd"]
 
-    def draw(t: int):
+    def draw(t: int) -> np.ndarray:
         ax.cla()
         cx, cz = root[t, 0], root[t, 2]
         ax.set_xlim(cx - radius, cx + radius)
@@ -79,37 +82,48 @@ def _save_animation(joints: np.ndarray, path, title: str, fps: float, skeleton: 
         for chain, color in zip(skeleton.kinematic_chain, colors):
             p = joints[t, chain]                                      # (len(chain), 3)
             ax.plot(p[:, 0], p[:, 2], p[:, 1], color=color, lw=2)
-        return []
+        fig.canvas.draw()
+        return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3) uint8
 
-    frames = animation.FuncAnimation(fig, draw, frames=T, interval=1000 / fps)
-    writer = {"gif": animation.PillowWriter, "mp4": animation.FFMpegWriter}[kind](fps=fps)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    paths = {kind: Path(path) for kind, path in paths.items()}
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    encoder = None
     try:
-        frames.save(path, writer=writer)
+        frames = [draw(t) for t in range(T)]
+        if "gif" in paths:
+            images = [Image.fromarray(f) for f in frames]
+            images[0].save(paths["gif"], save_all=True, append_images=images[1:], duration=1000 / fps, loop=0)
+        if "mp4" in paths:
+            H, W, _ = frames[0].shape
+            encoder = subprocess.Popen([_ffmpeg(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                                        "-s", f"{W}x{H}", "-r", str(fps), "-i", "-", "-vcodec", "libx264",
+                                        "-pix_fmt", "yuv420p", str(paths["mp4"])],
+                                       stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+            _, err = encoder.communicate(b"".join(f.tobytes() for f in frames))
+            if encoder.returncode != 0:
+                raise RuntimeError(f"ffmpeg could not write {paths['mp4']}: {err.decode(errors='replace')[-300:]}")
     finally:
         plt.close(fig)
-    return path
+        if encoder is not None and encoder.poll() is None:
+            encoder.kill()
+    return list(paths.values())
 
 
 def render_gif(joints: np.ndarray, path, title: str = "", fps: float = data.FPS,
                skeleton: data.Skeleton = data.T2M, radius: float = 1.2) -> Path:
     """Write an animated GIF of `joints` (T, J, 3) in metres; returns the path."""
-    return _save_animation(joints, path, title, fps, skeleton, radius, "gif")
+    return _save_animations(joints, {"gif": path}, title, fps, skeleton, radius)[0]
 
 
 def render_mp4(joints: np.ndarray, path, title: str = "", fps: float = data.FPS,
                skeleton: data.Skeleton = data.T2M, radius: float = 1.2) -> Path:
     """Write an H.264 MP4 of `joints` (T, J, 3) in metres; returns the path. Needs an ffmpeg:
     the optional `imageio-ffmpeg` package's, else one on PATH (check with `mp4_available`)."""
-    ffmpeg = _ffmpeg()
-    if ffmpeg is None:
+    if _ffmpeg() is None:
         raise RuntimeError("writing MP4 needs ffmpeg: `pip install imageio-ffmpeg`, or put ffmpeg "
                            "on PATH (render_gif needs only matplotlib)")
-    matplotlib = _require_matplotlib()[0]
-    # note: a scoped setting, so the caller's matplotlib configuration is left as it was
-    with matplotlib.rc_context({"animation.ffmpeg_path": ffmpeg}):
-        return _save_animation(joints, path, title, fps, skeleton, radius, "mp4")
+    return _save_animations(joints, {"mp4": path}, title, fps, skeleton, radius)[0]
 
 
 # ----------------------------------------------------------------------------
@@ -141,7 +155,7 @@ def save_motion(stem, features: np.ndarray, skeleton: data.Skeleton = data.T2M, 
     written = [f"{stem}_joints.npy"]
     if bvh_file:
         written.append(str(bvh.write_bvh(joints, f"{stem}.bvh", fps=skeleton.fps, skeleton=skeleton)))
-    render = {"gif": render_gif, "mp4": render_mp4}
-    written += [str(render[kind](joints, f"{stem}.{kind}", title=title, fps=skeleton.fps, skeleton=skeleton))
-                for kind in animations]
+    if animations:  # each frame drawn once for all the kinds
+        written += [str(p) for p in _save_animations(joints, {kind: f"{stem}.{kind}" for kind in animations}, title,
+                                                     skeleton.fps, skeleton, radius=1.2)]
     return written

@@ -52,7 +52,7 @@ def test_ranges_live_with_their_dataclass():
 
 def test_smoke_preset_is_tiny_with_fewer_steps():
     tiny, smoke = config.build_config("tiny", []), config.build_config("smoke", [])
-    assert smoke.diffusion == tiny.diffusion and smoke.projector == tiny.projector
+    assert smoke.diffusion.n_layers == tiny.diffusion.n_layers and smoke.projector == tiny.projector
     assert smoke.text.hidden_size == tiny.text.hidden_size
     assert smoke.vae.latent_dim == tiny.vae.latent_dim and smoke.vae.noise_ramp <= smoke.vae_train.steps
     assert smoke.vae_train.steps < tiny.vae_train.steps and smoke.data.synthetic_motions < tiny.data.synthetic_motions
