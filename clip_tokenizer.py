@@ -282,6 +282,17 @@ class Tokenizer:
                     ids.extend(self.word_ids(word))
         return ids
 
+    def check_fits(self, texts: list[str], source: str = "a prompt") -> None:
+        """A ValueError naming the first of `texts` longer than the context (77 tokens with the
+        start and end tokens): the encoder would silently read only its beginning."""
+        for text in texts:
+            n = len(self.encode(text)) + 2
+            if n > self.context_length:
+                shown = text if len(text) <= 80 else text[:77] + "..."
+                raise ValueError(f"{source} is {n} tokens long, more than the text encoder's {self.context_length}: "
+                                 f"{shown!r}; shorten it (the encoder would read only its first "
+                                 f"{self.context_length - 2} tokens)")
+
     def __call__(self, texts: list[str]) -> torch.Tensor:
         """(B,) captions -> LongTensor (B, L): [sot] ids [eot] pad ..., L = context_length."""
         if isinstance(texts, str):

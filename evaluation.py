@@ -27,6 +27,7 @@ Glossary: B batch, T frames, D feature width, E embed dim, N samples, R replicat
 """
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -423,7 +424,8 @@ def _arrow(metric: str) -> str:
 
 def _best_row(rows: dict, metric: str) -> str | None:
     """Name of the best method (Real excluded) in one column, as the papers bold it."""
-    scored = {name: r[metric][0] for name, r in rows.items() if name != "Real" and metric in r}
+    scored = {name: r[metric][0] for name, r in rows.items()
+              if name != "Real" and metric in r and r[metric][0] is not None and math.isfinite(r[metric][0])}
     arrow = _arrow(metric)
     if len(scored) < 2 or not arrow:
         return None
@@ -431,7 +433,7 @@ def _best_row(rows: dict, metric: str) -> str | None:
         if "Real" not in rows or metric not in rows["Real"]:
             return None
         target = rows["Real"][metric][0]
-        return min(scored, key=lambda n: abs(scored[n] - target))
+        return None if target is None else min(scored, key=lambda n: abs(scored[n] - target))
     return (min if arrow == "↓" else max)(scored, key=scored.get)
 
 
@@ -453,7 +455,7 @@ def results_table(rows: dict, title: str, note: str = "") -> str:
             if m not in rows[name]:
                 cells.append("-")
                 continue
-            mean, ci = rows[name][m]
+            mean, ci = (float("nan") if v is None else v for v in rows[name][m])  # null in results.json: NaN
             cell = f"{mean:.3f} ± {ci:.3f}"
             cells.append(f"**{cell}**" if best[m] == name else cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -462,8 +464,19 @@ def results_table(rows: dict, title: str, note: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def strict_json(obj):
+    """`obj` with every non-finite float as None, so that json.dumps writes strict JSON (no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
@@ -479,7 +492,7 @@ def write_results(out_dir, section: str, rows: dict, title: str | None = None, n
     sections[section] = {"title": title or section, "note": note,
                          "rows": {name: {m: [float(v[0]), float(v[1])] for m, v in r.items()}
                                   for name, r in rows.items()}}
-    _write_atomic(json_path, json.dumps(sections, indent=2, ensure_ascii=False) + "\n")
+    _write_atomic(json_path, json.dumps(strict_json(sections), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     md = ["# Results", ""] + [results_table(s["rows"], s["title"], s["note"]) for s in sections.values()]
     md_path = out_dir / "results.md"
     _write_atomic(md_path, "\n".join(md))

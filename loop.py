@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -71,30 +72,55 @@ def save_checkpoint(path: Path, state: dict) -> None:
     never leaves a half-written checkpoint behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # the pid: no two processes share one
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path, stage: str) -> dict:
     """Load a checkpoint written by `--stage stage` (weights only: nothing in it can run code). A
-    missing file names the stage to run; an unreadable one says what is wrong and which stage
-    rewrites it."""
+    missing file names the stage to run (and a NAME.prev.pt an interrupted retraining left); an
+    unreadable one says whether it is no checkpoint at all, a truncated one, or one holding
+    Python objects, and which stage rewrites it."""
     path = Path(path)
     if not path.exists():
+        previous = path.with_name(path.stem + ".prev.pt")
+        kept = (f"; {previous} is the checkpoint a retraining that did not finish kept: rename it to "
+                f"{path.name} to use it" if previous.exists() else "")
         raise FileNotFoundError(f"{path} not found: run `python train.py --stage {stage}` first "
-                                f"(with the same --out)")
+                                f"(with the same --out){kept}")
     rewrite = f"`python train.py --stage {stage}` (without --resume) rewrites it"
+    with open(path, "rb") as f:
+        head = f.read(4)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch's zip reader, unpickler, EOF and allow-list refusals
-        reason = ("it holds Python objects a checkpoint of this project never holds (refused: loading "
-                  "them could run code)" if "Weights only load failed" in str(err)
-                  else f"{type(err).__name__}: {(str(err).strip().splitlines() or ['empty file'])[0].split('. ')[0]}")
+        if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # neither torch's zip nor a legacy pickle
+            reason = f"not a checkpoint at all: {'an empty file' if not head else 'not a torch archive'}"
+        elif "Weights only load failed" in str(err):
+            reason = ("it holds Python objects a checkpoint of this project never holds (refused: loading them "
+                      "could run code)")
+        elif head == b"PK\x03\x04":  # a zip archive, as torch.save writes, that does not read to its end
+            reason = f"truncated or damaged: a torch archive of {path.stat().st_size} bytes that does not read whole"
+        else:
+            reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or ['?'])[0].split('. ')[0]}"
         raise ValueError(f"{path}: not a readable checkpoint ({reason}); {rewrite}") from None
     if not isinstance(state, dict) or not {"model", "step", "done"} <= set(state):
         raise ValueError(f"{path}: not a checkpoint of this project (no model, step, done); {rewrite}")
     return state
+
+
+def check_free_space(folder: Path, model: nn.Module) -> None:
+    """Room in `folder` for the checkpoint of `model` that fit writes (its state and AdamW's two
+    moments per trainable parameter, twice over while the temporary file is renamed), before any work."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    adam = sum(2 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    need, free = 2 * (state + adam), shutil.disk_usage(folder).free
+    if free < need:
+        raise OSError(f"{folder}: {free / 2**20:.0f} MiB free, the checkpoint needs about {need / 2**20:.0f} "
+                      f"MiB: free some space or give another --out")
 
 
 # ----------------------------------------------------------------------------
@@ -218,24 +244,28 @@ class NonFiniteLoss(RuntimeError):
 
 def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, config, meta: dict,
         stage: str, resume: bool = False, precision: str = "fp32", device=torch.device("cpu"),
-        seed: int = 0, after_step=None) -> dict:
+        seed: int = 0, lr_key: str = "the stage's *_train.lr", after_step=None) -> dict:
     """Minimise `loss_fn(batch) -> (loss, parts)` over `sched.steps` batches of `stream`.
 
     Writes `path` = {model, optimizer, config, meta, step, done, running, rng} (config: the
     model's dataclass; meta: what else its constructor needs and what it was trained on) at
     least four times and at the end. `resume` continues from it to the same weights as an
-    uninterrupted run. Without it an existing checkpoint is kept as NAME.prev.pt until the new
-    one is done. A non-finite loss stops the stage and keeps the last good checkpoint.
-    `after_step()` runs after each update (MotionLCM's EMA). `stage` names the stage that writes
-    `path`, for the messages; `seed` seeds each rank's noise under torchrun. Returns the final running averages of the loss parts.
+    uninterrupted run, under torchrun too (every rank's RNG state is saved). Without it an existing
+    checkpoint is kept as NAME.prev.pt until the new one is done. A non-finite loss stops the stage
+    and keeps the last good checkpoint under its name. `after_step()` runs after each update
+    (MotionLCM's EMA). `stage` names the stage that writes `path` and `lr_key` its rate, for the
+    messages; `seed` seeds each rank's noise under torchrun. Returns the final running averages of
+    the loss parts.
     """
     path = Path(path)
     previous = path.with_name(path.stem + ".prev.pt")
     rank, world = rank_and_world()
+    if rank == 0:
+        check_free_space(path.parent, model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=sched.lr)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    step, running = 0, {}
+    step, running, rng = 0, {}, None
     if resume and path.exists():
         state = load_checkpoint(path, stage)
         model.load_state_dict(state["model"])
@@ -244,8 +274,9 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
         print(f"[{path.stem}] resuming from {path} at step {step}/{sched.steps}")
         for _ in range(step if step < sched.steps else 0):  # the stream back where it was
             next(stream)
-        if "rng" in state:  # (checkpoints of older versions resume, but not bit for bit)
-            torch.set_rng_state(state["rng"])
+        rng = state.get("rng_ranks", [state["rng"]] if "rng" in state else None)  # one CPU state per rank
+        if rng is not None and len(rng) == world:  # (else: resumes, but not bit for bit)
+            torch.set_rng_state(rng[rank])
     elif path.exists() and rank == 0:
         os.replace(path, previous)
         print(f"[{path.stem}] retraining from scratch; the existing checkpoint is kept as {previous} until "
@@ -253,14 +284,21 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
     forward = LossModule(model, loss_fn)
     if world > 1:  # the same weights everywhere (DDP broadcasts rank 0's); noise and dropout differ by rank
         forward = nn.parallel.DistributedDataParallel(forward, find_unused_parameters=True, broadcast_buffers=False)
-        torch.manual_seed(1000 * seed + 7919 * step + rank)
+        if rng is None or len(rng) != world:
+            torch.manual_seed(1000 * seed + 7919 * step + rank)
     every = max(1, min(sched.ckpt_every, sched.steps // 4))
+    written = []  # the steps this call checkpointed
 
     def checkpoint(done: bool):
+        states = [torch.get_rng_state()]  # every rank's, so that a resume draws what it would have drawn
+        if world > 1:
+            states = [None] * world
+            dist.all_gather_object(states, torch.get_rng_state())
         if rank == 0:
             save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                    "config": dataclasses.asdict(config), "meta": meta, "step": step,
-                                   "done": done, "running": running, "rng": torch.get_rng_state()})
+                                   "done": done, "running": running, "rng": states[0], "rng_ranks": states})
+        written.append(step)
 
     model.train()
     start, start_step = time.time(), step
@@ -272,9 +310,13 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
             loss, parts = forward(shard(batch, rank, world) if world > 1 else batch)
         logged = {key: float(v) for key, v in zip(["loss", *parts], _averaged([loss, *parts.values()], world))}
         if not math.isfinite(logged["loss"]):
-            raise NonFiniteLoss(f"[{path.stem}] the loss became {logged['loss']} at step {step + 1}; "
-                                f"the last good checkpoint ({path}) is kept. Lower the learning "
-                                f"rate ({stage}_train.lr) and rerun with --resume.")
+            if not written and previous.exists() and rank == 0:  # nothing of this run's is good: the old one returns
+                os.replace(previous, path)
+            kept = (f"the checkpoint of step {written[-1]} of this run is kept as {path}" if written else
+                    f"the checkpoint from before this run is back at {path}" if path.exists() else "no checkpoint is kept")
+            raise NonFiniteLoss(f"[{path.stem}] the loss became {logged['loss']} at step {step + 1}; {kept}. "
+                                f"Lower the learning rate ({lr_key}) and rerun"
+                                + (" with --resume." if written else "."))
         optimizer.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler else loss).backward()  # under DDP: gradients averaged over the ranks
         scaler.step(optimizer) if scaler else optimizer.step()

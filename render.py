@@ -12,6 +12,7 @@ viewed in 3D with a camera that follows the root.
 import importlib.util
 import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,16 @@ def mp4_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None and _ffmpeg() is not None
 
 
+def title_lines(title: str, width: int = 56, lines: int = 2) -> str:
+    """`title` wrapped at word boundaries to at most `lines` lines of `width` characters, the
+    rest elided with "...", so a long prompt never covers the figure."""
+    wrapped = textwrap.wrap(title, width) or [""]
+    if len(wrapped) > lines:
+        wrapped = wrapped[:lines]
+        wrapped[-1] = wrapped[-1][: width - 3].rstrip() + "..."
+    return "\n".join(wrapped)
+
+
 def _save_animations(joints: np.ndarray, paths: dict[str, Path], title: str, fps: float, skeleton: data.Skeleton,
                      radius: float) -> list[Path]:
     """Draw `joints` (T, J, 3) in metres frame by frame, each frame rasterised once, and write it
@@ -59,7 +70,7 @@ def _save_animations(joints: np.ndarray, paths: dict[str, Path], title: str, fps
     root = joints[:, 0]                                               # (T, 3)
     fig = plt.figure(figsize=(4, 4), dpi=100)  # 400 x 400 pixels: even sizes, as H.264 needs
     ax = fig.add_subplot(111, projection="3d")
-    fig.suptitle("\n".join(title[i:i + 48] for i in range(0, len(title), 48)), fontsize=8)
+    fig.suptitle(title_lines(title), fontsize=8)
     colors = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd"]
 
     def draw(t: int) -> np.ndarray:
@@ -152,7 +163,7 @@ def save_motion(stem, features: np.ndarray, skeleton: data.Skeleton = data.T2M, 
     joints = data.features_to_joints(torch.from_numpy(features), skeleton.n_joints).numpy()  # (T, J, 3)
     np.save(f"{stem}_features.npy", features)
     np.save(f"{stem}_joints.npy", joints)
-    written = [f"{stem}_joints.npy"]
+    written = [f"{stem}_features.npy", f"{stem}_joints.npy"]
     if bvh_file:
         written.append(str(bvh.write_bvh(joints, f"{stem}.bvh", fps=skeleton.fps, skeleton=skeleton)))
     if animations:  # each frame drawn once for all the kinds

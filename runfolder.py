@@ -14,6 +14,8 @@ first use), the training latents shared by the stages that train on them, and th
 (the offline stand-in or real CLIP, MATE's word tables, LaMP's text features).
 """
 import argparse
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,6 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+try:
+    import fcntl  # POSIX file locks; elsewhere the run folder is not locked
+except ImportError:
+    fcntl = None
 
 import data
 import diffusion
@@ -32,6 +39,7 @@ import projector
 import synthetic
 import vae
 from clip import TextEncoder
+from evaluation import strict_json
 from config import RunConfig, build_config
 from diffusion import DiffusionConfig
 from lamp import LaMPConfig
@@ -58,10 +66,11 @@ def fingerprint(run: "Run", path: Path) -> str:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """`obj` as indented JSON at `path` (its folder created), written atomically."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    """`obj` as indented, strict JSON at `path` (its folder created), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -289,8 +298,11 @@ def record_path(run: Run, stage: str) -> Path:
     overwrites the full run's records."""
     if stage == "sample" and (run.args.text or run.args.prompts):
         return user_folder(run) / "sample.json"
-    if stage == "inversion" and run.args.motion:
-        return run.out / f"inversion_{run.args.word}.json"
+    if stage == "inversion" and run.args.motion:  # claimed when the stage starts (learn_user_word)
+        if "record" not in run.cache:
+            run.out.mkdir(parents=True, exist_ok=True)
+            run.cache["record"] = claim(lambda k: run.out / f"inversion_{run.args.word}{f'-{k}' if k > 1 else ''}.json")
+        return run.cache["record"]
     name = conditioned(run, stage) if stage in ("diffusion", "projector", "atm", "eval", "sample") else stage
     return run.out / f"{name}{evaluator_suffix(run) if stage == 'eval' else ''}.json"
 
@@ -299,11 +311,23 @@ def user_folder(run: Run) -> Path:
     """samples/RUN_ID/ for the motions of one `--stage sample` call with the user's prompts
     (RUN_ID: the time it started, with -2, -3, ... for calls within the same second)."""
     if "run_id" not in run.cache:
-        base, stamp, k = run.out / conditioned(run, "samples"), time.strftime("%Y%m%d-%H%M%S"), 1
-        while (base / (stamp + (f"-{k}" if k > 1 else ""))).exists():
-            k += 1
-        run.cache["run_id"] = base / (stamp + (f"-{k}" if k > 1 else ""))
+        base, stamp = run.out / conditioned(run, "samples"), time.strftime("%Y%m%d-%H%M%S")
+        base.mkdir(parents=True, exist_ok=True)
+        run.cache["run_id"] = claim(lambda k: base / (stamp + (f"-{k}" if k > 1 else "")), folder=True)
     return run.cache["run_id"]
+
+
+def claim(name_for, folder: bool = False) -> Path:
+    """The first free name_for(1), name_for(2), ..., created exclusively (a folder, or an empty
+    file): two processes asking at once never get the same one."""
+    for k in range(1, 10_000):
+        path = name_for(k)
+        try:
+            path.mkdir() if folder else os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{name_for(1)} and 9,998 names after it exist")
 
 
 
@@ -349,7 +373,46 @@ def open_run(out, data_root="data/synthetic", clip: str | None = None, device: s
 def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sched: loop.Schedule, meta: dict,
         after_step=None) -> dict:
     """loop.fit into run.out/NAME.pt, recording the fingerprints of what this stage loaded."""
+    lr_key = next((f"{f.name}.lr" for f in dataclasses.fields(run.cfg) if getattr(run.cfg, f.name) is sched),
+                  f"{stage_of(name)}_train.lr")
     return loop.fit(run.out / f"{name}.pt", model, loss_fn, stream, sched, config=config,
                     meta={**meta, "trained_on": dict(run.loaded)}, stage=stage_of(name), resume=run.resume,
-                    precision=run.cfg.run.precision, device=run.device, seed=run.cfg.run.seed,
+                    precision=run.cfg.run.precision, device=run.device, seed=run.cfg.run.seed, lr_key=lr_key,
                     after_step=after_step)
+
+
+READERS = ("sample", "eval")  # stages that read finished checkpoints and need no lock
+
+
+@contextlib.contextmanager
+def writing(run: Run, stages: list[str]):
+    """The run folder made ready for `stages`: writable (checked with a file, before any work),
+    and locked while a stage that writes checkpoints runs (an OS lock on run.out/.lock, released
+    when the process ends, however it ends): a second writer is refused at once, naming the first."""
+    out = run.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".writable.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot write there ({err.strerror or err}); give a writable folder") from None
+    if fcntl is None or loop.rank_and_world()[0] != 0 or all(stage in READERS for stage in stages):
+        yield
+        return
+    with open(out / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ValueError(f"--out {out} is in use: {holder} is writing there; wait for it to finish "
+                             f"or give another --out (nothing was done)") from None
+        handle.truncate(0)
+        handle.write(f"`python train.py --stage {' '.join(stages)}` (pid {os.getpid()})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)

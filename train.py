@@ -54,7 +54,7 @@ from loop import batches, latent_batches
 from runfolder import (Run, as_lists, clip_text_encoder, conditioned, dataset_name, dataset_root, eval_embedder,
                        eval_labels, fingerprint, fit, load_denoiser, load_lcm, load_model, load_projector,
                        open_split, pick_device, pipeline, record_path, text_encoder, training_latents, user_folder,
-                       write_json)
+                       write_json, writing)
 from t2m_evaluator import T2MEvaluator
 
 # ----------------------------------------------------------------------------
@@ -245,6 +245,7 @@ def stage_sample(run: Run) -> dict:
     pipe = pipeline(run)
     if learned := inversion.load_tokens(pipe.text, run.out / "tokens", [text for text, _ in prompts]):
         print(f"[sample] learned words (--stage inversion) from {run.out / 'tokens'}: {', '.join(learned)}")
+    pipe.text.tokenizer.check_fits([text for text, _ in prompts], "--text / --prompts")
     if args.sampler == "lcm":
         pipe = dataclasses.replace(pipe, consistency=load_lcm(run), steps=args.steps)
     realigner = None if args.no_realign else load_projector(run)
@@ -590,8 +591,7 @@ DISTRIBUTED_STAGES = ("evaluator", "vae", "diffusion", "projector", "atm", "lcm"
 
 def run_stage(run: Run, stage: str) -> dict:
     """One stage: its figures, with its wall time, in its STAGE.json."""
-    # the splits opened by earlier stages of this process restart their crop/caption generator:
-    # a stage sees the same data whether it runs alone, within --stage all, or after --resume
+    # splits opened earlier restart their draws: a stage sees the same data alone, in `all` or resumed
     for key, dataset in run.cache.items():
         if key.startswith("split:"):
             dataset.reseed(run.cfg.run.seed)
@@ -630,16 +630,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
     add("--resume", action="store_true", help="continue an interrupted stage from its last checkpoint; with "
         "--stage all, skip the stages already finished")
-    add("--ablations", action="store_true", help="projector/eval: LEAD Tab. 6; atm: ATM Tab. 3; mate: MATE Tab. 3; "
-        "lamp: LaMP Tab. 5")
+    add("--ablations", action="store_true", help="projector/eval: LEAD Tab. 6; atm, mate: Tab. 3; lamp: Tab. 5")
     add("--text", action="append", default=[], help="sample: a prompt (repeatable; default: a few built-in ones)")
     add("--length", type=int, default=120, help="sample: motion length in frames")
     add("--num", type=int, default=1, help="sample: motions per prompt")
-    add("--prompts", type=Path, help="sample: a file of prompts, one a line: 'caption', 'caption#FRAMES' or "
-        "'caption#SECONDSs'")
+    add("--prompts", type=Path, help="sample: a file of prompts, one a line: caption[#FRAMES or #SECONDSs]")
     add("--no-realign", action="store_true", help="sample: skip the projector (MLD from the same checkpoints)")
-    add("--sampler", default="ddim", choices=["ddim", "lcm"], help="sample: 50-step guided DDIM, or MotionLCM's "
-        "1-4 steps (--stage lcm first)")
+    add("--sampler", default="ddim", choices=["ddim", "lcm"], help="sample: guided DDIM, or MotionLCM's 1-4 steps")
     add("--steps", type=int, help="sample: MotionLCM's steps (default: lcm.sample_steps)")
     add("--bvh", action="store_true", help="sample/inversion: also write each motion as NAME.bvh")
     add("--from-joints", type=Path, metavar="DIR", help="data: turn DIR of NAME.npy joints (T, 22, 3), metres, "
@@ -680,15 +677,15 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(cfg=cfg, out=args.out, data_root=args.data or synthetic_dir, synthetic=args.data is None, device=device,
               clip=args.clip, resume=args.resume, args=args)
     try:
-        for stage in stages:
-            if args.stage == "all" and args.resume and record_path(run, stage).exists():
-                print(f"[{stage}] already finished in {run.out}, skipped (--resume)")
-                continue
-            try:
+        with writing(run, stages):  # writable, and locked against a second writer
+            for stage in stages:
+                if args.stage == "all" and args.resume and record_path(run, stage).exists():
+                    print(f"[{stage}] already finished in {run.out}, skipped (--resume)")
+                    continue
                 run_stage(run, stage)
-            except (ValueError, FileNotFoundError, loop.NonFiniteLoss) as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 1 if isinstance(err, loop.NonFiniteLoss) else 2
+    except (ValueError, OSError, loop.NonFiniteLoss) as err:  # FileNotFoundError is an OSError
+        print(f"error: {err}", file=sys.stderr)
+        return 1 if isinstance(err, loop.NonFiniteLoss) else 2
     finally:
         if distributed:
             torch.distributed.destroy_process_group()

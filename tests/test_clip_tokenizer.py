@@ -208,3 +208,11 @@ def test_added_token_is_atomic_and_matches_transformers(vocab_dir):
         tok.add_token("<*>")
     with pytest.raises(ValueError):
         tok.add_token("Upper")
+
+
+def test_check_fits_names_a_prompt_longer_than_the_context(vocab_dir):
+    tok = clip_tokenizer.Tokenizer.from_pretrained(vocab_dir)
+    tok.check_fits(["a person walks"])
+    n = len(tok.encode("walks " * 100)) + 2
+    with pytest.raises(ValueError, match=rf"--text is {n} tokens long, more than the text encoder's 77: 'walks walks"):
+        tok.check_fits(["a person walks", "walks " * 100], "--text")

@@ -67,6 +67,56 @@ def test_two_processes_step_like_one_on_the_whole_batch(tmp_path, monkeypatch):
     assert not (tmp_path / "rank1").exists() or not any((tmp_path / "rank1").iterdir()), "rank 1 writes nothing"
 
 
+def fit_noisy(out: Path, resume: bool = False, interrupt_at: int | None = None) -> torch.nn.Module:
+    """A model with dropout and a noisy target (both draw from each rank's RNG), fit for 8 steps
+    with a checkpoint every 2; interrupt_at: the call that raises KeyboardInterrupt, as a kill."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Dropout(0.3), torch.nn.Linear(16, 1))
+    calls = {"n": 0}
+
+    def loss_fn(batch):
+        calls["n"] += 1
+        if calls["n"] == interrupt_at:
+            raise KeyboardInterrupt
+        noise = 0.1 * torch.randn_like(batch["y"])
+        return ((model(batch["x"]) - batch["y"] - noise) ** 2).mean(), {}
+
+    loop.fit(out / "toy.pt", model, loss_fn, stream(), loop.Schedule(8, 8, 1e-2, log_every=100, ckpt_every=2),
+             config=Config(), meta={}, stage="toy", resume=resume, seed=3)
+    return model
+
+
+def _rank_resume(rank: int, world: int, port: int, out: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    loop.dataclasses.asdict = lambda cfg: {}
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        straight = fit_noisy(Path(out) / "straight")
+        try:
+            fit_noisy(Path(out) / "resumed", interrupt_at=6)
+        except KeyboardInterrupt:
+            resumed = fit_noisy(Path(out) / "resumed", resume=True)
+        for name, value in straight.state_dict().items():
+            assert torch.equal(value, resumed.state_dict()[name]), (rank, name)
+        torch.save(resumed.state_dict(), Path(out) / f"resumed{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_resume_under_torchrun_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path):
+    """Two gloo processes interrupted after step 5 (last checkpoint: step 4) and resumed end with
+    exactly the weights of two processes that ran through: the checkpoint holds every rank's RNG
+    state (it used to reseed each rank from the step, so the noise after a resume differed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_resume, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    state = loop.load_checkpoint(tmp_path / "resumed" / "toy.pt", "toy")
+    assert state["done"] and len(state["rng_ranks"]) == 2
+    assert not torch.equal(state["rng_ranks"][0], state["rng_ranks"][1]), "each rank draws its own noise"
+
+
 def test_shards_split_every_batched_field():
     batch = {"x": torch.arange(8)[:, None], "caption": list("abcdefgh"), "fps": 20}
     part = loop.shard(batch, 1, 2)

@@ -7,6 +7,8 @@ ATM rows, inversion adds its tables and saves words, sample writes motions, `--r
 finished stages, and `--no-realign` gives MLD samples.
 """
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +190,32 @@ def test_sample_without_realignment(smoke_run):
     out = latest_user_samples(smoke_run)
     assert np.load(out / "00_a_person_jumps_1_joints.npy").shape == (60, 22, 3)
     assert json.loads((out / "sample.json").read_text())["realigned"] is False  # its own record
+    record = json.loads((out / "sample.json").read_text())
+    on_disk = sorted(str(p) for p in out.iterdir() if p.name != "sample.json")
+    assert sorted(record["files"]) == on_disk, "sample.json names every file written (features too)"
+
+
+def test_concurrent_samples_on_one_folder_keep_every_result(smoke_run):
+    """Three real `--stage sample` processes started together: three RUN_ID folders, each with
+    its own record and motion (they used to share one folder, and all but one result was lost)."""
+    root = Path(__file__).resolve().parents[1]
+    before = set((smoke_run / "run" / "samples").iterdir())
+    calls = [subprocess.Popen([sys.executable, str(root / "train.py"), "--stage", "sample", "--text", f"a person kicks {i}",
+                               "--length", "40", *smoke_args(smoke_run)], cwd=root, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(3)]
+    for call in calls:
+        assert call.wait(timeout=300) == 0, call.stderr.read()
+    folders = sorted(set((smoke_run / "run" / "samples").iterdir()) - before)
+    assert len(folders) == 3
+    texts = sorted(json.loads((f / "sample.json").read_text())["prompts"][0][0] for f in folders)
+    assert texts == [f"a person kicks {i}" for i in range(3)]
+
+
+def test_a_prompt_longer_than_the_encoder_reads_is_refused(smoke_run, capsys):
+    long = "a person walks forward and then " * 40
+    assert train.main(["--stage", "sample", "--text", long, *smoke_args(smoke_run)]) == 2
+    err = capsys.readouterr().err
+    assert "--text / --prompts is" in err and "tokens long, more than the text encoder's 77" in err
 
 
 def latest_user_samples(smoke_run):

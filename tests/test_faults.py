@@ -1,9 +1,14 @@
 """Fault injection: every loader given truncated, empty, wrong-dtype and garbage files; `fit`
 interrupted between steps and during a checkpoint write; each configuration range. Every case
 asserts the error type and that the message names the file, line or field."""
+import json
 import os
 import re
+import subprocess
+import sys
+import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +16,12 @@ import torch
 
 import config
 import data
+import evaluation
 import loop
 import runfolder
 import train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------
 # Loaders: one per kind of file
@@ -68,17 +76,23 @@ class Evil:
         return os.system, (f"touch {self.marker}",)
 
 
-@pytest.mark.parametrize("case", ["truncated", "empty", "garbage", "code"])
-def test_a_broken_checkpoint_names_the_file_and_the_stage(tmp_path, case):
+@pytest.mark.parametrize("case, reason", [
+    ("truncated", "truncated or damaged"), ("empty", "not a checkpoint at all: an empty file"),
+    ("damaged", "truncated or damaged"), ("random", "not a checkpoint at all: not a torch archive"),
+    ("code", "holds Python objects")])
+def test_a_broken_checkpoint_names_the_file_the_reason_and_the_stage(tmp_path, case, reason):
+    """Each kind of broken file gets its own reason (random bytes used to be refused as holding
+    Python objects)."""
     good = tmp_path / "good.pt"
     loop.save_checkpoint(good, {"model": {"w": torch.ones(3)}, "step": 1, "done": True})
     path, marker = tmp_path / "vae.pt", tmp_path / "ran"
-    content = {"truncated": good.read_bytes()[:100], "empty": b"", "garbage": b"PK\x03\x04 not a zip" * 20}
+    content = {"truncated": good.read_bytes()[:100], "empty": b"", "damaged": b"PK\x03\x04 not a zip" * 20,
+               "random": bytes(np.random.default_rng(0).integers(0, 128, 4096, dtype=np.uint8))}
     if case == "code":
         torch.save({"model": Evil(marker), "step": 1, "done": True}, path)
     else:
         path.write_bytes(content[case])
-    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*--stage vae"):
+    with pytest.raises(ValueError, match=re.escape(str(path)) + f".*{re.escape(reason)}.*--stage vae"):
         loop.load_checkpoint(path, "vae")
     assert not marker.exists(), "loading a checkpoint must never run its code"
 
@@ -222,3 +236,101 @@ def test_bad_arguments_are_named(args, message, capsys):
 def test_an_unavailable_device_names_the_available_ones(capsys):
     assert train.main(["--stage", "sample", "--device", "cuda"]) == 2
     assert "this machine has cpu" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------
+# The run folder under faults: a bad rate, a full or unwritable disk, two writers (issue 31)
+
+
+def test_a_non_finite_loss_in_a_retraining_restores_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Retraining over a finished toy.pt moves it to toy.prev.pt; a NaN before this run's first
+    checkpoint puts it back under its own name, and the message says so (it used to name a
+    toy.pt that no longer existed)."""
+    monkeypatch.setattr(loop.dataclasses, "asdict", lambda cfg: {})
+    sched = loop.Schedule(steps=4, batch_size=8, lr=1e-2, log_every=100)
+    train_toy(tmp_path, sched)
+    before = loop.load_checkpoint(tmp_path / "toy.pt", "toy")
+    model = torch.nn.Linear(3, 1)
+    nan = lambda batch: ((model(batch["x"]) * float("nan")).mean(), {})  # noqa: E731
+    with pytest.raises(loop.NonFiniteLoss, match=r"from before this run is back at .*toy\.pt.*\(vae_train\.lr\)"):
+        loop.fit(tmp_path / "toy.pt", model, nan, stream(), sched, config=ToyConfig(), meta={}, stage="toy",
+                 lr_key="vae_train.lr")
+    after = loop.load_checkpoint(tmp_path / "toy.pt", "toy")
+    assert not (tmp_path / "toy.prev.pt").exists() and after["done"]
+    assert all(torch.equal(after["model"][k], before["model"][k]) for k in before["model"])
+
+
+def test_a_missing_checkpoint_names_the_prev_file_beside_it(tmp_path):
+    loop.save_checkpoint(tmp_path / "vae.prev.pt", {"model": {}, "step": 3, "done": True})
+    with pytest.raises(FileNotFoundError, match=r"vae\.prev\.pt .*rename it to vae\.pt"):
+        loop.load_checkpoint(tmp_path / "vae.pt", "vae")
+
+
+def test_a_full_disk_is_named_before_the_first_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1000))
+    calls = []
+    with pytest.raises(OSError, match=re.escape(str(tmp_path)) + r": 0 MiB free, the checkpoint needs"):
+        loop.fit(tmp_path / "toy.pt", Noisy(), lambda b: calls.append(1), stream(),
+                 loop.Schedule(steps=2, batch_size=8, lr=1e-2), config=ToyConfig(), meta={}, stage="toy")
+    assert not calls and not list(tmp_path.iterdir()), "no work done, nothing written"
+
+
+def test_an_unwritable_out_is_named_before_any_work(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "run"  # a folder under a file cannot be made (root can write anywhere else)
+    assert train.main(["--stage", "data", "--out", str(out), "--synthetic-dir", str(tmp_path / "syn")]) == 2
+    assert f"--out {out}: cannot write there" in capsys.readouterr().err
+    assert not (tmp_path / "syn").exists(), "the dataset was not generated first"
+
+
+def test_inf_and_nan_settings_are_refused_on_the_command_line(capsys):
+    assert train.main(["--stage", "vae", "--set", "vae_train.lr=inf"]) == 2
+    assert "vae_train.lr=inf: must be a finite number" in capsys.readouterr().err
+
+
+def test_json_records_are_strict(tmp_path):
+    """A NaN figure is written as null (JSON has no NaN), in STAGE.json and in results.json."""
+    runfolder.write_json(tmp_path / "x.json", {"loss": float("nan"), "rows": [1.0, float("inf")]})
+    assert json.loads((tmp_path / "x.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == \
+        {"loss": None, "rows": [1.0, None]}
+    evaluation.write_results(tmp_path, "t2m", {"Real": {"FID": (0.0, 0.0)}, "MLD": {"FID": (float("nan"), 0.0)}})
+    rows = json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))["t2m"]["rows"]
+    assert rows["MLD"]["FID"] == [None, 0.0] and "| MLD | nan ± 0.000 |" in (tmp_path / "results.md").read_text()
+
+
+def test_two_claims_of_one_name_never_coincide(tmp_path):
+    names = [runfolder.claim(lambda k: tmp_path / f"run{k}", folder=True) for _ in range(3)]
+    assert [p.name for p in names] == ["run1", "run2", "run3"] and all(p.is_dir() for p in names)
+    assert runfolder.claim(lambda k: tmp_path / f"rec{k}.json").name == "rec1.json"
+    assert runfolder.claim(lambda k: tmp_path / f"rec{k}.json").name == "rec2.json"
+
+
+def _train_py(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_a_second_writer_on_one_folder_is_refused_at_once(tmp_path):
+    """Two real train.py processes write into one --out: the second is refused before doing any
+    work, naming the first's stage and pid (they used to run side by side and share temporary
+    files); the lock dies with the process that held it (here killed mid-stage)."""
+    common = ["--out", str(tmp_path / "run"), "--synthetic-dir", str(tmp_path / "syn"), "--device", "cpu",
+              "--set", "data.synthetic_motions=60", "--set", "text.pretrain_steps=100000"]  # busy until killed
+    first = _train_py("--stage", "data", *common)
+    try:
+        lock = tmp_path / "run" / ".lock"
+        for _ in range(1200):  # until the first holds the lock (its imports take seconds)
+            if lock.exists() and lock.read_text():
+                break
+            time.sleep(0.1)
+        second = _train_py("--stage", "vae", *common)
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 2, err
+        assert f"is in use: `python train.py --stage data` (pid {first.pid})" in err and "nothing was done" in err
+        assert not (tmp_path / "run" / "vae.json").exists()
+    finally:
+        first.kill()
+        first.communicate()
+    run = types.SimpleNamespace(out=tmp_path / "run")
+    with runfolder.writing(run, ["vae"]):  # free again
+        assert "(pid " in lock.read_text()

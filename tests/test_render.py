@@ -40,3 +40,9 @@ def test_mp4_without_ffmpeg_is_refused(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="writing MP4 needs ffmpeg"):
         render.render_mp4(joints(), tmp_path / "walk.mp4")
     assert not (tmp_path / "walk.mp4").exists()
+
+
+def test_titles_wrap_to_two_lines_at_most():
+    assert render.title_lines("a person walks") == "a person walks"
+    lines = render.title_lines("a person walks forward then turns around and waves with both hands " * 5).split("\n")
+    assert len(lines) == 2 and all(len(line) <= 56 for line in lines) and lines[1].endswith("...")
