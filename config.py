@@ -95,6 +95,10 @@ class RunConfig:
     lcm_train: Schedule = field(default_factory=lambda: Schedule(90_000, 256, 2e-4))
 
     def __post_init__(self):
+        # LaMP's query i predicts motion token i (LaMP Eq. 1): the queries must cover the longest clip
+        if self.data.max_len > 4 * self.lamp.n_queries:
+            raise ValueError(f"lamp.n_queries={self.lamp.n_queries} covers clips of {4 * self.lamp.n_queries} frames, "
+                             f"but data.max_len={self.data.max_len}")
         # MModality draws its pairs of generations without replacement
         if self.eval.mm_num_texts > 0 and self.eval.mm_num_gens < MM_PAIRS:
             raise ValueError(f"eval.mm_num_gens={self.eval.mm_num_gens}: must be >= MModality's pairs "

@@ -1,16 +1,18 @@
 """Your own inputs: prompt files for generation (`read_prompts`, with the output names
-`prompt_slug`), and your own motion data, a folder of joint-position clips and captions written
-in the HumanML3D layout that the rest of the project reads (`build_from_joints`).
+`prompt_slug`), and your own motion data, a folder of joint-position clips (`build_from_joints`)
+or of BVH files (`build_from_bvh`, read by bvh.read_bvh) with captions, written in the HumanML3D
+layout that the rest of the project reads.
 
 The conversion is HumanML3D's processing from its joints on (`motion_representation.ipynb`,
-`cal_mean_variance`): features by data.joints_to_features, the joints recovered from them, Mean
+`cal_mean_variance`): each clip retargeted onto HumanML3D's skeleton (bvh.retarget, its
+`uniform_skeleton`), features by data.joints_to_features, the joints recovered from them, Mean
 and group-averaged Std over every frame, and a seeded train/val/test split; data.py holds those
 pieces and synthetic.py writes through the same ones. `python train.py --stage data --from-joints
 DIR --data OUT` calls `build_from_joints`.
 
 Differences from HumanML3D's processing:
-- Bone lengths stay as given (no retargeting to clip 000021's skeleton: that needs the raw AMASS
-  joints), and no mirrored copies (HumanML3D's M-prefixed clips) are added.
+- No mirrored copies (HumanML3D's M-prefixed clips) are added; `retarget=False` keeps each clip's
+  own bone lengths (HumanML3D always retargets).
 - Clips at another frame rate are resampled linearly to 20 fps.
 - The part-of-speech field of each caption line is `word/X` unless a tagger is passed (the reader
   ignores it; only the synthetic dataset's held-out styles read their verbs).
@@ -22,8 +24,8 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
-from scipy.interpolate import make_interp_spline
 
+import bvh
 from data import (T2M, FeatureStats, fits_length, joints_to_features, load_array, read_lines, save_features,
                   write_splits)
 
@@ -78,21 +80,13 @@ def prompt_slug(index: int, caption: str, limit: int = 60) -> str:
 
 
 # ----------------------------------------------------------------------------
-# Your own joint clips into the HumanML3D layout
+# Your own joint clips or BVH files into the HumanML3D layout
 
 
 def _plain_tags(words: list[str]) -> list[str]:
     """The default tagger: every word is its own lemma with UPOS tag X ("other"). The reader
     ignores the tags; only the synthetic dataset's held-out styles use them (inversion.py)."""
     return [f"{word}/X" for word in words]
-
-
-def _resample(joints: np.ndarray, fps: float, target: float) -> np.ndarray:
-    """Linear interpolation in time from fps to target frames per second: (T, J, 3) -> (T', J, 3)."""
-    if fps == target:
-        return joints
-    times = np.arange(0.0, (len(joints) - 1) / fps + 1e-9, 1.0 / target)  # (T',) seconds
-    return make_interp_spline(np.arange(len(joints)) / fps, joints, k=1, axis=0)(times)
 
 
 def _source_captions(path: Path, duration: float) -> list[tuple[str, float, float]]:
@@ -121,8 +115,8 @@ def _source_captions(path: Path, duration: float) -> list[tuple[str, float, floa
     return captions
 
 
-def _source_clip(src: Path, name: str, fps: float, min_len: int, max_len: int):
-    """One source clip, checked -> (features (T-1, 263) at 20 fps, captions); ValueError(why)."""
+def _npy_joints(src: Path, name: str, fps: float) -> np.ndarray:
+    """NAME.npy, checked -> joints (T, 22, 3) at 20 fps; ValueError(why)."""
     if not (src / f"{name}.npy").exists():
         raise ValueError(f"no motion file {name}.npy")
     joints = load_array(src / f"{name}.npy", "joint positions")  # unreadable, foreign, not numbers
@@ -131,10 +125,23 @@ def _source_clip(src: Path, name: str, fps: float, min_len: int, max_len: int):
                          f"got {joints.dtype} {joints.shape}")
     if not np.isfinite(joints).all():
         raise ValueError(f"{name}.npy contains NaN or inf")
-    joints = _resample(joints.astype(np.float64), fps, T2M.fps)  # (T, 22, 3) at 20 fps
+    return bvh.resample(joints.astype(np.float64), fps, T2M.fps)
+
+
+def _bvh_joints(src: Path, name: str, joint_map, up: str) -> np.ndarray:
+    """NAME.bvh -> joints (T, 22, 3) at 20 fps (bvh.read_bvh); ValueError(why)."""
+    if not (src / f"{name}.bvh").exists():
+        raise ValueError(f"no motion file {name}.bvh")
+    return bvh.read_bvh(src / f"{name}.bvh", joint_map=joint_map, up=up, fps=T2M.fps)
+
+
+def _source_clip(src: Path, name: str, joints: np.ndarray, retarget: bool, min_len: int, max_len: int):
+    """One clip's joints at 20 fps and its captions, checked -> (features (T-1, 263), captions)."""
     if len(joints) - 1 < min_len:
         raise ValueError(f"too short: {len(joints)} frames at {T2M.fps:g} fps give "
                          f"{len(joints) - 1} feature rows, fewer than {min_len}")
+    if retarget:
+        joints = bvh.retarget(joints)  # (T, 22, 3) on HumanML3D's skeleton
     features = joints_to_features(joints)
     if not np.isfinite(features).all():
         raise ValueError("a degenerate pose: hips and shoulders give no facing direction")
@@ -149,28 +156,52 @@ def _source_clip(src: Path, name: str, fps: float, min_len: int, max_len: int):
 
 def build_from_joints(src_dir, out_dir, tag=None, seed: int = 0, fps: float = 20, min_len: int = 40,
                       max_len: int = 196, split: tuple[float, float, float] = (0.8, 0.05, 0.15),
-                      log=print) -> dict:
+                      retarget: bool = True, log=print) -> dict:
     """Turn a folder of one's own clips into the HumanML3D layout MotionTextDataset reads.
 
     Source: NAME.npy, joints (T, 22, 3) of the t2m skeleton in metres, y up, at `fps` frames per
     second (resampled to 20); NAME.txt, one caption a line, optionally `caption#start#end` in
-    seconds. Written: new_joint_vecs/, new_joints/, texts/ (`caption#word/POS ...#start#end`,
-    the tags from `tag(words) -> ["lemma/POS", ...]`, default every word `word/X`), Mean.npy,
-    Std.npy, train/val/test.txt (shuffled by `seed` into `split` shares) and source.json (this
-    summary). A bad clip (unreadable, wrong shape, NaN, too short, caption file missing or with
-    a bad line, no caption within the length rules) is reported by name and skipped, never
-    fixed. Written to OUT.partial, renamed at the end; OUT must be empty, absent or an earlier
-    build (it has source.json). -> {"source", "fps", "kept", "skipped": {name: why},
-    "feature_rows", "splits": {split: count}}.
-    Unlike HumanML3D's processing, bone lengths stay as given (no retargeting, see the module
-    docstring) and no mirrored copies (HumanML3D's M-prefixed clips) are added."""
+    seconds. Each clip is retargeted onto HumanML3D's skeleton (bvh.retarget) unless `retarget`
+    is False (its bone lengths kept). Written: new_joint_vecs/, new_joints/, texts/
+    (`caption#word/POS ...#start#end`, the tags from `tag(words) -> ["lemma/POS", ...]`, default
+    every word `word/X`), Mean.npy, Std.npy, train/val/test.txt (shuffled by `seed` into `split`
+    shares) and source.json (this summary). A bad clip (unreadable, wrong shape, NaN, too short,
+    caption file missing or with a bad line, no caption within the length rules) is reported by
+    name and skipped, never fixed. Written to OUT.partial, renamed at the end; OUT must be empty,
+    absent or an earlier build (it has source.json). -> {"source", "format": "npy", "fps",
+    "retarget", "kept", "skipped": {name: why}, "feature_rows", "splits": {split: count}}.
+    Unlike HumanML3D's processing, no mirrored copies (its M-prefixed clips) are added."""
+    if not fps > 0:
+        raise ValueError(f"fps: must be positive, got {fps}")
+    return _build(src_dir, out_dir, ".npy", lambda src, name: _npy_joints(src, name, fps),
+                  {"format": "npy", "fps": fps, "retarget": retarget},
+                  tag, seed, min_len, max_len, split, log)
+
+
+def build_from_bvh(src_dir, out_dir, joint_map=None, up: str = "y", retarget: bool = True, tag=None,
+                   seed: int = 0, min_len: int = 40, max_len: int = 196,
+                   split: tuple[float, float, float] = (0.8, 0.05, 0.15), log=print) -> dict:
+    """As build_from_joints, from NAME.bvh + NAME.txt: each file read by bvh.read_bvh (joints by
+    name or `joint_map`, `up` axis, units and frame rate from the file), then the same path. A file
+    that bvh.read_bvh refuses (malformed, unmatched joints) is skipped with its reason.
+    -> the summary, with "format": "bvh", "up", "joint_map" and "retarget"."""
+    if up not in ("y", "z"):
+        raise ValueError(f"up: 'y' or 'z', got {up!r}")
+    recorded = str(joint_map) if isinstance(joint_map, (str, Path)) else joint_map
+    return _build(src_dir, out_dir, ".bvh", lambda src, name: _bvh_joints(src, name, joint_map, up),
+                  {"format": "bvh", "up": up, "joint_map": recorded, "retarget": retarget},
+                  tag, seed, min_len, max_len, split, log)
+
+
+def _build(src_dir, out_dir, suffix: str, load, settings: dict, tag, seed: int, min_len: int, max_len: int,
+           split: tuple[float, float, float], log) -> dict:
+    """The shared body of build_from_joints / build_from_bvh: `load(src, name)` -> joints (T, 22, 3)
+    at 20 fps for every NAME.suffix or NAME.txt, then features, captions, statistics, splits."""
     src, out, tag = Path(src_dir), Path(out_dir), tag or _plain_tags
     if not src.is_dir():
         raise ValueError(f"{src}: source folder is missing")
     if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6:
         raise ValueError(f"split: three shares (train, val, test) summing to 1, got {split}")
-    if not fps > 0:
-        raise ValueError(f"fps: must be positive, got {fps}")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "source.json").exists())):
         raise ValueError(f"{out}: not empty and not a dataset built from joints (no source.json); "
                          f"choose an empty folder")
@@ -179,12 +210,13 @@ def build_from_joints(src_dir, out_dir, tag=None, seed: int = 0, fps: float = 20
     for sub in ("new_joint_vecs", "new_joints", "texts"):
         (partial / sub).mkdir(parents=True)
 
-    # 1. Every clip named by a .npy or a .txt: checked, converted and written, or skipped.
-    names = sorted({p.stem for p in src.glob("*.npy")} | {p.stem for p in src.glob("*.txt")})
+    # 1. Every clip named by a motion file or a .txt: checked, converted and written, or skipped.
+    names = sorted({p.stem for p in src.glob(f"*{suffix}")} | {p.stem for p in src.glob("*.txt")})
     kept, skipped, stats = [], {}, FeatureStats()
     for name in names:
         try:
-            features, captions = _source_clip(src, name, fps, min_len, max_len)
+            joints = load(src, name)  # (T, 22, 3) at 20 fps
+            features, captions = _source_clip(src, name, joints, settings["retarget"], min_len, max_len)
         except ValueError as err:
             skipped[name] = str(err)
             log(f"[data] skipped {name}: {err}")
@@ -206,7 +238,7 @@ def build_from_joints(src_dir, out_dir, tag=None, seed: int = 0, fps: float = 20
     # 2. Statistics, splits and the summary; then the finished folder takes OUT's place.
     stats.save(partial)
     splits = write_splits(partial, kept, split, np.random.default_rng(seed))
-    summary = {"source": str(src), "fps": fps, "kept": len(kept), "skipped": skipped,
+    summary = {"source": str(src), **settings, "kept": len(kept), "skipped": skipped,
                "feature_rows": stats.rows, "splits": {k: len(v) for k, v in splits.items()}}
     (partial / "source.json").write_text(json.dumps(summary, indent=1))
     if out.exists():

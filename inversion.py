@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import bvh
 import data
 import metrics
 from clip import TextEncoder
@@ -137,14 +138,21 @@ def mti_lead_loss(proj_true: torch.Tensor, proj_hat: torch.Tensor):
 
 
 def load_example_motion(path, mean: np.ndarray, std: np.ndarray, skeleton: data.Skeleton = data.T2M,
-                        min_frames: int = 40) -> torch.Tensor:
+                        min_frames: int = 40, joint_map=None, up: str = "y") -> torch.Tensor:
     """A user's example motion -> normalized features (T, D).
 
-    Accepts de-normalized features (T, D) as `--stage sample` writes them (`*_features.npy`) or
-    joint positions (T, J, 3) (`*_joints.npy`), which become T-1 feature rows through
+    Accepts motion capture as .bvh (bvh.read_bvh, joints by name or `joint_map`, then retargeted
+    to HumanML3D's skeleton as its processing does, LEAD Sec. 5.5's 100STYLE protocol),
+    de-normalized features (T, D) as `--stage sample` writes them (`*_features.npy`) or joint
+    positions (T, J, 3) (`*_joints.npy`), which become T-1 feature rows through
     `data.joints_to_features`. Anything else raises ValueError naming the file."""
     path = Path(path)
-    array = data.load_array(path, "example motion")
+    if path.suffix.lower() == ".bvh":
+        if skeleton is not data.T2M:
+            raise ValueError(f"{path}: BVH is read onto the 22-joint HumanML3D skeleton, not {skeleton.name}'s")
+        array = bvh.retarget(bvh.read_bvh(path, joint_map, up, fps=skeleton.fps))    # (T, 22, 3)
+    else:
+        array = data.load_array(path, "example motion")
     D, J = skeleton.feat_dim, skeleton.n_joints
     if not np.isfinite(array).all():
         raise ValueError(f"{path}: the motion contains NaN or inf")

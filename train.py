@@ -318,8 +318,8 @@ def learn_user_word(run: Run) -> dict:
         raise ValueError("--motion needs --word NAME (prompts then say <NAME>) and --init WORD "
                          "(a coarse one-word descriptor to start from, e.g. walk)")
     word, stats = inversion.token_word(args.word), open_split(run, "train")
-    examples = [inversion.load_example_motion(path, stats.mean, stats.std, stats.skeleton, run.cfg.data.min_len)
-                for path in args.motion]
+    examples = [inversion.load_example_motion(path, stats.mean, stats.std, stats.skeleton, run.cfg.data.min_len,
+                                              joint_map=args.joint_map, up=args.up) for path in args.motion]
     models = inversion_models(run)
     embedding = inversion.invert(models, examples, word, args.init, cfg, seed=run.cfg.run.seed, log=print)
     path = inversion.save_token(run.out / "tokens" / f"{word[1:-1]}.pt", word, args.init, embedding, cfg.objective)
@@ -334,17 +334,19 @@ def learn_user_word(run: Run) -> dict:
 
 
 def stage_data(run: Run) -> dict:
-    """Generate, convert (--from-joints) or validate the dataset, print its summary, build the
-    offline text encoder (clip.py) from the training captions alone."""
-    if run.args.from_joints:
+    """Generate, convert (--from-bvh, --from-joints: retargeted to HumanML3D's skeleton) or validate
+    the dataset, print its summary, build the offline text encoder (clip.py) from the captions alone."""
+    a, c = run.args, run.cfg.data
+    if a.from_bvh or a.from_joints:
         if run.synthetic:
-            raise ValueError("--from-joints DIR needs --data OUT: the folder to write the dataset to")
-        c = run.cfg.data
-        ingest.build_from_joints(run.args.from_joints, run.data_root, seed=run.cfg.run.seed,
-                                 min_len=c.min_len, max_len=c.max_len)
+            raise ValueError("--from-bvh / --from-joints DIR needs --data OUT: the folder to write the dataset to")
+        common = dict(seed=run.cfg.run.seed, min_len=c.min_len, max_len=c.max_len, retarget=not a.keep_lengths)
+        if a.from_bvh:  # joints by name (SMPL, Mixamo, Xsens/100STYLE, --joint-map); units and fps from the file
+            ingest.build_from_bvh(a.from_bvh, run.data_root, joint_map=a.joint_map, up=a.up, **common)
+        else:
+            ingest.build_from_joints(a.from_joints, run.data_root, **common)
     root = dataset_root(run)
-    summary = data.dataset_summary(root)
-    print(f"[data] {root}\n" + data.format_summary(summary))
+    print(f"[data] {root}\n" + data.format_summary(summary := data.dataset_summary(root)))
     usable = {split: len(open_split(run, split)) for split in ("train", "val", "test")}
     print(f"  usable after the length rules: {usable}")
     figures = {"summary": summary, "usable": usable}
@@ -354,8 +356,9 @@ def stage_data(run: Run) -> dict:
                                       config=run.cfg.text)
         figures["bpe_vocab_size"] = len(encoder.tokenizer)
         print(f"  offline text encoder in {run.out / 'text_encoder'}: {len(encoder.tokenizer)} BPE tokens")
-        if groups["test"]:  # (a --from-joints dataset may have no test clips)
-            figures["text_paraphrase"] = r = clip.offline_report(encoder, groups["test"], run.cfg.run.seed, run.cfg.text)
+        if groups["test"]:  # (a dataset of your own may have no test clips)
+            figures["text_paraphrase"] = r = clip.offline_report(encoder, groups["test"], run.cfg.run.seed,
+                                                                 run.cfg.text)
             print(f"  test paraphrase retrieval top-1: {r['before']['top1']:.3f} (random) -> {r['after']['top1']:.3f}")
     return figures
 
@@ -494,9 +497,6 @@ def stage_lamp(run: Run) -> dict:
     train, val, test = (open_split(run, split) for split in ("train", "val", "test"))
     tokenizer = clip_text_encoder(run).tokenizer   # the project's tokenizer (offline BPE or CLIP's)
     cfg, feat_dim, seed, device = run.cfg.lamp, train.mean.shape[0], run.cfg.run.seed, run.device
-    if run.cfg.data.max_len > 4 * cfg.n_queries:
-        raise ValueError(f"lamp.n_queries={cfg.n_queries} covers clips of {4 * cfg.n_queries} frames, but "
-                         f"data.max_len={run.cfg.data.max_len}: query i predicts motion token i (Eq. 1)")
     # 1. the motion tokenizer
     torch.manual_seed(seed)
     vq = vqvae.MotionVQVAE(cfg, feat_dim).to(device)
@@ -571,8 +571,7 @@ def stage_import(run: Run) -> dict:
     if run.clip and text_dim != clip_text_encoder(run).dim:
         raise ValueError(f"MLD's denoiser reads a {text_dim}-d text condition, --clip {run.clip} gives "
                          f"{clip_text_encoder(run).dim}: pass MLD's, openai/clip-vit-large-patch14")
-    print(f"[import] {run.args.mld} -> {run.out / 'vae.pt'} and {run.out / 'diffusion.pt'}; next: --stage "
-          f"projector, then eval, each with --clip (MLD's CLIP, openai/clip-vit-large-patch14) and --data (HumanML3D)")
+    print(f"[import] {run.args.mld} -> {run.out}/vae.pt, diffusion.pt; next: --stage projector, eval (--clip, --data)")
     return {**source, "latent_shape": states["diffusion"]["meta"]["latent_shape"], "text_dim": text_dim}
 
 
@@ -639,11 +638,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--sampler", default="ddim", choices=["ddim", "lcm"], help="sample: guided DDIM, or MotionLCM's 1-4 steps")
     add("--steps", type=int, help="sample: MotionLCM's steps (default: lcm.sample_steps)")
     add("--bvh", action="store_true", help="sample/inversion: also write each motion as NAME.bvh")
-    add("--from-joints", type=Path, metavar="DIR", help="data: turn DIR of NAME.npy joints (T, 22, 3), metres, "
-        "y up, 20 fps, and NAME.txt captions into the HumanML3D layout at --data")
+    add("--from-bvh", type=Path, metavar="DIR", help="data: turn DIR of NAME.bvh motion capture and NAME.txt "
+        "captions into the HumanML3D layout at --data (joints by name: SMPL, Mixamo, Xsens/100STYLE; --joint-map)")
+    add("--from-joints", type=Path, metavar="DIR", help="data: as --from-bvh, from NAME.npy joints (T, 22, 3) in m")
+    add("--joint-map", type=Path, help="BVH: a JSON {t2m joint: the file's joint} where no built-in map fits")
+    add("--up", default="y", choices=["y", "z"], help="BVH: the files' up axis")
+    add("--keep-lengths", action="store_true", help="--from-bvh/-joints: keep the clips' bones (no retargeting)")
     add("--motion", type=Path, action="append", default=[], help="inversion: an example motion to learn a new "
-        "word from (repeatable): (T, 263) features as --stage sample writes them, or (T, 22, 3) joints")
-    add("--word", help="inversion: NAME of the learned word; prompts then say <NAME>")
+        "word from (repeatable): a .bvh, or .npy (T, 263) features as `sample` writes them or (T, 22, 3) joints")
+    add("--word", help="inversion: NAME of the learned word (prompts say <NAME>)")
     add("--init", help="inversion: a coarse one-word descriptor to start from (e.g. walk)")
     add("--set", dest="sets", action="append", default=[], metavar="SECTION.FIELD=VALUE",
         help="override a config field (repeatable)")

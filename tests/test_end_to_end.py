@@ -289,6 +289,30 @@ def test_data_from_your_own_joints(tmp_path, capsys):
     assert "--from-joints DIR needs --data OUT" in capsys.readouterr().err
 
 
+def test_data_and_inversion_from_motion_capture(smoke_run, tmp_path, capsys):
+    """BVH in (issue 30): `--stage data --from-bvh DIR` turns Mixamo-named 60 fps BVH files with
+    captions into a dataset; `--stage inversion --motion FILE.bvh` learns a word from one, and
+    each call's record is its own (claimed, never overwritten)."""
+    import bvh
+    test = runfolder.open_run(smoke_run / "run", data_root=smoke_run / "synthetic", preset="tiny", sets=SMOKE)
+    clips = runfolder.open_split(test, "test")
+    mocap = tmp_path / "mocap"
+    mocap.mkdir()
+    for i in range(10):
+        joints = np.load(smoke_run / "synthetic" / "new_joints" / f"{clips.items[i][0]}.npy")  # (T, 22, 3), 20 fps
+        bvh.write_bvh(bvh.resample(joints, 20, 60), mocap / f"clip{i}.bvh", fps=60)
+        (mocap / f"clip{i}.txt").write_text(f"{clips.items[i][2][0]}#0.0#0.0\n")
+    args = ["--out", str(tmp_path / "run"), "--device", "cpu", *[x for s in SMOKE for x in ("--set", s)]]
+    assert train.main(["--stage", "data", "--from-bvh", str(mocap), "--data", str(tmp_path / "dataset"), *args]) == 0
+    assert "kept 10 of 10" in capsys.readouterr().out and (tmp_path / "dataset" / "Mean.npy").exists()
+    word = ["--stage", "inversion", "--motion", str(mocap / "clip0.bvh"), "--word", "mocap", "--init", "walk",
+            *smoke_args(smoke_run)]
+    assert train.main(word) == 0 and train.main(word) == 0
+    assert (smoke_run / "run" / "tokens" / "mocap.pt").exists()
+    records = sorted(p.name for p in (smoke_run / "run").glob("inversion_mocap*.json"))
+    assert records == ["inversion_mocap-2.json", "inversion_mocap.json"]
+
+
 class LightningHyperParameters:
     """Stands for the OmegaConf objects a Lightning .ckpt keeps beside its weights."""
 

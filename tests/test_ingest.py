@@ -1,6 +1,7 @@
 """Tests for ingest.py: prompt files (lengths in frames or seconds, bad lines named) and their
-output names; a folder of one's own joint clips and captions, some of them bad, becomes a
-dataset in the HumanML3D layout that data.MotionTextDataset reads."""
+output names; a folder of one's own joint clips or BVH files and captions, some of them bad,
+becomes a dataset in the HumanML3D layout that data.MotionTextDataset reads, retargeted onto
+HumanML3D's skeleton unless asked not to."""
 import json
 import re
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import bvh
 import data
 import ingest
 import synthetic
@@ -123,10 +125,15 @@ def test_build_from_joints_writes_a_readable_dataset(tmp_path):
         assert any(line.startswith(f"[data] skipped {name}: ") for line in logged)
     assert "kept 4 of 11 clips" in logged[-1]
     assert not (tmp_path / "dataset.partial").exists()
-    # the layout: features as joints_to_features gives them, recovered joints, tagged captions
+    # the layout: features of the retargeted joints, recovered joints on HumanML3D's bones, tagged captions
     joints = np.load(src / "walk.npy")
-    assert np.array_equal(np.load(out / "new_joint_vecs" / "walk.npy"), data.joints_to_features(joints))
-    assert np.load(out / "new_joints" / "walk.npy").shape == (len(joints) - 1, 22, 3)
+    rows = np.load(out / "new_joint_vecs" / "walk.npy")
+    assert np.array_equal(rows, data.joints_to_features(bvh.retarget(joints)))
+    recovered = np.load(out / "new_joints" / "walk.npy")
+    assert recovered.shape == (len(joints) - 1, 22, 3)
+    parents = data.T2M.parents()
+    lengths = np.linalg.norm(recovered[:, 1:] - recovered[:, parents[1:]], axis=-1)  # (T-1, 21)
+    assert np.abs(lengths - bvh.REFERENCE_BONE_LENGTHS).max() < 1e-5  # (float32 features)
     assert (out / "texts" / "walk.txt").read_text().splitlines() == [
         "a person walks forward#a/X person/X walks/X forward/X#0.0#0.0",
         "someone walks#someone/X walks/X#0.5#2.5"]
@@ -169,7 +176,8 @@ def test_build_from_joints_is_seeded_and_refuses_foreign_folders(tmp_path):
 
 def test_build_from_joints_tagger_and_frame_rate(tmp_path):
     """A tagger's `lemma/POS` tokens are written as given; a 10 fps source is resampled to 20
-    fps by linear interpolation (the source frames come back at every other frame)."""
+    fps by linear interpolation (the source frames come back at every other frame), then
+    retargeted, or not (retarget=False: the features of the resampled joints as they are)."""
     src = tmp_path / "mine"
     src.mkdir()
     joints = motion([("walk", {}), ("jog", {})], seed=5)
@@ -185,10 +193,52 @@ def test_build_from_joints_tagger_and_frame_rate(tmp_path):
     assert summary["kept"] == 2
     assert ((tmp_path / "out" / "texts" / "walk.txt").read_text()
             == "A man walks#a/NOUN man/NOUN walk/VERB#0.0#0.0\n")
-    resampled = ingest._resample(slow, 10, 20)
+    resampled = bvh.resample(slow, 10, 20)
     assert len(resampled) == 2 * len(slow) - 1
     assert np.allclose(resampled[::2], slow) and np.allclose(resampled[1::2], (slow[:-1] + slow[1:]) / 2)
     rows = np.load(tmp_path / "out" / "new_joint_vecs" / "walk.npy")
+    assert np.array_equal(rows, data.joints_to_features(bvh.retarget(resampled)))
+    kept = ingest.build_from_joints(src, tmp_path / "kept", fps=10, retarget=False, log=lambda *a: None)
+    assert kept["retarget"] is False and kept["format"] == "npy"
+    rows = np.load(tmp_path / "kept" / "new_joint_vecs" / "walk.npy")
     assert np.array_equal(rows, data.joints_to_features(resampled))
     with pytest.raises(ValueError, match="tag: expected one 'lemma/POS' per word"):
         ingest.build_from_joints(src, tmp_path / "bad", log=lambda *a: None, fps=10, tag=lambda words: ["x"])
+
+
+# ----------------------------------------------------------------------------
+# build_from_bvh: the same from BVH files
+
+
+def test_build_from_bvh_reads_retargets_and_skips_bad_files(tmp_path):
+    """BVH files (our writer's: SMPL names, centimetres; one relabelled with Mixamo names and
+    written at 60 fps) become the same dataset as their joints would; a malformed file, one
+    with unknown joint names and one without captions are skipped with their reasons."""
+    src = tmp_path / "mocap"
+    src.mkdir()
+    walk, jog = motion([("walk", {}), ("jump", {})], seed=1), motion([("jog", {})], seed=2)
+    bvh.write_bvh(walk, src / "walk.bvh")
+    mixamo = bvh.write_bvh(bvh.resample(jog, 20, 60), src / "jog.bvh", fps=60, offsets=bvh.rest_offsets(jog))
+    text = mixamo.read_text()
+    for smpl, names in bvh.NAME_MAPS["mixamo"].items():  # (prefixed: a joint is renamed once)
+        text = re.sub(rf"(ROOT|JOINT) {smpl}\n", rf"\1 mixamorig:{names[0]}\n", text)
+    mixamo.write_text(text)
+    bvh.write_bvh(walk, src / "broken.bvh")
+    broken = (src / "broken.bvh").read_text().splitlines()
+    broken[-1] = broken[-1] + " 0.0"  # one value too many on the last frame line
+    (src / "broken.bvh").write_text("\n".join(broken) + "\n")
+    bvh.write_bvh(walk, src / "alien.bvh")
+    (src / "alien.bvh").write_text((src / "alien.bvh").read_text().replace("JOINT L_Hip", "JOINT Thigh"))
+    bvh.write_bvh(walk, src / "silent.bvh")
+    for name in ("walk", "jog", "broken", "alien"):
+        (src / f"{name}.txt").write_text(f"a person does the {name} motion\n")
+    summary = ingest.build_from_bvh(src, tmp_path / "out", seed=0, log=lambda *a: None)
+    assert summary["kept"] == 2 and summary["format"] == "bvh" and summary["up"] == "y"
+    assert f"broken.bvh:{len(broken)}: " in summary["skipped"]["broken"]
+    assert "closest (smpl) leaves the t2m joints L_Hip unmatched" in summary["skipped"]["alien"]
+    assert summary["skipped"]["silent"] == "no caption file silent.txt"
+    for name, joints in (("walk", walk), ("jog", jog)):
+        rows = np.load(tmp_path / "out" / "new_joint_vecs" / f"{name}.npy")
+        assert np.abs(rows - data.joints_to_features(bvh.retarget(joints))).max() < 1e-3
+    splits = [data.MotionTextDataset(tmp_path / "out", split) for split in ("train", "val", "test")]
+    assert sorted(name for ds in splits for name, _, _ in ds.items) == ["jog", "walk"]
