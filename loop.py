@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,8 @@ class Schedule:
     log_every: int = 100   # progress line every this many steps
     ckpt_every: int = 500  # checkpoint (for --resume) every this many steps
     cosine: bool = False   # ours: decay lr to 0 over `steps` by a half cosine (MLD: constant)
+    micro_batch: int = 0   # ours: rows per forward pass, gradients summed over them (0: the whole batch)
+    AT_LEAST_ZERO: ClassVar = ("micro_batch",)  # ranges: config.check_ranges
 
 
 def learning_rate(sched: Schedule, step: int) -> float:
@@ -213,6 +216,18 @@ def shard(batch: dict, rank: int, world: int) -> dict:
             for k, v in batch.items()}
 
 
+def micro_batches(batch: dict, size: int) -> list[dict]:
+    """A (this process's) batch as consecutive micro-batches of `size` rows (0: the batch itself),
+    whose gradients fit sums into the whole batch's (gradient accumulation)."""
+    B = len(batch["caption"]) if "caption" in batch else len(next(v for v in batch.values() if torch.is_tensor(v)))
+    if size == 0 or size >= B:
+        return [batch]
+    if B % size:
+        raise ValueError(f"a batch of {B} rows does not split into micro-batches of {size}: make "
+                         f"*_train.micro_batch divide the (per-process) batch size")
+    return [shard(batch, i, B // size) for i in range(B // size)]
+
+
 class LossModule(nn.Module):
     """`loss_fn` as the forward of a module holding `model`: what DistributedDataParallel wraps,
     so that its gradient hooks see the parameters every loss function reaches."""
@@ -306,9 +321,19 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(sched, step)
         batch = next(stream)
-        with autocast(precision, device):
-            loss, parts = forward(shard(batch, rank, world) if world > 1 else batch)
-        logged = {key: float(v) for key, v in zip(["loss", *parts], _averaged([loss, *parts.values()], world))}
+        micro = micro_batches(shard(batch, rank, world) if world > 1 else batch, sched.micro_batch)
+        optimizer.zero_grad(set_to_none=True)
+        values = []  # per micro-batch: the loss and its parts
+        for i, rows in enumerate(micro):
+            # under DDP the gradients are averaged over the ranks once, after the last micro-batch
+            with forward.no_sync() if world > 1 and i < len(micro) - 1 else contextlib.nullcontext():
+                with autocast(precision, device):
+                    loss, parts = forward(rows)
+                # mean over the micro-batches of their (per-row mean) losses: the whole batch's gradient
+                (scaler.scale(loss / len(micro)) if scaler else loss / len(micro)).backward()
+            values.append([float(v.detach()) if torch.is_tensor(v) else float(v) for v in (loss, *parts.values())])
+        mean = torch.tensor(values, dtype=torch.float64).mean(0).tolist()
+        logged = {key: float(v) for key, v in zip(["loss", *parts], _averaged(mean, world))}
         if not math.isfinite(logged["loss"]):
             if not written and previous.exists() and rank == 0:  # nothing of this run's is good: the old one returns
                 os.replace(previous, path)
@@ -317,8 +342,6 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
             raise NonFiniteLoss(f"[{path.stem}] the loss became {logged['loss']} at step {step + 1}; {kept}. "
                                 f"Lower the learning rate ({lr_key}) and rerun"
                                 + (" with --resume." if written else "."))
-        optimizer.zero_grad(set_to_none=True)
-        (scaler.scale(loss) if scaler else loss).backward()  # under DDP: gradients averaged over the ranks
         scaler.step(optimizer) if scaler else optimizer.step()
         if scaler:
             scaler.update()

@@ -28,15 +28,15 @@ class Config:
     pass
 
 
-def fit_toy(out: Path) -> torch.nn.Module:
+def fit_toy(out: Path, micro_batch: int = 0) -> torch.nn.Module:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
 
     def loss_fn(batch):
         return ((model(batch["x"]) - batch["y"]) ** 2).mean(), {}  # a per-row mean: shards average exactly
 
-    loop.fit(out / "toy.pt", model, loss_fn, stream(), loop.Schedule(STEPS, 8, 1e-2, log_every=1), config=Config(),
-             meta={}, stage="toy")
+    sched = loop.Schedule(STEPS, 8, 1e-2, log_every=1, micro_batch=micro_batch)
+    loop.fit(out / "toy.pt", model, loss_fn, stream(), sched, config=Config(), meta={}, stage="toy")
     return model
 
 
@@ -48,6 +48,8 @@ def _rank(rank: int, world: int, port: int, out: str):
     try:
         model = fit_toy(Path(out) / f"rank{rank}")
         torch.save(model.state_dict(), Path(out) / f"params{rank}.pt")
+        model = fit_toy(Path(out) / f"micro{rank}", micro_batch=2)  # 4 rows per rank, 2 micro-batches of 2
+        torch.save(model.state_dict(), Path(out) / f"micro{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -60,9 +62,10 @@ def test_two_processes_step_like_one_on_the_whole_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(loop.dataclasses, "asdict", lambda cfg: {})
     single = fit_toy(tmp_path / "single").state_dict()
     for r in range(2):
-        shared = torch.load(tmp_path / f"params{r}.pt", weights_only=True)
-        for name, value in single.items():
-            assert torch.allclose(shared[name], value, atol=1e-5), (r, name)
+        for file in (f"params{r}.pt", f"micro{r}.pt"):  # data parallel, and with gradient accumulation too
+            shared = torch.load(tmp_path / file, weights_only=True)
+            for name, value in single.items():
+                assert torch.allclose(shared[name], value, atol=1e-5), (file, name)
     assert (tmp_path / "rank0" / "toy.pt").exists(), "rank 0 writes the checkpoint"
     assert not (tmp_path / "rank1").exists() or not any((tmp_path / "rank1").iterdir()), "rank 1 writes nothing"
 

@@ -117,3 +117,31 @@ def test_fit_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint(tmp_p
         _fit(tmp_path, False, model, loss_fn, sched)
     state = loop.load_checkpoint(tmp_path / "toy.pt", "toy")
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_micro_batches_give_the_update_of_the_whole_batch(tmp_path):
+    """Gradient accumulation: 4 micro-batches of 2 rows (per-row-mean loss, gradients of loss / 4
+    summed) take the same AdamW steps as the batch of 8, and log the same mean loss."""
+    def run(micro_batch: int, out):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        seen = []
+
+        def loss_fn(batch):
+            seen.append(len(batch["x"]))
+            loss = ((model(batch["x"]) - batch["y"]) ** 2).mean()
+            return loss, {"mse": loss.detach()}
+
+        sched = loop.Schedule(steps=5, batch_size=8, lr=1e-2, log_every=100, micro_batch=micro_batch)
+        losses = loop.fit(out / "toy.pt", model, loss_fn, _toy_stream(), sched, config=ToyConfig(), meta={},
+                          stage="toy")
+        return model.state_dict(), seen, losses
+
+    whole, seen_whole, logged_whole = run(0, tmp_path / "a")
+    micro, seen_micro, logged_micro = run(2, tmp_path / "b")
+    assert seen_whole == [8] * 5 and seen_micro == [2] * 20
+    for name, value in whole.items():
+        torch.testing.assert_close(micro[name], value, rtol=1e-5, atol=1e-6)
+    assert logged_micro == pytest.approx(logged_whole, rel=1e-5)
+    with pytest.raises(ValueError, match="micro-batches of 3"):
+        run(3, tmp_path / "c")
