@@ -13,11 +13,9 @@ textual-inversion words, MATE's table), then the offline stand-in's pretraining 
 (`paraphrase_loss`, `pretrain_text`, `paraphrase_report`, `offline_report`).
 
 Differences from the papers:
-- Without `--clip` there are no real CLIP weights (no network): `TextEncoder.offline` builds a
-  small CLIP text transformer (the same class, saved and loaded through the same from_pretrained
-  path), pretrained with CLIP's symmetric InfoNCE between two captions of one motion instead of
-  an image and its caption (`paraphrase_loss`): captions only, never a motion feature. It knows
-  which captions say the same thing, but no language beyond them (bench/bench_text.py).
+- Without `--clip` (no network), `TextEncoder.offline`: a small CLIP text tower pretrained with
+  CLIP's InfoNCE between two captions of one motion (`paraphrase_loss`), never a motion feature;
+  it knows which captions say the same thing, no language beyond them (bench/bench_text.py).
 - The word-embedding table is wrapped by `WordEmbeddings`, so added words get their own
   trainable rows while CLIP's table stays frozen.
 
