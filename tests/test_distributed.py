@@ -40,11 +40,16 @@ def fit_toy(out: Path, micro_batch: int = 0) -> torch.nn.Module:
     return model
 
 
-def _rank(rank: int, world: int, port: int, out: str):
+def _join(rank: int, world: int, port: int) -> None:
+    """This spawned process as rank `rank` of a gloo group on the loopback (one thread, toy configs)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     loop.dataclasses.asdict = lambda cfg: {}
     dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def _rank(rank: int, world: int, port: int, out: str):
+    _join(rank, world, port)
     try:
         model = fit_toy(Path(out) / f"rank{rank}")
         torch.save(model.state_dict(), Path(out) / f"params{rank}.pt")
@@ -90,10 +95,7 @@ def fit_noisy(out: Path, resume: bool = False, interrupt_at: int | None = None) 
 
 
 def _rank_resume(rank: int, world: int, port: int, out: str):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    loop.dataclasses.asdict = lambda cfg: {}
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _join(rank, world, port)
     try:
         straight = fit_noisy(Path(out) / "straight")
         try:
