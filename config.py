@@ -26,6 +26,7 @@ from evaluation import MM_PAIRS, EvalConfig
 from inversion import InversionConfig
 from lamp import LaMPConfig
 from lcm import LCMConfig
+from masked_generator import MaskedGeneratorConfig
 from loop import PRECISIONS, Schedule
 from mate import MATEConfig
 from projector import ProjectorConfig
@@ -85,6 +86,10 @@ class RunConfig:
     lamp_vq_train: Schedule = field(default_factory=lambda: Schedule(4_600, 256, 2e-4))
     # LaMP code (options/lamp_option.py): batch 128, lr 2e-4, 200 epochs (~36,600 steps)
     lamp_train: Schedule = field(default_factory=lambda: Schedule(36_600, 128, 2e-4))
+    lamp_t2m: MaskedGeneratorConfig = field(default_factory=MaskedGeneratorConfig)
+    # LaMP code (options/train_option.py): batch 64, lr 2e-4, max_iters 150,000 (commented out
+    # beside max_epoch 2,000); constant rate here, without its warm-up and decay
+    lamp_t2m_train: Schedule = field(default_factory=lambda: Schedule(150_000, 64, 2e-4))
     # ATM Sec. 4.1: MDM+ATM trains from scratch, 400k steps of batch 64, lr 1e-4 (MDM's);
     # we fine-tune diffusion.pt (ours: a tenth of those steps)
     atm_train: Schedule = field(default_factory=lambda: Schedule(40_000, 64, 1e-4))
@@ -141,6 +146,9 @@ _TINY = {
     "lamp_vq_train.steps": 300, "lamp_vq_train.batch_size": 32, "lamp_vq_train.lr": 1e-3,
     "lamp_vq_train.log_every": 50,
     "lamp_train.steps": 500, "lamp_train.batch_size": 32, "lamp_train.lr": 1e-3, "lamp_train.log_every": 50,
+    "lamp_t2m.width": 128, "lamp_t2m.n_layers": 3, "lamp_t2m.n_heads": 4, "lamp_t2m.ff_dim": 256,
+    "lamp_t2m.dropout": 0.0, "lamp_t2m_train.steps": 1500, "lamp_t2m_train.batch_size": 32,
+    "lamp_t2m_train.lr": 5e-4, "lamp_t2m_train.log_every": 200,
     "mate.latent_dim": 64, "mate.n_layers": 2, "mate.ff_dim": 128, "mate.dropout": 0.0, "mate.segment_grid": 8,
     "mate.probe_captions": 32, "mate_train.steps": 200, "mate_train.batch_size": 32,
     "mate_train.lr": 3e-4, "mate_train.log_every": 50,
@@ -158,7 +166,8 @@ _SMOKE = {**_TINY,
           "projector_train.steps": 60, "projector_train.batch_size": 64, "atm_train.steps": 10,
           "eval.replications": 1, "eval.mm_num_texts": 5, "eval.timing_prompts": 2, "eval.diversity_times": 60,
           "inversion.test_motions": 2, "inversion.steps": 10, "inversion.styles": 2,
-          "lamp_vq_train.steps": 30, "lamp_train.steps": 30, "mate_train.steps": 20, "mate.probe_captions": 8,
+          "lamp_vq_train.steps": 30, "lamp_train.steps": 30, "lamp_t2m_train.steps": 40, "mate_train.steps": 20,
+          "mate.probe_captions": 8,
           "lcm_train.steps": 60, "lcm_train.batch_size": 32}
 for key in [k for k in _SMOKE if k.endswith(".log_every")]:
     _SMOKE[key] = 10

@@ -22,6 +22,8 @@ Differences from the paper:
   et al.'s code does, so its FID is near but not exactly 0.
 - Swing is ours (metrics.swing): the evaluator's features barely tell a motion from its held
   mean pose; Swing does.
+- Beside them, on the joints of 22-joint HumanML3D features: Foot skating, GMD's ratio with its
+  thresholds (metrics.SKATING_*), and ours, Foot lift and Root speed as ratios to the real clips'.
 
 Glossary: B batch, T frames, D feature width, E embed dim, N samples, R replications.
 """
@@ -39,14 +41,15 @@ import torch
 import torch.nn as nn
 
 import projector
-from data import collate, features_to_joints
-from metrics import (_as_numpy, body_frame_spread, diversity, fid, matching_score, mean_ci, multimodality,
-                     nearest_neighbour_accuracy, r_precision)
+from data import FPS, T2M, collate, features_to_joints
+from metrics import (_as_numpy, body_frame_spread, diversity, fid, foot_lift, foot_skating_ratio, matching_score,
+                     mean_ci, multimodality, nearest_neighbour_accuracy, r_precision, root_speed)
 from t2m_evaluator import DatasetEvaluator, _valid
 
 MM_PAIRS = 10  # MModality: pairs of generations compared per text (Guo et al.'s d = 10)
+QUALITY = ("Foot skating", "Foot lift", "Root speed")  # on joints: GMD's ratio; ours, as ratios to the real clips'
 METRICS = ("FID", "R-precision top-1", "R-precision top-2", "R-precision top-3", "MMdist", "Diversity", "MModality",
-           "Swing")
+           "Swing", *QUALITY)
 
 
 @dataclass
@@ -76,6 +79,26 @@ def _statistics(dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
     return tuple(torch.as_tensor(a, dtype=torch.float32) for a in (dataset.mean, dataset.std))
 
 
+def clip_quality(features: torch.Tensor, lengths) -> dict[str, np.ndarray]:
+    """Per clip of de-normalised HumanML3D features (B, T, 263), lengths (B,), on the joints they
+    give (data.features_to_joints, metres, y up): {"Foot skating": GMD's ratio, "Foot lift": metres,
+    "Root speed": m/s}, each (B,) (metrics.foot_skating_ratio, foot_lift, root_speed at 20 fps).
+    note: the floor is y = 0 as HumanML3D puts it, the lowest joint of the whole clip (before any
+    crop; data.joints_to_features step 1); a generated motion's feet stand where its root height
+    (feature 3) and body-frame heights put them, as in GMD's evaluation."""
+    assert features.shape[-1] == T2M.feat_dim, (
+        f"the feet and thresholds are HumanML3D's 22 joints (263-d features), got {features.shape[-1]}-d")
+    joints = features_to_joints(features.detach().cpu().double(), n_joints=T2M.n_joints)  # (B, T, 22, 3)
+    return {"Foot skating": foot_skating_ratio(joints, lengths, fps=FPS), "Foot lift": foot_lift(joints, lengths),
+            "Root speed": root_speed(joints, lengths, fps=FPS)}
+
+
+def _has_joints(stats) -> bool:
+    """Whether clip_quality applies: statistics to de-normalise with, of 22-joint HumanML3D features
+    (KIT-ML's have other feet and units, GMD scales them by 0.001: no QUALITY columns there)."""
+    return stats is not None and stats[0].shape[0] == T2M.feat_dim
+
+
 @torch.no_grad()
 def embed_dataset(dataset, evaluator, tokenizer, generate_fn=None, batch_size: int = 32,
                   collate_fn=None) -> dict:
@@ -85,13 +108,16 @@ def embed_dataset(dataset, evaluator, tokenizer, generate_fn=None, batch_size: i
     generate_fn(captions, lengths) -> {row: (B, Tmax, D)}, "generated": {row: (N, E)} for the
     motions each row generated from the same captions and lengths. When the dataset has `mean`
     and `std`, also "real_spread" (N,) and "generated_spread" {row: (N,)}: each clip's
-    `body_frame_spread` (metres, at its length), what Swing compares. Arrays are float64 numpy.
+    `body_frame_spread` (metres, at its length), what Swing compares; for HumanML3D's 263-d features
+    also "real_quality" and "generated_quality" {row: ...}, each {column: (N,)} of `clip_quality`.
+    Arrays are float64 numpy.
     """
     collate_fn = collate_fn or collate  # data.py pads items into {"motion", "lengths", "caption", "name"}
     device = _device_of(evaluator)
     stats = _statistics(dataset)
     text, real, captions = [], [], []
     generated, spread = {}, {"real": [], "generated": {}}  # row -> [(B, E)], [(B,)] per batch
+    quality = {"real": [], "generated": {}}  # [{column: (B,)}] per batch, of the real clips and of each row
     for start in range(0, len(dataset), batch_size):
         batch = collate_fn([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         lengths = batch["lengths"].to(device)  # (B,)
@@ -109,6 +135,11 @@ def embed_dataset(dataset, evaluator, tokenizer, generate_fn=None, batch_size: i
             for row, motion in rows.items():  # de-normalised, on the CPU
                 spread["generated"].setdefault(row, []).append(
                     body_frame_spread(motion.detach().cpu().float() * std + mean, batch["lengths"]))
+            if _has_joints(stats):  # the joints of the same de-normalised features
+                quality["real"].append(clip_quality(batch["motion"].cpu().float() * std + mean, batch["lengths"]))
+                for row, motion in rows.items():
+                    quality["generated"].setdefault(row, []).append(
+                        clip_quality(motion.detach().cpu().float() * std + mean, batch["lengths"]))
         captions += list(batch["caption"])
     out = {"text": _as_numpy(torch.cat(text)), "real": _as_numpy(torch.cat(real)), "captions": captions}
     if generate_fn is not None:
@@ -116,7 +147,15 @@ def embed_dataset(dataset, evaluator, tokenizer, generate_fn=None, batch_size: i
     if stats is not None:
         out["real_spread"] = _as_numpy(torch.cat(spread["real"]))
         out["generated_spread"] = {row: _as_numpy(torch.cat(s)) for row, s in spread["generated"].items()}
+    if _has_joints(stats):
+        out["real_quality"] = _concatenate(quality["real"])
+        out["generated_quality"] = {row: _concatenate(q) for row, q in quality["generated"].items()}
     return out
+
+
+def _concatenate(batches: list[dict]) -> dict[str, np.ndarray]:
+    """[{column: (B,)}] per batch -> {column: (N,)}."""
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
 @torch.no_grad()
@@ -135,8 +174,10 @@ def _multimodality_embeddings(generate_fn, dataset, evaluator, num_texts: int, n
     return {row: _as_numpy(torch.stack(e)) for row, e in out.items()}  # (m, G, E)
 
 
-def _metrics(emb: dict, text: np.ndarray, motion: np.ndarray, spread, diversity_times: int, seed: int) -> dict:
-    """One replication's metrics of one row's motion embeddings against the real ones."""
+def _metrics(emb: dict, text: np.ndarray, motion: np.ndarray, spread, quality, diversity_times: int,
+             seed: int) -> dict:
+    """One replication's metrics of one row's motion embeddings against the real ones (and, given
+    its clips' `spread` and `quality`, Swing and the QUALITY columns against the real clips')."""
     top = r_precision(text, motion, top_k=3, seed=seed)
     values = {"FID": fid(emb["real"], motion),
               "R-precision top-1": top[0], "R-precision top-2": top[1], "R-precision top-3": top[2],
@@ -145,6 +186,12 @@ def _metrics(emb: dict, text: np.ndarray, motion: np.ndarray, spread, diversity_
     if spread is not None:
         # Swing = sum_b s_b(motions) / sum_b s_b(real), as metrics.swing (no random numbers drawn)
         values["Swing"] = float(spread.sum() / emb["real_spread"].sum())
+    if quality is not None:
+        real = emb["real_quality"]
+        values["Foot skating"] = float(quality["Foot skating"].mean())  # GMD's figure: the mean over clips
+        # ratios of the means over the same draws: sum_b lift_b(row) / sum_b lift_b(real), speed alike
+        values["Foot lift"] = float(quality["Foot lift"].sum() / real["Foot lift"].sum())
+        values["Root speed"] = float(quality["Root speed"].sum() / real["Root speed"].sum())
     return values
 
 
@@ -163,11 +210,14 @@ def evaluate_rows(generate_fn, dataset, evaluator, tokenizer, replications: int,
     motions vs the captions they were generated from), Diversity (300 pairs of generated motions)
     and, when mm_num_texts > 0, MModality (mm_num_gens generations for mm_num_texts captions,
     mm_times pairs each). When the dataset has `mean` and `std`, also Swing (metrics.swing: the
-    generated motions' body-frame spread over that of the ground-truth clips beside them).
+    generated motions' body-frame spread over that of the ground-truth clips beside them) and, for
+    HumanML3D's 263-d features, the QUALITY columns on the joints: Foot skating (GMD's ratio, the
+    mean over clips), Foot lift and Root speed (the generated clips' mean over the ground-truth
+    clips' beside them). None draws random numbers.
     generate_fn=None gives the Real row ({"Real": ...}): a second pass over the ground-truth
     motions (fresh random crops) stands in for the generated ones, so FID is near but not
-    exactly 0 (Guo et al.'s Real row reads 0.002 on HumanML3D for the same reason) and Swing is
-    near but not exactly 1; there is no MModality.
+    exactly 0 (Guo et al.'s Real row reads 0.002 on HumanML3D for the same reason) and Swing,
+    Foot lift and Root speed are near but not exactly 1; there is no MModality.
     """
     assert replications >= 1, "need at least one replication"
     was_training = evaluator.training if isinstance(evaluator, nn.Module) else None
@@ -183,10 +233,13 @@ def evaluate_rows(generate_fn, dataset, evaluator, tokenizer, replications: int,
             emb = embed_dataset(dataset, evaluator, tokenizer, generate_fn, batch_size, collate_fn)
             if generate_fn is not None:
                 motions, spreads = emb["generated"], emb.get("generated_spread", {})
+                qualities = emb.get("generated_quality", {})
             else:  # Real row: a second pass (fresh crops) of the ground truth, as Guo et al.
                 second = embed_dataset(dataset, evaluator, tokenizer, None, batch_size, collate_fn)
                 motions, spreads = {"Real": second["real"]}, {"Real": second.get("real_spread")}
-            values = {row: _metrics(emb, emb["text"], motion, spreads.get(row), diversity_times, seed + r)
+                qualities = {"Real": second.get("real_quality")}
+            values = {row: _metrics(emb, emb["text"], motion, spreads.get(row), qualities.get(row), diversity_times,
+                                    seed + r)
                       for row, motion in motions.items()}
             if generate_fn is not None and mm_num_texts > 0:
                 mm = _multimodality_embeddings(generate_fn, dataset, evaluator, mm_num_texts, mm_num_gens, seed + r)
@@ -254,14 +307,14 @@ def fit_rows(methods: dict, train, clips: int, evaluator, tokenizer, cfg: EvalCo
     return t2m_rows(methods, subset, evaluator, tokenizer, cfg, seed), subset
 
 
-def seconds_per_prompt(pipe: projector.Pipeline, dataset, realigner, prompts: int) -> tuple[float, float]:
-    """Wall time of generating one motion for one prompt (batch of 1), mean and 95% CI."""
+def seconds_per_prompt(generate_fn, dataset, prompts: int) -> tuple[float, float]:
+    """Wall time of generate_fn(captions, lengths) for one prompt (batch of 1), mean and 95% CI."""
     times = []
     for i in range(prompts + 1):
         item = dataset[i % len(dataset)]
         start = time.perf_counter()
-        projector.generate(pipe, [item["caption"]], torch.tensor([item["length"]]), realigner)
-        if pipe.device.type == "cuda":
+        generate_fn([item["caption"]], torch.tensor([item["length"]]))
+        if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return mean_ci(times[1:])  # the first call warms up caches and kernels
@@ -279,7 +332,8 @@ def few_step_rows(pipe: projector.Pipeline, consistency, realigner, dataset, eva
                  for name, r in (("MotionLCM", None), ("LEAD (MotionLCM)", realigner))}
         rows.update(t2m_rows({", ".join(names): shared_latents(fast, names)}, dataset, evaluator, tokenizer, cfg, seed))
         for label, r in names.items():
-            rows[label]["s / prompt"] = seconds_per_prompt(fast, dataset, r, cfg.timing_prompts)
+            rows[label]["s / prompt"] = seconds_per_prompt(lambda c, lengths: projector.generate(fast, c, lengths, r),
+                                                           dataset, cfg.timing_prompts)
     return rows
 
 
@@ -347,16 +401,48 @@ def reconstruction_swing(reconstruct, dataset, device, batch_size: int = 64) -> 
     return sums["reconstruction"] / sums["real"]
 
 
+@torch.no_grad()
+def reconstruction_quality(reconstruct, dataset, device, batch_size: int = 64) -> dict[str, float]:
+    """The QUALITY columns of reconstruct(x, lengths) -> x_hat (normalised 263-d features) over
+    `dataset`: "Foot skating" of the reconstructions and of the motions ("real Foot skating"), both
+    means over clips, and "Foot lift" and "Root speed", the reconstructions' means over the motions'.
+    Over a `fork` of the dataset where it has one, so the crops drawn are those the next pass over
+    it will draw, and its generator is left where it was."""
+    dataset = dataset.fork() if hasattr(dataset, "fork") else dataset
+    mean, std = _statistics(dataset)
+    parts = {"reconstruction": [], "real": []}  # [{column: (B,)}] per batch
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
+        for name, f in (("reconstruction", reconstruct(x, lengths)), ("real", x)):
+            parts[name].append(clip_quality(f.cpu().float() * std + mean, batch["lengths"]))
+    recon, real = _concatenate(parts["reconstruction"]), _concatenate(parts["real"])
+    return {"Foot skating": float(recon["Foot skating"].mean()),
+            "real Foot skating": float(real["Foot skating"].mean()),
+            **{k: float(recon[k].sum() / real[k].sum()) for k in ("Foot lift", "Root speed")}}
+
+
 def vae_report(reconstruct, dataset, device) -> dict:
-    """The VAE's reconstructions of `dataset` (validation): joint errors (metres) and Swing, printed."""
+    """The VAE's reconstructions of `dataset` (validation): joint errors (metres), Swing and, for
+    HumanML3D's 263-d features, foot skating, foot lift and root speed (reconstruction_quality), printed."""
+    quality = reconstruction_quality(reconstruct, dataset, device) if _has_joints(_statistics(dataset)) else None
     errors = joint_errors(reconstruct, dataset, device)
     swing = reconstruction_swing(reconstruct, dataset, device)
     print(f"[vae] validation mean per-joint position error: {100 * errors['global']:.2f} cm "
           f"(root-aligned: {100 * errors['root-aligned']:.2f} cm, body frame: {100 * errors['body frame']:.2f} "
           f"cm); swing {swing:.3f} (1: the reconstructions move as much as the motions)")
-    return {"val_swing": round(swing, 4), "val_joint_error_m": round(errors["global"], 5),
-            "val_root_relative_error_m": round(errors["root-aligned"], 5),
-            "val_body_frame_error_m": round(errors["body frame"], 5)}
+    figures = {"val_swing": round(swing, 4), "val_joint_error_m": round(errors["global"], 5),
+               "val_root_relative_error_m": round(errors["root-aligned"], 5),
+               "val_body_frame_error_m": round(errors["body frame"], 5)}
+    if quality is not None:
+        print(f"[vae] validation foot skating {quality['Foot skating']:.3f} (the motions: "
+              f"{quality['real Foot skating']:.3f}), foot lift {quality['Foot lift']:.3f} and root speed "
+              f"{quality['Root speed']:.3f} of the motions' (1: as high, as fast)")
+        figures.update({"val_foot_skating": round(quality["Foot skating"], 4),
+                        "val_real_foot_skating": round(quality["real Foot skating"], 4),
+                        "val_foot_lift_ratio": round(quality["Foot lift"], 4),
+                        "val_root_speed_ratio": round(quality["Root speed"], 4)})
+    return figures
 
 
 @torch.no_grad()
@@ -413,10 +499,14 @@ def fit_note(clips: int, dataset: str, space: str) -> str:
 # ---------------------------------------------------------------------------------------
 # Results tables (results.md / results.json in the run folder)
 
-ARROWS = {"FID": "↓", "MMdist": "↓", "Diversity": "→", "MModality": "↑", "Swing": "→"}  # → : closer to Real is better
+ARROWS = {"FID": "↓", "MMdist": "↓", "Diversity": "→", "MModality": "↑", "Swing": "→",  # → : closer to Real is better
+          "Foot skating": "↓"}
+TARGETS = {"Foot lift": 1.0, "Root speed": 1.0}  # ratios to the real clips': closer to the target is better
 
 
 def _arrow(metric: str) -> str:
+    if metric in TARGETS:
+        return f"→ {TARGETS[metric]:g}"
     if metric in ARROWS:
         return ARROWS[metric]
     return "↑" if metric.startswith("R-precision") or "R@" in metric else ""
@@ -429,6 +519,8 @@ def _best_row(rows: dict, metric: str) -> str | None:
     arrow = _arrow(metric)
     if len(scored) < 2 or not arrow:
         return None
+    if metric in TARGETS:
+        return min(scored, key=lambda n: abs(scored[n] - TARGETS[metric]))
     if arrow == "→":
         if "Real" not in rows or metric not in rows["Real"]:
             return None
@@ -439,9 +531,10 @@ def _best_row(rows: dict, metric: str) -> str | None:
 
 def results_table(rows: dict, title: str, note: str = "") -> str:
     """Markdown table laid out like the papers': one row per method (Real first), columns
-    FID ↓, R-precision top-1/2/3 ↑, MMdist ↓, Diversity →, MModality ↑, Swing → (then any
-    other metric the rows carry, such as retrieval R@k), cells "mean ± CI", best method in bold,
-    "-" where a row has no value (Real has no MModality)."""
+    FID ↓, R-precision top-1/2/3 ↑, MMdist ↓, Diversity →, MModality ↑, Swing →, Foot skating ↓,
+    Foot lift → 1, Root speed → 1 (then any other metric the rows carry, such as retrieval R@k),
+    cells "mean ± CI", best method in bold, "-" where a row has no value (Real has no MModality).
+    → : closest to Real's value; → 1: closest to 1."""
     names = sorted(rows, key=lambda n: n != "Real")  # Real first, the rest in insertion order
     seen = [m for r in rows.values() for m in r]
     columns = [m for m in METRICS if m in seen] + [m for m in dict.fromkeys(seen) if m not in METRICS]

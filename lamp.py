@@ -16,8 +16,8 @@ Paper: LaMP: Language-Motion Pretraining for Motion Generation, Retrieval, and C
     Sec. 3.3, Tabs. 2-3, 5  retrieval and the LaMP evaluator (`LaMPEvaluator`, a drop-in for
                        t2m_evaluator.T2MEvaluator); Tab. 5's objectives added in turn (`ablation_rows`)
 
-Not here yet: LaMP-T2M (the masked token generator, Secs. 3.2.1-3.2.2) and LaMP-M2T (the
-captioner, Sec. 3.4); LaMP's text features condition the project's latent diffusion instead.
+LaMP-T2M, the masked token generator of Sec. 3.2, is masked_generator.py (conditioned here);
+LaMP-M2T (the captioner, Sec. 3.4) is not here yet.
 
 The attention masks (True = may attend) over the sequence [q_1 .. q_Q | t_1 .. t_L]:
 
@@ -51,7 +51,7 @@ Differences from the paper:
 - Pairs with the same caption are not negatives of each other (the synthetic captions repeat).
 - `LaMPEvaluator` L2-normalises its one vector per motion (MMdist in [0, 2]); the LaMP code's
   wrapper does not. Tab. 3 reports batches of 32 beside the whole split (TMR's protocol).
-- Tab. 5's variants condition no generator (LaMP-T2M is not here): they get retrieval rows only.
+- Tab. 5's variants get retrieval rows only (the paper trains LaMP-T2M on each).
 
 Glossary: B batch, T frames, D feature width, n motion tokens (T / 4), d code width, S codes,
 Q queries, L text tokens, H transformer width, E embedding width, V vocabulary.
@@ -348,6 +348,10 @@ class LaMP(nn.Module):
         """One vector per motion: the normalised mean of f_m over the queries (B, E)."""
         return F.normalize(self.query_features(feats, valid).mean(1), dim=-1)
 
+    def text_feature(self, ids: torch.Tensor) -> torch.Tensor:
+        """The text transformer's start-token state, unprojected (B, H): Tab. 6's "+ LaMP" condition."""
+        return self._text_only(self.trim(ids))[:, 0]
+
     def text_condition(self, ids: torch.Tensor) -> torch.Tensor:
         """The condition for a motion generator (A.3.3): mean over the queries of the
         text-grounded query states (B, H)."""
@@ -520,15 +524,16 @@ def motion_generation_loss(logits: torch.Tensor, codes: torch.Tensor, valid: tor
 class LaMPTextEncoder(nn.Module):
     """`--text-encoder lamp` (Sec. 3.2): the interface the diffusion stage uses of
     clip.TextEncoder - `encode_cached(texts) -> (B, D)`, `.dim`, `.tokenizer` - with D = H and
-    the condition of `LaMP.text_condition`. Frozen."""
+    the condition of `LaMP.text_condition` (queries=False: `LaMP.text_feature`). Frozen."""
 
-    def __init__(self, model: LaMP, tokenizer):
+    def __init__(self, model: LaMP, tokenizer, queries: bool = True):
         super().__init__()
         if len(tokenizer) != model.vocab_size:
             raise ValueError(f"LaMP was trained on {model.vocab_size} token ids, the tokenizer has "
                              f"{len(tokenizer)}: use the tokenizer of the run that trained it")
         self.model = model.requires_grad_(False).eval()
         self.tokenizer = tokenizer
+        self.features = model.text_condition if queries else model.text_feature
         self.cache: dict[str, torch.Tensor] = {}  # caption -> condition (H,)
 
     @property
@@ -548,7 +553,7 @@ class LaMPTextEncoder(nn.Module):
         missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
-            self.cache.update(zip(chunk, self.model.text_condition(self.tokenizer(chunk).to(self.device))))
+            self.cache.update(zip(chunk, self.features(self.tokenizer(chunk).to(self.device))))
         return torch.stack([self.cache[t] for t in texts]).to(self.device)
 
 

@@ -12,6 +12,10 @@ co-embedding model (t2m_evaluator.T2MEvaluator); evaluation.py runs the protocol
 - Ours, in no paper: Swing (`swing`), how much generated motions move in the body frame against
   the real motions of the same captions and lengths (1 = as lively); `seed_ci` and
   `claim_direction` read a claim across training seeds (bench/bench_seeds.py).
+- On joint positions: the foot skating ratio of GMD (Karunratanakul et al. 2023, its
+  `calculate_skating_ratio`, also OmniControl's) with its thresholds (SKATING_*), and ours beside
+  it: each clip's foot lift (m) and root speed (m/s), which the evaluation reads as ratios to the
+  real clips'.
 - The evaluator's training objective when it is trained here (`embedder_loss`).
 
 Differences from the paper:
@@ -34,6 +38,10 @@ import torch.nn.functional as F
 from t2m_evaluator import T2MEvaluator, _valid
 
 DOWNSAMPLE = 4  # two stride-2 convolutions in the movement encoder: 4 frames -> 1 step
+FEET = (10, 11)       # HumanML3D's left and right foot joints (the toes; SMPL's "foot"), as GMD
+SKATING_HEIGHT = 0.05  # m: a foot lower than this in both frames of a step is on the floor (GMD thresh_height)
+SKATING_SPEED = 0.5    # m/s: a foot on the floor faster than this skates (GMD thresh_vel; 2.5 cm a frame at 20 fps)
+SKATING_WINDOW = 5     # steps: ... and its speed averaged over this centred window too (GMD avg_window)
 
 
 # ---------------------------------------------------------------------------------------
@@ -295,6 +303,77 @@ def swing(motions: torch.Tensor, real: torch.Tensor, lengths) -> float:
     if denominator <= 0:
         raise ValueError("the real motions do not move at all: Swing is a ratio to their spread")
     return float(body_frame_spread(motions, lengths).sum()) / denominator
+
+
+# ---------------------------------------------------------------------------------------
+# Motion quality on joint positions: foot skating (GMD), foot lift, root speed
+
+
+def _clip_lengths(lengths, B: int, T: int) -> np.ndarray:
+    """lengths (B,) as an int array, each a clip of 2..T frames (these figures are frame steps)."""
+    n = np.asarray(_as_numpy(lengths), dtype=np.int64).reshape(-1)
+    assert n.shape == (B,), f"{n.size} lengths for {B} clips"
+    if (n < 2).any() or (n > T).any():
+        raise ValueError(f"clip lengths must lie in 2..{T} frames (a step needs two frames, and no clip can "
+                         f"outrun its {T} padded frames), got {n.min()}..{n.max()}")
+    return n
+
+
+def foot_skating_ratio(joints, lengths, fps: float = 20.0, height: float = SKATING_HEIGHT,
+                       speed: float = SKATING_SPEED, window: int = SKATING_WINDOW, feet=FEET) -> np.ndarray:
+    """GMD's foot skating ratio of each clip: (B,), the share of its frame steps in which a foot
+    slides on the floor. joints (B, T, J, 3) metres, y up, lengths (B,), `fps` frames a second.
+
+    For each foot f and step t -> t+1 of a clip of n frames (t < n - 1):
+        v_ft     = fps * || (x, z)_f,t+1 - (x, z)_f,t ||               horizontal speed, m/s
+        vbar_ft  = 1/w sum_{|s - t| <= w // 2} v_fs, v_fs = 0 outside the clip
+        skate_t  = OR_f [ y_f,t < height  and  y_f,t+1 < height  and  v_ft > speed  and  vbar_ft > speed ]
+        ratio    = 1/(n - 1) sum_t skate_t
+    GMD reports the mean over clips. vbar is scipy's uniform_filter1d(size=w, mode="constant"), as
+    GMD computes it, written out here; heights are measured from y = 0, the floor as the data put it.
+    Differences from GMD: each clip counts its own n - 1 steps, and its window sees zeros past its
+    end, where GMD's code runs over the padded batch (frames past a length count there).
+    """
+    j = _as_numpy(joints)
+    B, T, J, _ = j.shape
+    assert window % 2 == 1, f"a centred window has an odd number of steps, got {window}"
+    n = _clip_lengths(lengths, B, T)
+    foot = j[:, :, list(feet)]                                                # (B, T, 2, 3)
+    step = (np.arange(T - 1)[None, :] < (n - 1)[:, None])[..., None]          # (B, T-1, 1) within the clip
+    v = fps * np.linalg.norm(foot[:, 1:, :, [0, 2]] - foot[:, :-1, :, [0, 2]], axis=-1) * step  # (B, T-1, 2)
+    h = window // 2
+    padded = np.pad(v, ((0, 0), (h, h), (0, 0)))                               # (B, T-1+2h, 2)
+    v_bar = sum(padded[:, k:k + T - 1] for k in range(window)) / window        # (B, T-1, 2)
+    y = foot[..., 1]                                                           # (B, T, 2)
+    on_floor = (y[:, :-1] < height) & (y[:, 1:] < height)                      # (B, T-1, 2)
+    skate = (on_floor & (v > speed) & (v_bar > speed)).any(-1) & step[..., 0]  # (B, T-1) either foot
+    return skate.sum(1) / (n - 1)
+
+
+def foot_lift(joints, lengths, feet=FEET) -> np.ndarray:
+    """How high each clip lifts its feet: (B,) metres, the range (max - min over the clip's frames)
+    of each foot's height y, averaged over the two feet. joints (B, T, J, 3), lengths (B,).
+    Independent of where the floor is; a shuffle that never lifts a foot scores near 0."""
+    j = _as_numpy(joints)
+    B, T = j.shape[:2]
+    n = _clip_lengths(lengths, B, T)
+    y = j[:, :, list(feet), 1]                                                 # (B, T, 2)
+    valid = (np.arange(T)[None, :] < n[:, None])[..., None]                    # (B, T, 1)
+    top, bottom = np.where(valid, y, -np.inf).max(1), np.where(valid, y, np.inf).min(1)  # (B, 2)
+    return (top - bottom).mean(-1)
+
+
+def root_speed(joints, lengths, fps: float = 20.0) -> np.ndarray:
+    """Each clip's mean horizontal root speed: (B,) m/s. With r_t the root's (x, z) in frame t,
+        speed = fps / (n - 1) sum_{t < n - 1} || r_{t+1} - r_t ||
+    joints (B, T, J, 3) metres, y up (the root is joint 0), lengths (B,)."""
+    j = _as_numpy(joints)
+    B, T = j.shape[:2]
+    n = _clip_lengths(lengths, B, T)
+    root = j[:, :, 0, [0, 2]]                                                  # (B, T, 2)
+    step = np.linalg.norm(root[:, 1:] - root[:, :-1], axis=-1)                # (B, T-1)
+    step = step * (np.arange(T - 1)[None, :] < (n - 1)[:, None])
+    return fps * step.sum(1) / (n - 1)
 
 
 # ---------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import diffusion
 import lamp
 import lcm
 import loop
+import masked_generator
 import projector
 import synthetic
 import vae
@@ -44,6 +45,7 @@ from config import RunConfig, build_config
 from diffusion import DiffusionConfig
 from lamp import LaMPConfig
 from lcm import LCMConfig
+from masked_generator import MaskedGeneratorConfig
 from projector import ProjectorConfig
 from t2m_evaluator import DatasetEvaluator, T2MEvaluator, T2MEvaluatorConfig
 from vae import VAEConfig
@@ -162,7 +164,7 @@ def training_latents(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # checkpoint name -> how its model is rebuilt from the saved (config dict, meta); the name's
-# first word picks the builder (diffusion_atm -> diffusion), `lamp_vq` and `alignment` their own
+# longest prefix picks the builder (diffusion_atm -> diffusion, lamp_t2m_clip -> lamp_t2m)
 BUILDERS = {
     "vae": lambda c, m: vae.MotionVAE(VAEConfig(**c), m["feat_dim"]),
     "diffusion": lambda c, m: diffusion.Denoiser(DiffusionConfig(**c), tuple(m["latent_shape"]), m["text_dim"]),
@@ -170,11 +172,14 @@ BUILDERS = {
     "evaluator": lambda c, m: T2MEvaluator.rebuild(T2MEvaluatorConfig(**c), m),
     "lamp_vq": lambda c, m: MotionVQVAE(LaMPConfig(**c), m["feat_dim"]),
     "lamp": lambda c, m: lamp.LaMP(LaMPConfig(**c), m["vocab_size"], m["eot_id"]),
+    "lamp_t2m": lambda c, m: masked_generator.MaskedTransformer(MaskedGeneratorConfig(**c), m["n_codes"],
+                                                                m["cond_dim"], m["max_tokens"]),
 }
 BUILDERS["alignment"] = BUILDERS["evaluator"]
 BUILDERS["lcm"] = lambda c, m: lcm.ConsistencyDenoiser(BUILDERS["diffusion"](m["denoiser"], m), LCMConfig(**c))
 # checkpoint name (its start) -> the stage writing it; else the name's first word
-WRITTEN_BY = {"alignment": "evaluator", "lamp_vq": "lamp", "diffusion_atm": "atm", "diffusion_mse": "atm",
+WRITTEN_BY = {"alignment": "evaluator", "lamp_vq": "lamp", "lamp_t2m": "lamp_t2m", "diffusion_atm": "atm",
+              "diffusion_mse": "atm",
               "diffusion_mate": "mate", "projector_mate": "mate"}
 
 
@@ -203,7 +208,7 @@ def finished(run: Run, name: str) -> dict:
 def load_model(run: Run, name: str) -> torch.nn.Module:
     """Rebuild the model of run.out/NAME.pt from its saved config, frozen, on run.device."""
     state = finished(run, name)
-    model = BUILDERS.get(name) or BUILDERS[name.split("_")[0]]
+    model = BUILDERS[max((k for k in BUILDERS if name == k or name.startswith(f"{k}_")), key=len)]
     model = model(state["config"], state["meta"])
     model.load_state_dict(state["model"])
     return model.to(run.device).eval().requires_grad_(False)
@@ -357,6 +362,26 @@ def load_lcm(run: Run) -> "lcm.ConsistencyDenoiser":
     model = BUILDERS["lcm"](state["config"], state["meta"])
     model.load_state_dict({k[len("student."):]: v for k, v in state["model"].items() if k.startswith("student.")})
     return model.to(run.device).eval().requires_grad_(False)
+
+
+def t2m_text(run: Run, condition: str):
+    """The frozen condition of a masked generator: CLIP's text feature or LaMP's (Tab. 6)."""
+    if condition == "clip":
+        return clip_text_encoder(run)
+    return lamp.LaMPTextEncoder(load_model(run, "lamp"), clip_text_encoder(run).tokenizer,
+                                queries=condition == "lamp_queries").to(run.device)
+
+
+def t2m_generate(run: Run, name: str, row: str | None = None):
+    """generate_fn(captions, lengths) of the masked generator NAME.pt: normalised motions (B, T, D),
+    or {row: motions} (evaluation.t2m_rows)."""
+    model, vq = load_model(run, name), load_model(run, "lamp_vq")
+    text = t2m_text(run, model.cfg.condition)
+
+    def generate_fn(captions: list[str], lengths: torch.Tensor):
+        motion = masked_generator.generate_motion(model, vq, text, captions, lengths)
+        return motion if row is None else {row: motion}
+    return generate_fn
 
 
 def open_run(out, data_root="data/synthetic", clip: str | None = None, device: str = "auto", preset: str = "tiny",

@@ -8,13 +8,14 @@ a diffused latent before the VAE decodes it (Sec. 4.1.3). `--stage all` runs, in
     data       generate, convert (--from-joints) or validate the dataset; the offline text encoder
     evaluator  the two text-motion embedders: `evaluator` (metrics) and `alignment` (ATM, MATE)
     lamp       LaMP pretraining (then --text-encoder lamp, --evaluator lamp)
+    lamp_t2m   LaMP-T2M, the masked token generator, beside MoMask's CLIP-conditioned baseline
     vae        stage 1: the MLD motion VAE
     diffusion  stage 2: the latent diffusion model
     projector  stage 3: the LEAD projector
     atm        ATM fine-tuning of the denoiser
     mate       MATE word table, then the denoiser and projector retrained on it
     lcm        MotionLCM: a consistency model distilled from the denoiser, 1-4 step sampling
-    eval       the Tab. 1 analogue: Real, MLD, LEAD (+ATM, +MATE, MotionLCM, ablations)
+    eval       the Tab. 1 analogue: Real, MLD, LEAD (+ATM, +MATE, MotionLCM, LaMP-T2M, ablations)
     sample     text -> motion files (.npy, GIF/MP4 animations, --bvh)
     inversion  motion textual inversion
 
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 
 import atm_losses
+import cli
 import clip
 import data
 import diffusion
@@ -41,6 +43,7 @@ import inversion
 import lamp
 import lcm
 import loop
+import masked_generator
 import mate
 import metrics
 import projector
@@ -49,12 +52,12 @@ import synthetic
 import vae
 import vqvae
 from clip import TextEncoder
-from config import PRESETS, DataConfig, build_config
+from config import DataConfig, build_config
 from loop import batches, latent_batches
 from runfolder import (Run, as_lists, clip_text_encoder, conditioned, dataset_name, dataset_root, eval_embedder,
                        eval_labels, fingerprint, fit, load_denoiser, load_lcm, load_model, load_projector,
-                       open_split, pick_device, pipeline, record_path, text_encoder, training_latents, user_folder,
-                       write_json, writing)
+                       open_split, pick_device, pipeline, record_path, t2m_generate, t2m_text, text_encoder,
+                       training_latents, user_folder, write_json, writing)
 from t2m_evaluator import T2MEvaluator
 
 # ----------------------------------------------------------------------------
@@ -180,7 +183,9 @@ def eval_methods(run: Run, pipe: projector.Pipeline, lead: projector.Projector) 
     if (run.out / "lcm.pt").exists():  # LEAD Tab. 1 "LEAD (MotionLCM)": the projector, not retrained
         fast = dataclasses.replace(pipe, consistency=load_lcm(run))
         methods.update(group(fast, {"MotionLCM": None, "LEAD (MotionLCM)": lead}))
-    return methods
+    t2m = {**T2M_ROWS, **(T2M_ABLATIONS if run.args.ablations else {})}  # LaMP Tab. 1 and 6
+    return methods | {row: t2m_generate(run, name, row) for name, (row, _) in t2m.items()
+                      if (run.out / f"{name}.pt").exists()}
 
 
 def stage_eval(run: Run) -> dict:
@@ -202,8 +207,10 @@ def stage_eval(run: Run) -> dict:
     fit_s = round(time.time() - start, 2)
     evaluation.write_results(run.out, f"{section}_fit", fit_rows, f"{title}: fit, scored on training clips",
                              evaluation.fit_note(len(subset), dataset_name(run), space))
-    timing = {name: {"s / prompt": evaluation.seconds_per_prompt(pipe, test, r, cfg.timing_prompts)}
-              for name, r in (("MLD", None), ("LEAD", lead))}
+    timed = {"MLD": lambda c, lengths: projector.generate(pipe, c, lengths), "LEAD": lambda c, lengths:
+             projector.generate(pipe, c, lengths, lead), **{r: methods[r] for r in ("LaMP-T2M",) if r in methods}}
+    timing = {name: {"s / prompt": evaluation.seconds_per_prompt(fn, test, cfg.timing_prompts)}
+              for name, fn in timed.items()}
     evaluation.write_results(run.out, conditioned(run, "timing"), timing, "Inference time per prompt",
                              f"{cfg.timing_prompts} prompts, batch of 1, on {run.device.type}; the paper (LEAD "
                              "Sec. 5.3, GPU not named; Sec. 5.2 trains on a 3090): MLD 0.236 s, LEAD 0.245 s")
@@ -242,24 +249,33 @@ def stage_sample(run: Run) -> dict:
     if args.prompts:
         prompts += ingest.read_prompts(args.prompts, stats.skeleton.fps, lo, hi, args.length)
     prompts = prompts or [(text, args.length) for text in DEFAULT_PROMPTS]
-    pipe = pipeline(run)
-    if learned := inversion.load_tokens(pipe.text, run.out / "tokens", [text for text, _ in prompts]):
-        print(f"[sample] learned words (--stage inversion) from {run.out / 'tokens'}: {', '.join(learned)}")
-    pipe.text.tokenizer.check_fits([text for text, _ in prompts], "--text / --prompts")
-    if args.sampler == "lcm":
-        pipe = dataclasses.replace(pipe, consistency=load_lcm(run), steps=args.steps)
-    realigner = None if args.no_realign else load_projector(run)
-    folder = user_folder(run) if args.text or args.prompts else run.out / conditioned(run, "samples")
+    if args.generator == "lamp_t2m":  # LaMP-T2M: 4 frames a token
+        if args.sampler != "ddim" or args.no_realign:
+            raise ValueError("--sampler and --no-realign choose how the diffusion samples: not with --generator lamp_t2m")
+        generate, realigner = t2m_generate(run, "lamp_t2m"), None
+        prompts = [(text, frames - frames % 4) for text, frames in prompts]
+    else:
+        pipe = pipeline(run)
+        if learned := inversion.load_tokens(pipe.text, run.out / "tokens", [text for text, _ in prompts]):
+            print(f"[sample] learned words (--stage inversion) from {run.out / 'tokens'}: {', '.join(learned)}")
+        if args.sampler == "lcm":
+            pipe = dataclasses.replace(pipe, consistency=load_lcm(run), steps=args.steps)
+        realigner = None if args.no_realign else load_projector(run)
+        generate = lambda captions, lengths: projector.generate(pipe, captions, lengths, realigner)  # noqa: E731
+    clip_text_encoder(run).tokenizer.check_fits([text for text, _ in prompts], "--text / --prompts")
+    default = conditioned(run, "samples") + ("_lamp_t2m" if args.generator == "lamp_t2m" else "")
+    folder = user_folder(run) if args.text or args.prompts else run.out / default
     animations, written = render.animation_kinds(), []
     for i, (text, frames) in enumerate(prompts):
         torch.manual_seed(run.cfg.run.seed + i)
-        motion = projector.generate(pipe, [text] * args.num, torch.full((args.num,), frames), realigner).cpu()
+        motion = generate([text] * args.num, torch.full((args.num,), frames)).cpu()
         for k in range(args.num):                                                     # motion (N, T, D)
             written += render.save_motion(folder / f"{ingest.prompt_slug(i, text)}_{k}",
                                           stats.denormalize(motion[k].numpy()), stats.skeleton, text,
                                           animations, args.bvh)
     print("\n".join(f"[sample] wrote {path}" for path in written))
-    return {"prompts": prompts, "sampler": args.sampler, "realigned": realigner is not None, "files": written}
+    return {"prompts": prompts, "generator": args.generator, "sampler": args.sampler, "realigned": realigner is not None,
+            "files": written}
 
 
 def inversion_models(run: Run) -> inversion.FrozenModels:
@@ -535,6 +551,31 @@ def stage_lamp(run: Run) -> dict:
             "retrieval": {name: {k: v[0] for k, v in r.items()} for name, r in rows.items()}}
 
 
+# checkpoint -> (row, config overrides) of LaMP Tab. 6; the section `lamp_t2m` is LaMP-T2M itself
+T2M_ROWS = {"lamp_t2m_clip": ("MoMask-style (CLIP)", {"condition": "clip", "causal": False}),
+            "lamp_t2m": ("LaMP-T2M", {})}
+T2M_ABLATIONS = {"lamp_t2m_text": ("+ LaMP text (bidirectional)", {"condition": "lamp_text", "causal": False}),
+                 "lamp_t2m_queries": ("+ query tokens (bidirectional)", {"causal": False})}
+
+
+def stage_lamp_t2m(run: Run) -> dict:
+    """LaMP-T2M (Sec. 3.2, masked_generator.py): a masked transformer over lamp_vq.pt's codes with
+    LaMP's text condition, beside MoMask's CLIP-conditioned baseline on the same batches and
+    budget; --ablations: Tab. 6's middle rows."""
+    train, vq, sched, seed = open_split(run, "train"), load_model(run, "lamp_vq"), run.cfg.lamp_t2m_train, run.cfg.run.seed
+    draws, losses = train.fork(), {}
+    for name, (_, overrides) in {**T2M_ROWS, **(T2M_ABLATIONS if run.args.ablations else {})}.items():
+        cfg = dataclasses.replace(run.cfg.lamp_t2m, **overrides)
+        text = t2m_text(run, cfg.condition)
+        text.encode_cached(train.captions())
+        meta = {"n_codes": vq.cfg.vq_codes, "cond_dim": text.dim, "max_tokens": run.cfg.data.max_len // vq.down}
+        torch.manual_seed(seed)
+        model = masked_generator.MaskedTransformer(cfg, **meta).to(run.device)
+        losses[name] = fit(run, name, model, cfg, masked_generator.loss_fn(model, vq, text, run.device),
+                           batches(draws.fork(), sched.batch_size, seed + 2), sched, meta)
+    return {"final_losses": losses}
+
+
 def stage_lcm(run: Run) -> dict:
     """MotionLCM (lcm.py): distil a latent consistency model from diffusion.pt (the teacher, frozen);
     the student starts as the teacher, its EMA is the target; lcm.pt holds both."""
@@ -581,9 +622,10 @@ def stage_import(run: Run) -> dict:
 
 STAGES = {"data": stage_data, "evaluator": stage_evaluator, "vae": stage_vae, "diffusion": stage_diffusion,
           "projector": stage_projector, "eval": stage_eval, "sample": stage_sample, "inversion": stage_inversion,
-          "atm": stage_atm, "mate": stage_mate, "lamp": stage_lamp, "lcm": stage_lcm, "import": stage_import}
+          "atm": stage_atm, "mate": stage_mate, "lamp": stage_lamp, "lamp_t2m": stage_lamp_t2m, "lcm": stage_lcm,
+          "import": stage_import}
 # `--stage all`: eval comes after every stage that adds a row to its table
-ALL_ORDER = ["data", "evaluator", "lamp", "vae", "diffusion", "projector", "atm", "mate", "lcm", "eval", "sample",
+ALL_ORDER = ["data", "evaluator", "lamp", "lamp_t2m", "vae", "diffusion", "projector", "atm", "mate", "lcm", "eval", "sample",
              "inversion"]
 DISTRIBUTED_STAGES = ("evaluator", "vae", "diffusion", "projector", "atm", "lcm")  # the others: one process
 
@@ -606,51 +648,7 @@ def run_stage(run: Run, stage: str) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = p.add_argument
-    add("--stage", required=True, choices=[*STAGES, "all"])
-    add("--preset", default="tiny", choices=sorted(PRESETS), help="tiny: CPU-sized models (default); smoke: every "
-        "stage in minutes, motions not meant to be good; paper: the papers' sizes, one GPU")
-    add("--out", type=Path, default=Path("runs/default"), help="run folder")
-    add("--data", type=Path, help="a HumanML3D- or KIT-ML-layout folder; default: the embedded synthetic dataset")
-    add("--synthetic-dir", type=Path, help="where the embedded dataset is generated (default: data/synthetic, "
-        "data/synthetic_N for another data.synthetic_motions=N)")
-    add("--clip", help="real CLIP weights: a local folder or an already-downloaded name (e.g. "
-        "openai/clip-vit-large-patch14); default: a small offline text encoder")
-    add("--bert", help="lamp: initialise LaMP from a local BERT folder (the paper: BERT-base); default: random")
-    add("--text-encoder", default="clip", choices=["clip", "lamp"], help="diffusion/projector/eval/sample: condition "
-        "on CLIP or on LaMP text features (LaMP Sec. 3.2), saved as diffusion_lamp.pt, projector_lamp.pt")
-    add("--evaluator", default="evaluator", choices=["evaluator", "lamp", "t2m"], help="eval: the embedder of the "
-        "metrics; lamp: LaMP Tab. 2; t2m: Guo et al.'s released evaluator (--t2m-dir, --glove-dir)")
-    add("--t2m-dir", type=Path, help="eval --evaluator t2m: MLD's deps/t2m (t2m/text_mot_match, t2m/Comp_v6_KLD01)")
-    add("--glove-dir", type=Path, help="eval --evaluator t2m: MLD's deps/glove (our_vab_data.npy, ...)")
-    add("--mld", type=Path, help="import: MLD's released checkpoint (a Lightning .ckpt) -> vae.pt and diffusion.pt")
-    add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
-    add("--resume", action="store_true", help="continue an interrupted stage from its last checkpoint; with "
-        "--stage all, skip the stages already finished")
-    add("--ablations", action="store_true", help="projector/eval: LEAD Tab. 6; atm, mate: Tab. 3; lamp: Tab. 5")
-    add("--text", action="append", default=[], help="sample: a prompt (repeatable; default: a few built-in ones)")
-    add("--length", type=int, default=120, help="sample: motion length in frames")
-    add("--num", type=int, default=1, help="sample: motions per prompt")
-    add("--prompts", type=Path, help="sample: a file of prompts, one a line: caption[#FRAMES or #SECONDSs]")
-    add("--no-realign", action="store_true", help="sample: skip the projector (MLD from the same checkpoints)")
-    add("--sampler", default="ddim", choices=["ddim", "lcm"], help="sample: guided DDIM, or MotionLCM's 1-4 steps")
-    add("--steps", type=int, help="sample: MotionLCM's steps (default: lcm.sample_steps)")
-    add("--bvh", action="store_true", help="sample/inversion: also write each motion as NAME.bvh")
-    add("--from-bvh", type=Path, metavar="DIR", help="data: turn DIR of NAME.bvh motion capture and NAME.txt "
-        "captions into the HumanML3D layout at --data (joints by name: SMPL, Mixamo, Xsens/100STYLE; --joint-map)")
-    add("--from-joints", type=Path, metavar="DIR", help="data: as --from-bvh, from NAME.npy joints (T, 22, 3) in m")
-    add("--joint-map", type=Path, help="BVH: a JSON {t2m joint: the file's joint} where no built-in map fits")
-    add("--up", default="y", choices=["y", "z"], help="BVH: the files' up axis")
-    add("--keep-lengths", action="store_true", help="--from-bvh/-joints: keep the clips' bones (no retargeting)")
-    add("--motion", type=Path, action="append", default=[], help="inversion: an example motion to learn a new "
-        "word from (repeatable): a .bvh, or .npy (T, 263) features as `sample` writes them or (T, 22, 3) joints")
-    add("--word", help="inversion: NAME of the learned word (prompts say <NAME>)")
-    add("--init", help="inversion: a coarse one-word descriptor to start from (e.g. walk)")
-    add("--set", dest="sets", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-        help="override a config field (repeatable)")
-    return p.parse_args(argv)
+    return cli.parse_args(argv, [*STAGES, "all"], __doc__.split("\n\n")[0])
 
 
 def main(argv: list[str] | None = None) -> int:

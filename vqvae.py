@@ -10,7 +10,7 @@ and A.3.1, which follow T2M-GPT (Zhang et al. 2023). Implements
     L_recon = |x - x_hat|_1 + alpha |V(x) - V(x_hat)|_1                        Eq. (7)
 
 with the EMA codebook and Code Reset of T2M-GPT's QuantizeEMAReset. LaMP (lamp.py) reads the
-encoder's features and codes; a masked-token generator over the same codes would too.
+encoder's features and codes; the masked generator (masked_generator.py) generates its codes.
 
 Notation: z, feats = m_{1:n}, encoder output (B, n, d), n = T / 4; codebook C (S, d); codes b (B, n).
 The sizes are the vq_* fields of lamp.LaMPConfig (the `lamp` config section).
@@ -171,6 +171,12 @@ class MotionVQVAE(nn.Module):
         """-> (z (B, n, d), codes (B, n), valid (B, n)): LaMP's motion features and Eq. (1)'s labels."""
         z, valid = self.encode(motion, lengths)
         return z, self.quantizer.nearest(z), valid
+
+    def decode(self, codes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """codes (B, n), valid (B, n) -> motion (B, 4 n, D); invalid tokens enter as zero vectors
+        (MoMask decodes its padding so)."""
+        q = self.quantizer.codebook[codes.clamp(0, self.quantizer.n_codes - 1)] * valid[..., None]  # (B, n, d)
+        return self.decoder(q.transpose(1, 2)).transpose(1, 2)
 
     def forward(self, motion: torch.Tensor, lengths: torch.Tensor):
         """-> (reconstruction (B, T, D), commitment, codes (B, n))."""

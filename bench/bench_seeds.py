@@ -6,7 +6,7 @@ A finished base run (`python train.py --stage all --out runs/final`) gives the p
 shares: the dataset, the text encoder, the VAE, the `evaluator` and `alignment` embedders and LaMP
 (text_encoder/, vae.pt, evaluator.pt, alignment.pt, lamp*.pt), copied into one folder per seed,
 DIR/seed_S (default DIR: BASE/seeds). For each seed S the methods are then trained with
-`--set run.seed=S`: `diffusion`, `projector`, `atm`, `mate`, and scored by `eval` and `inversion`
+`--set run.seed=S`: `lamp_t2m`, `diffusion`, `projector`, `atm`, `mate`, and scored by `eval` and `inversion`
 (with `--text-encoder lamp` too, for `diffusion`, `projector`, `atm` and `eval`, when the base run
 has the LaMP-conditioned table). The first seed, --base-seed (train.py's default 0: give the seed
 the base run was trained with), is the base run itself: its trained checkpoints are copied, not
@@ -47,7 +47,7 @@ import train  # noqa: E402
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 REQUIRED = ["vae.pt", "evaluator.pt", "alignment.pt"]
 NOT_SEEDED = {"lcm.pt"}  # the base run's checkpoints left out of the seeds
-TRAINING_STAGES = ["diffusion", "projector", "atm", "mate"]
+TRAINING_STAGES = ["lamp_t2m", "diffusion", "projector", "atm", "mate"]
 SCORING_STAGES = ["eval", "inversion"]
 LAMP_STAGES = ["diffusion", "projector", "atm", "eval"]  # the stages that take --text-encoder lamp
 LOWER_IS_BETTER = {"FID", "MMdist"}
@@ -73,6 +73,14 @@ CLAIMS = [
      "LaMP Tab. 6: better on every metric"),
     ("LaMP vs CLIP conditioning (LEAD)", ("t2m_lamp{ev}", "LEAD"), ("t2m{ev}", "LEAD"), T2M_METRICS,
      "LaMP Tab. 6: better on every metric"),
+    ("LaMP-T2M vs MoMask-style (CLIP)", ("t2m{ev}", "LaMP-T2M"), ("t2m{ev}", "MoMask-style (CLIP)"), T2M_METRICS,
+     "LaMP Tabs. 1, 6: better on every metric"),
+    ("Tab. 6: + LaMP text vs CLIP", ("t2m{ev}", "+ LaMP text (bidirectional)"), ("t2m{ev}", "MoMask-style (CLIP)"),
+     T2M_METRICS, "LaMP Tab. 6: better on every metric"),
+    ("Tab. 6: + query tokens vs + LaMP text", ("t2m{ev}", "+ query tokens (bidirectional)"),
+     ("t2m{ev}", "+ LaMP text (bidirectional)"), T2M_METRICS, "LaMP Tab. 6: top-1 better, FID and MMdist worse"),
+    ("Tab. 6: decoder-only vs bidirectional", ("t2m{ev}", "LaMP-T2M"), ("t2m{ev}", "+ query tokens (bidirectional)"),
+     T2M_METRICS, "LaMP Tab. 6: better on every metric"),
 ]
 
 
@@ -115,8 +123,10 @@ def checkpoints(base: Path) -> list[str]:
 
 
 def shared(base: Path) -> list[str]:
-    """What every seed shares: the text encoder, the VAE, the two embedders, LaMP (lamp*.pt)."""
-    return ["text_encoder", *REQUIRED, *(name for name in checkpoints(base) if name.startswith("lamp"))]
+    """What every seed shares: the text encoder, the VAE, the two embedders, LaMP (lamp.pt, lamp_vq.pt
+    and its --ablations variants; not the masked generators lamp_t2m*.pt, which are seeded)."""
+    return ["text_encoder", *REQUIRED, *(name for name in checkpoints(base)
+                                         if name.startswith("lamp") and not name.startswith("lamp_t2m"))]
 
 
 def trained(base: Path) -> list[str]:
@@ -232,12 +242,14 @@ def _difference(pair) -> str:
     return f"{pair[0]:+.3g} ± {pair[1]:.3g}"
 
 
-def report(table: dict, summary: dict, found: list[dict], seeds: list[int], base_seed: int) -> str:
+def report(table: dict, summary: dict, found: list[dict], seeds: list[int], base_seed: int,
+           shared_note: str | None = None) -> str:
     """Markdown: one table per shared section, then the claims."""
     K = len(seeds)
+    shared_note = shared_note or (f"seed {base_seed} is the base run's models, scored again); the dataset, text "
+                                  f"encoder, VAE, evaluator and alignment embedder are the base run's, shared.")
     lines = ["# Across training seeds", "",
-             f"Seeds {', '.join(map(str, seeds))} (K = {K}; seed {base_seed} is the base run's models, scored "
-             f"again); the dataset, text encoder, VAE, evaluator and alignment embedder are the base run's, shared.",
+             f"Seeds {', '.join(map(str, seeds))} (K = {K}; {shared_note}",
              f"Each cell: mean over the K seeds ± the 95% half-width across training seeds (Student t, K - 1 = {K - 1} "
              f"degrees of freedom) [in brackets: the papers' ±, one model's 1.96 std / sqrt(R) over its R sampling "
              f"replications, averaged over the seeds]. The seeds' ± is the one that says whether a method "

@@ -29,7 +29,7 @@ def write_base(root: Path) -> Path:
     base = root / "base"
     (base / "text_encoder").mkdir(parents=True)
     (base / "text_encoder" / "config.json").write_text("{}")
-    for name in ("vae", "evaluator", "alignment", "lamp_mtc", "lcm", "projector.prev"):
+    for name in ("vae", "evaluator", "alignment", "lamp_mtc", "lamp_t2m", "lcm", "projector.prev"):
         loop.save_checkpoint(base / f"{name}.pt", {"model": {"w": torch.randn(3)}, "step": 1, "done": True,
                                                    "meta": {}})
     run = make_run(base)
@@ -51,8 +51,10 @@ def test_seed_folders_copy_the_shared_parts_and_stay_quiet(tmp_path, capsys):
     bench_seeds.prepare(base, tmp_path / "seed_0", is_base=True)
     bench_seeds.prepare(base, tmp_path / "seed_1", is_base=False)
     assert sorted(p.name for p in (tmp_path / "seed_0").iterdir()) == [
-        "alignment.pt", "diffusion.pt", "evaluator.pt", "lamp_mtc.pt", "text_encoder", "vae.pt"]  # no lcm, .prev
+        "alignment.pt", "diffusion.pt", "evaluator.pt", "lamp_mtc.pt", "lamp_t2m.pt", "text_encoder",
+        "vae.pt"]  # no lcm, .prev
     assert (tmp_path / "seed_1" / "lamp_mtc.pt").exists(), "LaMP is shared"
+    assert not (tmp_path / "seed_1" / "lamp_t2m.pt").exists(), "its masked generators are seeded"
     assert not (tmp_path / "seed_1" / "diffusion.pt").exists(), "the other seeds train their own"
     runfolder.finished(make_run(tmp_path / "seed_0"), "diffusion")
     assert "[provenance]" not in capsys.readouterr().out
@@ -68,7 +70,7 @@ def test_seed_folders_copy_the_shared_parts_and_stay_quiet(tmp_path, capsys):
 def test_stage_plan_and_finished_stages_are_skipped(tmp_path, monkeypatch):
     assert bench_seeds.stage_plan(is_base=True, lamp=False) == [("eval", []), ("inversion", [])]
     plan = bench_seeds.stage_plan(is_base=False, lamp=True)
-    assert [s for s, _ in plan] == ["diffusion", "projector", "atm", "mate", "eval", "inversion",
+    assert [s for s, _ in plan] == ["lamp_t2m", "diffusion", "projector", "atm", "mate", "eval", "inversion",
                                     "diffusion", "projector", "atm", "eval"]
     calls = []
     finished = argparse.Namespace(returncode=0)

@@ -359,7 +359,7 @@ def test_mixamo_names_60_fps_z_up_come_back_as_t2m_joints(tmp_path, units):
     bvh.write_bvh(fine, tmp_path / "y_up.bvh", fps=60, offsets=bvh.rest_offsets(joints))
     names, parents, offsets, channels, frame_time, values = read_bvh(tmp_path / "y_up.bvh")
     scale = 0.01 if units == "m" else 1.0
-    new_channels, columns, signs = [], [], []
+    new_channels, signs = [], []
     for joint_channels in channels:
         new_channels.append([])
         for name in joint_channels:

@@ -42,6 +42,8 @@ SMOKE = [
     "mate.latent_dim=16", "mate.n_layers=1", "mate.ff_dim=32", "mate_train.steps=3", "mate_train.batch_size=8",
     "mate.probe_captions=2",
     "lcm_train.steps=3", "lcm_train.batch_size=8", "lcm.w_embed_dim=8",
+    "lamp_t2m.width=16", "lamp_t2m.n_layers=1", "lamp_t2m.n_heads=2", "lamp_t2m.ff_dim=32", "lamp_t2m.iterations=3",
+    "lamp_t2m_train.steps=3", "lamp_t2m_train.batch_size=8",
 ]
 
 
@@ -104,7 +106,8 @@ def test_every_stage_wrote_its_outputs(smoke_run):
     for name in ("vae", "diffusion", "projector", "evaluator", "alignment", "diffusion_atm", "diffusion_mse",
                  "diffusion_atm_inter", "diffusion_atm_intra", "mate", "lcm",
                  "diffusion_mate", "projector_mate", "lamp", "lamp_vq",
-                 *train.PROJECTOR_ABLATIONS, *train.MATE_ABLATIONS, *train.LAMP_ABLATIONS,
+                 *train.PROJECTOR_ABLATIONS, *train.MATE_ABLATIONS, *train.LAMP_ABLATIONS, *train.T2M_ROWS,
+                 *train.T2M_ABLATIONS,
                  *(f"diffusion_{name}" for name in train.MATE_ABLATIONS)):
         state = loop.load_checkpoint(run / f"{name}.pt", name)
         assert state["done"] and state["step"] == 3
@@ -126,6 +129,10 @@ def test_ablation_checkpoints_load_as_their_stage_wrote_them(smoke_run):
         assert runfolder.stage_of(name) == "lamp"
         model = runfolder.load_model(run, name)
         assert all(getattr(model.cfg, k) == v == 0.0 for k, v in overrides.items())
+    for name, (_, overrides) in {**train.T2M_ROWS, **train.T2M_ABLATIONS}.items():  # LaMP Tab. 6
+        assert runfolder.stage_of(name) == "lamp_t2m"
+        model = runfolder.load_model(run, name)
+        assert all(getattr(model.cfg, k) == v for k, v in overrides.items())
     for name, (_, overrides) in train.MATE_ABLATIONS.items():
         assert runfolder.stage_of(name) == runfolder.stage_of(f"diffusion_{name}") == "mate"
         assert all(runfolder.finished(run, name)["config"][k] == v == 0.0 for k, v in overrides.items())
@@ -146,6 +153,7 @@ def test_results_table_has_the_papers_rows(smoke_run):
     assert {"MLD+ATM (L_inter only)", "MLD+ATM (L_intra only)"} <= set(rows), "ATM Tab. 3 under --ablations"
     assert "MLD+MATE" in rows and "LEAD+MATE" in rows
     assert "MotionLCM" in rows and "LEAD (MotionLCM)" in rows
+    assert [row for row, _ in {**train.T2M_ROWS, **train.T2M_ABLATIONS}.values()] == list(rows)[-4:], "LaMP Tab. 6"
     steps = results["lcm_steps"]["rows"]
     assert {f"{m}, {n} step{'s' if n > 1 else ''}" for m in ("MotionLCM", "LEAD (MotionLCM)") for n in (1, 2, 4)} == set(steps)
     assert all(row["s / prompt"][0] > 0 for row in steps.values())
@@ -158,7 +166,7 @@ def test_results_table_has_the_papers_rows(smoke_run):
     fit = results["t2m_fit"]["rows"]  # the same rows on training clips, one replication, no MModality
     assert list(fit) == list(rows) and "MModality" not in fit["LEAD"] and fit["LEAD"]["FID"][1] == 0.0
     assert "training clips" in results["t2m_fit"]["note"]
-    assert set(results["timing"]["rows"]) == {"MLD", "LEAD"}
+    assert set(results["timing"]["rows"]) == {"MLD", "LEAD", "LaMP-T2M"}
     assert "latent_structure" in results
     md = (smoke_run / "run" / "results.md").read_text()
     assert "| Real |" in md and "| LEAD |" in md
@@ -194,6 +202,19 @@ def test_sample_without_realignment(smoke_run):
     record = json.loads((out / "sample.json").read_text())
     on_disk = sorted(str(p) for p in out.iterdir() if p.name != "sample.json")
     assert sorted(record["files"]) == on_disk, "sample.json names every file written (features too)"
+
+
+def test_sample_from_lamp_t2m(smoke_run):
+    """--generator lamp_t2m: LaMP-T2M's motions, lengths cut to whole motion tokens (4 frames)."""
+    code = train.main(["--stage", "sample", "--generator", "lamp_t2m", "--text", "a person jumps", "--length", "62",
+                       *smoke_args(smoke_run)])
+    assert code == 0
+    out = latest_user_samples(smoke_run)
+    assert np.load(out / "00_a_person_jumps_0_joints.npy").shape == (60, 22, 3)
+    record = json.loads((out / "sample.json").read_text())
+    assert record["generator"] == "lamp_t2m" and record["prompts"] == [["a person jumps", 60]]
+    assert train.main(["--stage", "sample", "--generator", "lamp_t2m", "--sampler", "lcm", "--text", "a person jumps",
+                       *smoke_args(smoke_run)]) == 2
 
 
 def test_concurrent_samples_on_one_folder_keep_every_result(smoke_run):

@@ -1,5 +1,6 @@
 """Tests for evaluation.py: the protocol driver on a tiny fake dataset (rows, replications, Swing,
-rows sharing latents), the results tables, the VAE's joint errors and Swing by hand.
+the joint columns, rows sharing latents), the results tables, the VAE's joint errors, Swing and
+joint columns by hand.
 
 Nothing here needs clip.py or a dataset folder: the dataset is a list of dicts, the captions'
 word/POS tags a ten-word table (tiny_evaluator.py).
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+import data
 import diffusion
 import evaluation
+import metrics
 import projector
 import t2m_evaluator
 import vae
@@ -49,8 +52,8 @@ def test_evaluate_real_and_generated_rows():
     logs = []
     real = evaluate(None, dataset, model, model.tokenizer, replications=2, batch_size=16, diversity_times=20,
                     collate_fn=_collate, log=logs.append)
-    # a list of items has no mean / std to de-normalise with: no Swing
-    assert set(real) == set(evaluation.METRICS) - {"MModality", "Swing"}
+    # a list of items has no mean / std to de-normalise with: no Swing, no joints
+    assert set(real) == set(evaluation.METRICS) - {"MModality", "Swing", *evaluation.QUALITY}
     assert abs(real["FID"][0]) < 1e-6  # ground truth against itself
     assert len(logs) == 2 and "replication 2/2" in logs[1]
 
@@ -59,7 +62,7 @@ def test_evaluate_real_and_generated_rows():
 
     gen = evaluate(noise, dataset, model, model.tokenizer, replications=3, batch_size=16, mm_num_texts=4,
                    mm_num_gens=12, diversity_times=20, collate_fn=_collate, log=lambda s: None)
-    assert set(gen) == set(evaluation.METRICS) - {"Swing"}
+    assert set(gen) == set(evaluation.METRICS) - {"Swing", *evaluation.QUALITY}
     for name, (mean, ci) in gen.items():
         assert math.isfinite(mean) and math.isfinite(ci) and ci >= 0, name
     assert gen["FID"][0] > 0.01
@@ -115,7 +118,46 @@ def test_evaluate_swing_column_and_unchanged_metrics():
         row = evaluate(_by_caption(dataset, transform), dataset, model, model.tokenizer, **kwargs)
         assert row["Swing"][0] == pytest.approx(expected, abs=1e-5)
     plain = evaluate(_by_caption(dataset, doubled), list(dataset), model, model.tokenizer, **kwargs)
-    assert plain == {k: v for k, v in row.items() if k != "Swing"}
+    assert plain == {k: v for k, v in row.items() if k not in ("Swing", *evaluation.QUALITY)}
+
+
+def _scaled(dims, factor, dataset):
+    """transform of normalised features that multiplies the de-normalised features `dims` by
+    `factor`: x' = (factor (x std + mean) - mean) / std."""
+    mean, std = (torch.as_tensor(a)[dims] for a in (dataset.mean, dataset.std))
+
+    def transform(x):
+        out = x.clone()
+        out[..., dims] = (factor * (x[..., dims] * std + mean) - mean) / std
+        return out
+    return transform
+
+
+def test_evaluate_quality_columns_by_hand():
+    """The joint columns on 263-d features (random ones: the joints they give are arbitrary but
+    fixed). The Real row's second pass of the same uncropped clips: Foot lift and Root speed exactly
+    1, Foot skating that of the clips. A generator returning each clip itself: the same. Doubling the
+    root's linear velocity (features 1:3, metres a frame in the root frame) doubles every root step,
+    so Root speed 2 and Foot lift 1 (the feet's heights, features 4 + 3 * 9 + 1 and 4 + 3 * 10 + 1, are
+    stored absolute); doubling those two heights doubles each foot's range: Foot lift 2, Root speed 1.
+    Directly: Foot skating is the mean of metrics.foot_skating_ratio over the clips' joints."""
+    items = [dict(item, caption=f"{item['caption']} {i}") for i, item in enumerate(_fake_dataset(n=32, feat_dim=263))]
+    dataset, model = _WithStats(items), tiny_embedder(feat_dim=263)
+    kwargs = dict(replications=1, batch_size=16, mm_num_texts=0, diversity_times=10, collate_fn=_collate,
+                  log=lambda s: None)
+    mean, std = torch.as_tensor(dataset.mean), torch.as_tensor(dataset.std)
+    skating = np.mean([metrics.foot_skating_ratio(data.features_to_joints((it["motion"] * std + mean)[None].double()),
+                                                  [it["length"]])[0] for it in items])
+    real = evaluate(None, dataset, model, model.tokenizer, **kwargs)
+    same = evaluate(_by_caption(dataset, lambda x: x), dataset, model, model.tokenizer, **kwargs)
+    for row in (real, same):
+        assert row["Foot skating"][0] == pytest.approx(skating, abs=1e-12)
+        assert row["Foot lift"] == pytest.approx((1.0, 0.0)) and row["Root speed"] == pytest.approx((1.0, 0.0))
+    feet = [4 + 3 * 9 + 1, 4 + 3 * 10 + 1]  # the y of joints 10 and 11 (ric starts at joint 1)
+    for dims, lift, speed in (([1, 2], 1.0, 2.0), (feet, 2.0, 1.0)):
+        row = evaluate(_by_caption(dataset, _scaled(dims, 2.0, dataset)), dataset, model, model.tokenizer, **kwargs)
+        assert row["Foot lift"][0] == pytest.approx(lift, rel=1e-5)
+        assert row["Root speed"][0] == pytest.approx(speed, rel=1e-5)
 
 
 class _Drawing(list):
@@ -184,6 +226,15 @@ def test_results_table_and_write_results(tmp_path):
     assert "**9.000 ± 0.100**" in lines[5]  # Diversity closest to Real's 9.5 wins
     assert lines[4].rstrip().endswith("| - |")  # Real has no MModality
     assert "20 replications" in table
+
+    # the joint columns: skating lower is better, the ratios closest to 1 (not to Real's value)
+    quality = {"Real": dict(real, **{"Foot skating": (0.05, 0.0), "Foot lift": (0.5, 0.0), "Root speed": (1.02, 0.0)}),
+               "MLD": dict(a, **{"Foot skating": (0.10, 0.0), "Foot lift": (0.7, 0.0), "Root speed": (0.95, 0.0)}),
+               "LEAD": dict(b, **{"Foot skating": (0.08, 0.0), "Foot lift": (1.2, 0.0), "Root speed": (1.06, 0.0)})}
+    lines = results_table(quality, "HumanML3D").splitlines()
+    assert lines[2].endswith("| Foot skating ↓ | Foot lift → 1 | Root speed → 1 |")
+    assert lines[5].endswith("| 0.100 ± 0.000 | 0.700 ± 0.000 | **0.950 ± 0.000** |")  # MLD
+    assert lines[6].endswith("| **0.080 ± 0.000** | **1.200 ± 0.000** | 1.060 ± 0.000 |")  # LEAD
 
     write_results(tmp_path, "t2m", {"Real": real, "LEAD": b}, title="Text-to-motion")
     write_results(tmp_path, "retrieval", {"evaluator": {"T2M R@1": (0.4, 0.0), "M2T R@1": (0.3, 0.0)}})
@@ -260,6 +311,37 @@ def test_reconstruction_swing_hand_cases():
     assert evaluation.reconstruction_swing(lambda x, lengths: x, clips, cpu) == pytest.approx(1.0)
     assert evaluation.reconstruction_swing(about_clip_mean(0.0), clips, cpu) == pytest.approx(0.0, abs=1e-12)
     assert evaluation.reconstruction_swing(about_clip_mean(2.0), clips, cpu, batch_size=2) == pytest.approx(2.0)
+
+
+def test_reconstruction_quality_by_hand():
+    """The identity reconstructs with Foot lift and Root speed 1 and the motions' own skating; the
+    root's linear velocity doubled: Root speed 2; a dataset with `fork` keeps its generator where it was."""
+    clips, cpu = _Clips(lengths=(6, 9, 12)), torch.device("cpu")
+    same = evaluation.reconstruction_quality(lambda x, lengths: x, clips, cpu)
+    assert same["Foot skating"] == same["real Foot skating"]
+    assert same["Foot lift"] == pytest.approx(1.0) and same["Root speed"] == pytest.approx(1.0)
+    faster = evaluation.reconstruction_quality(lambda x, lengths: _scaled([1, 2], 2.0, clips)(x), clips, cpu)
+    assert faster["Root speed"] == pytest.approx(2.0, rel=1e-5) and faster["Foot lift"] == pytest.approx(1.0)
+
+    class Forking(_Clips):
+        def __init__(self):
+            super().__init__(lengths=(6, 9))
+            self.draws = 0
+
+        def __getitem__(self, i):
+            self.draws += 1
+            return super().__getitem__(i)
+
+        def fork(self):
+            twin = Forking.__new__(Forking)
+            twin.__dict__.update(self.__dict__)
+            return twin
+
+    forking = Forking()
+    evaluation.reconstruction_quality(lambda x, lengths: x, forking, cpu)
+    assert forking.draws == 0
+    figures = evaluation.vae_report(lambda x, lengths: x, forking, cpu)
+    assert figures["val_foot_lift_ratio"] == figures["val_root_speed_ratio"] == 1.0
 
 
 # --------------------------------------------------------------------------------------

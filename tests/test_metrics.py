@@ -1,5 +1,6 @@
 """Tests for metrics.py: each formula against a direct numpy/scipy computation and a hand-worked
-case, the evaluator's training loss against a hand computation, Swing by hand.
+case, the evaluator's training loss against a hand computation, Swing by hand, the foot skating
+ratio against GMD's code and by hand, foot lift and root speed by hand.
 """
 import math
 
@@ -251,3 +252,102 @@ def test_body_frame_spread_and_swing_by_hand():
     assert metrics.swing(centre + 2 * (motion - centre), motion, lengths) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="do not move"):
         metrics.swing(motion, still, lengths)
+
+
+# ---------------------------------------------------------------------------------------
+# Motion quality on joint positions: foot skating (GMD), foot lift, root speed
+
+L, R = metrics.FEET  # 10, 11
+
+
+def _feet(steps_left, steps_right, y_left, y_right, frames=10):
+    """Joints (frames, 22, 3), all zero but the feet: each foot starts at x = 0 and moves along x by
+    its per-step displacements (metres), at the given heights (a number or one per frame)."""
+    j = np.zeros((frames, 22, 3))
+    for foot, steps, y in ((L, steps_left, y_left), (R, steps_right, y_right)):
+        j[:len(steps) + 1, foot, 0] = np.concatenate([[0.0], np.cumsum(steps)])
+        j[:len(steps) + 1, foot, 1] = y if np.isscalar(y) else y
+    return j
+
+
+def test_foot_skating_ratio_hand_cases():
+    """Six clips of n = 6 frames (5 steps) at 20 fps: 0.05 m a step is 1 m/s, over the 0.5 m/s threshold.
+    vbar_t averages the speeds of steps t-2..t+2, zeros outside the clip.
+    a. left foot on the floor sliding 1 m/s all along, right foot in the air:
+       vbar = 3/5, 4/5, 1, 4/5, 3/5 (all > 0.5) -> 5/5 = 1.
+    b. as a, but the left foot at 0.1 m in frame 2: steps 1 (frames 1-2) and 2 (2-3) are off the floor -> 3/5.
+    c. sliding at 0.02 m a step = 0.4 m/s, under the threshold -> 0.
+    d. one fast step (0.1 m = 2 m/s) among still ones: vbar = 2/5 = 0.4 -> 0 (the window rule).
+    e. (padding) still, then sliding in the last two steps: v = 0, 0, 0, 1, 1, vbar_3 = vbar_4 = 2/5 -> 0.
+       Frames 6-9, past the length, slide both feet at 1 m/s on the floor: counted, they would give
+       steps 3 and 4 vbar 3/5 and 4/5 (skating) and 4 more skating steps, 6/9.
+    f. left slides in steps 0-2 (v = 1, 1, 1, 0, 0: vbar 3/5 in each), right in steps 2-4 (vbar 3/5
+       in each): a step skates if either foot does -> {0..4} = 5/5 (counting feet apart would give 6/5).
+    """
+    slide, air = [0.05] * 5, 0.5
+    clips = [
+        _feet(slide, [0] * 5, 0.0, air),
+        _feet(slide, [0] * 5, [0, 0, 0.1, 0, 0, 0], air),
+        _feet([0.02] * 5, [0] * 5, 0.0, air),
+        _feet([0, 0, 0.1, 0, 0], [0] * 5, 0.0, air),
+        _feet([0, 0, 0, 0.05, 0.05], [0] * 5, 0.0, 0.0),
+        _feet([0.05, 0.05, 0.05, 0, 0], [0, 0, 0.05, 0.05, 0.05], 0.0, 0.0),
+    ]
+    joints = np.stack(clips)                                          # (6, 10, 22, 3)
+    for t in range(6, 10):  # padding: both feet on the floor, sliding 1 m/s from where frame 5 left them
+        joints[:, t, [L, R], 0] = joints[:, t - 1, [L, R], 0] + 0.05
+        joints[:, t, [L, R], 1] = 0.0
+    lengths = np.full(6, 6)
+    expected = [1.0, 0.6, 0.0, 0.0, 0.0, 1.0]
+    np.testing.assert_allclose(metrics.foot_skating_ratio(joints, lengths, fps=20), expected)
+    np.testing.assert_allclose(metrics.foot_skating_ratio(torch.tensor(joints), torch.tensor(lengths)), expected)
+    assert metrics.foot_skating_ratio(joints[4:5], [10])[0] == pytest.approx(6 / 9)  # e, padding counted
+    with pytest.raises(ValueError, match="2..10 frames"):
+        metrics.foot_skating_ratio(joints, np.full(6, 1))
+
+
+def _gmd_skating_ratio(joints: np.ndarray) -> np.ndarray:
+    """GMD's calculate_skating_ratio (guided-motion-diffusion, data_loaders/humanml/utils/metrics.py),
+    restated on (B, T, 22, 3) joints at 20 fps with scipy's uniform_filter1d; every frame counts."""
+    from scipy.ndimage import uniform_filter1d
+    feet = joints[:, :, [10, 11]].transpose(0, 2, 3, 1)                      # (B, 2, 3, T)
+    v = np.linalg.norm(feet[:, :, [0, 2], 1:] - feet[:, :, [0, 2], :-1], axis=2) * 20.0
+    v_avg = uniform_filter1d(v, axis=-1, size=5, mode="constant", origin=0)
+    y = feet[:, :, 1]
+    contact = (y[:, :, :-1] < 0.05) & (y[:, :, 1:] < 0.05)
+    skating = contact & (v > 0.5) & (v_avg > 0.5)
+    skating = skating[:, 0] | skating[:, 1]
+    return skating.sum(1) / skating.shape[1]
+
+
+def test_foot_skating_ratio_matches_gmd_on_whole_clips():
+    """Clips with no padding: GMD's code and ours agree clip by clip (feet wandering about the floor
+    at about the thresholds, so every rule decides some steps)."""
+    rng = np.random.default_rng(0)
+    joints = np.zeros((16, 40, 22, 3))
+    joints[:, :, [L, R], 0] = np.cumsum(rng.uniform(0, 0.05, (16, 40, 2)), axis=1)
+    joints[:, :, [L, R], 2] = np.cumsum(rng.uniform(-0.01, 0.01, (16, 40, 2)), axis=1)
+    joints[:, :, [L, R], 1] = rng.uniform(0, 0.08, (16, 40, 2))
+    ours, gmd = metrics.foot_skating_ratio(joints, np.full(16, 40)), _gmd_skating_ratio(joints)
+    np.testing.assert_allclose(ours, gmd, atol=1e-12)
+    assert 0.05 < ours.mean() < 0.95
+
+
+def test_foot_lift_and_root_speed_hand_cases():
+    """Clip 0 has n = 4 of 6 frames; frames 4-5 are padding far away (5 m high, 10 m off).
+    Foot lift: left y = 0, 0.1, 0.3, 0.05 (range 0.3), right y = 0.02, 0.02, 0.12, 0.02 (range 0.1):
+    mean 0.2 m. Root (x, z) steps (0.03, 0.04), (0, 0), (0.06, 0.08): lengths 0.05, 0, 0.1 m, so
+    20 fps * 0.15 / 3 = 1.0 m/s; the root's height changes do not count.
+    Clip 1 (n = 6): both feet held at 0.07 m: lift 0; root 0.02 m a frame along x: 0.4 m/s."""
+    j = np.zeros((2, 6, 22, 3))
+    j[0, :4, L, 1] = [0.0, 0.1, 0.3, 0.05]
+    j[0, :4, R, 1] = [0.02, 0.02, 0.12, 0.02]
+    j[0, :4, 0, 0], j[0, :4, 0, 2] = [0.0, 0.03, 0.03, 0.09], [0.0, 0.04, 0.04, 0.12]
+    j[0, :4, 0, 1] = [0.9, 1.0, 0.8, 0.9]
+    j[0, 4:, :, 1], j[0, 4:, 0, 0] = 5.0, 10.0                      # padding
+    j[1, :, [L, R], 1] = 0.07
+    j[1, :, 0, 0] = 0.02 * np.arange(6)
+    lengths = torch.tensor([4, 6])
+    np.testing.assert_allclose(metrics.foot_lift(j, lengths), [0.2, 0.0], atol=1e-12)
+    np.testing.assert_allclose(metrics.root_speed(torch.tensor(j), lengths, fps=20), [1.0, 0.4], atol=1e-12)
+    np.testing.assert_allclose(metrics.root_speed(j, lengths, fps=10), [0.5, 0.2], atol=1e-12)
