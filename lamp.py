@@ -336,13 +336,16 @@ class LaMP(nn.Module):
         ids = self.trim(ids)
         return F.normalize(self.text_proj(self._text_only(ids)[:, 0]), dim=-1)
 
-    def query_features(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """f_m: the queries after attending to the motion, projected, normalised (B, Q, E)."""
+    def query_states(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The queries after attending to the motion (B, Q, H): the captioner's soft prompt (Sec. 3.4)."""
         B = len(feats)
         empty = feats.new_zeros(B, 0, self.cfg.hidden_size)
         mask = unimodal_mask(self.cfg.n_queries, valid.new_ones(B, 0))
-        q, _ = self.run_layers(self.embed_queries(B), empty, mask, self.motion_memory(feats), valid)
-        return F.normalize(self.motion_proj(q), dim=-1)
+        return self.run_layers(self.embed_queries(B), empty, mask, self.motion_memory(feats), valid)[0]
+
+    def query_features(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """f_m: the query states, projected, normalised (B, Q, E)."""
+        return F.normalize(self.motion_proj(self.query_states(feats, valid)), dim=-1)
 
     def motion_embedding(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """One vector per motion: the normalised mean of f_m over the queries (B, E)."""
