@@ -1,16 +1,22 @@
-"""train.py's command line: every option, with what it does and the stages that read it."""
+"""train.py's command line: every option, with what it does and the stages that read it.
+
+It imports nothing heavy, so `python train.py --help` (or a mistyped option) answers before torch
+loads; tests/test_train.py checks STAGES and PRESETS against train.STAGES and config.PRESETS.
+"""
 import argparse
 from pathlib import Path
 
-from config import PRESETS
+STAGES = ("data", "evaluator", "lamp", "lamp_t2m", "vae", "diffusion", "projector", "atm", "mate", "lcm", "eval",
+          "sample", "inversion", "import")
+PRESETS = ("paper", "smoke", "tiny")
 
 
-def parse_args(argv: list[str] | None, stages: list[str], description: str) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
-    add("--stage", required=True, choices=stages)
-    add("--preset", default="tiny", choices=sorted(PRESETS), help="tiny: CPU-sized models (default); smoke: every "
+    add("--stage", required=True, choices=[*STAGES, "all"])
+    add("--preset", default="tiny", choices=PRESETS, help="tiny: CPU-sized models (default); smoke: every "
         "stage in minutes, motions not meant to be good; paper: the papers' sizes, one GPU")
     add("--out", type=Path, default=Path("runs/default"), help="run folder")
     add("--data", type=Path, help="a HumanML3D- or KIT-ML-layout folder; default: the embedded synthetic dataset")

@@ -23,17 +23,21 @@ and, outside `all`: `import` (MLD's released checkpoint -> vae.pt, diffusion.pt)
 loads what the stages before it wrote into `--out` (runfolder.py), calls its module's protocol,
 and writes its checkpoint (loop.py) and STAGE.json. Configuration: config.py.
 """
-import argparse
+import sys
+
+import cli
+
+if __name__ == "__main__":  # the command line checked before torch loads: --help answers at once
+    cli.parse_args(sys.argv[1:], __doc__.split("\n\n")[0])
+
 import dataclasses
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 import atm_losses
-import cli
 import clip
 import data
 import diffusion
@@ -567,7 +571,6 @@ def stage_lamp_t2m(run: Run) -> dict:
     for name, (_, overrides) in {**T2M_ROWS, **(T2M_ABLATIONS if run.args.ablations else {})}.items():
         cfg = dataclasses.replace(run.cfg.lamp_t2m, **overrides)
         text = t2m_text(run, cfg.condition)
-        text.encode_cached(train.captions())
         meta = {"n_codes": vq.cfg.vq_codes, "cond_dim": text.dim, "max_tokens": run.cfg.data.max_len // vq.down}
         torch.manual_seed(seed)
         model = masked_generator.MaskedTransformer(cfg, **meta).to(run.device)
@@ -647,12 +650,8 @@ def run_stage(run: Run, stage: str) -> dict:
     return figures
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    return cli.parse_args(argv, [*STAGES, "all"], __doc__.split("\n\n")[0])
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = cli.parse_args(argv, __doc__.split("\n\n")[0])
     stages = ALL_ORDER if args.stage == "all" else [args.stage]
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # torchrun
     try:

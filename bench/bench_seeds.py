@@ -40,9 +40,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cli  # noqa: E402
 import metrics  # noqa: E402
 import runfolder  # noqa: E402
-import train  # noqa: E402
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 REQUIRED = ["vae.pt", "evaluator.pt", "alignment.pt"]
@@ -157,7 +157,7 @@ def run_seed(folder: Path, seed: int, plan, passed: list[str]) -> None:
     an interrupted call left behind."""
     for stage, extra in plan:
         argv = ["--stage", stage, "--out", str(folder), "--set", f"run.seed={seed}", "--resume", *extra, *passed]
-        record = runfolder.record_path(SimpleNamespace(args=train.parse_args(argv), out=folder), stage)
+        record = runfolder.record_path(SimpleNamespace(args=cli.parse_args(argv, ""), out=folder), stage)
         if record.exists():
             print(f"[seeds] seed {seed}: {' '.join([stage, *extra])} already done ({record})")
             continue
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [json.loads((out / f"seed_{s}" / "results.json").read_text()) for s in seeds]
     table = collect(results)
     summary = summarise(table)
-    suffix = runfolder.evaluator_suffix(SimpleNamespace(args=train.parse_args(["--stage", "eval", *passed])))
+    suffix = runfolder.evaluator_suffix(SimpleNamespace(args=cli.parse_args(["--stage", "eval", *passed], "")))
     found = claims(table, suffix)
     text = report(table, summary, found, seeds, args.base_seed)
     write_atomic(out / "seeds.md", text)

@@ -1,8 +1,13 @@
 """train.py: the command line's errors, and what run_stage does around every stage."""
+import re
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import torch
 
+import cli
 import config
 import train
 from test_runfolder import _Split
@@ -29,3 +34,16 @@ def test_each_stage_restarts_the_splits_random_choices(tmp_path, monkeypatch):
                                     text_encoder="clip", evaluator="evaluator"))
     train.run_stage(run, "data")
     assert seen == [[5]]
+
+
+def test_the_command_line_knows_every_stage_and_preset():
+    assert sorted(cli.STAGES) == sorted(train.STAGES)
+    assert sorted(cli.PRESETS) == sorted(config.PRESETS)
+
+
+def test_help_answers_before_torch_loads():
+    """`python train.py --help` parses in cli.py alone (issue 31: it took ~7 s importing everything)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "train.py", "--help"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and "--stage" in done.stdout and "lamp_t2m" in done.stdout
+    assert not re.search(r"\|\s+torch$", done.stderr, re.M), "torch was imported for --help"
