@@ -8,7 +8,8 @@ For every test clip of the run's dataset (one crop and one caption each, drawn w
 clip itself ("real"), its reconstruction by the run's VAE (vae.pt, the posterior mean decoded),
 and a motion generated for its caption and length by MLD and by LEAD (diffusion.pt, projector.pt:
 projector.generate through runfolder.pipeline; both rows decode the same diffused latents,
-evaluation.shared_latents, the noise drawn after torch.manual_seed(--seed)). On the joints of each
+evaluation.shared_latents, the noise drawn after torch.manual_seed(--seed)), and by the masked
+generators of `--stage lamp_t2m` where the run has them (MoMask-style, LaMP-T2M). On the joints of each
 (data.features_to_joints, evaluation.clip_quality) it measures GMD's foot skating ratio (with
 metrics.SKATING_HEIGHT, SKATING_SPEED, SKATING_WINDOW), the foot lift (each foot's height range over
 the clip, cm) and the mean horizontal root speed (m/s), and prints three tables, one per figure,
@@ -33,6 +34,7 @@ import runfolder  # noqa: E402
 import synthetic  # noqa: E402
 
 SOURCES = ("real", "VAE", "MLD", "LEAD")
+T2M = {"lamp_t2m_clip": "MoMask", "lamp_t2m": "LaMP-T2M"}  # the masked generators, where the run has them
 FIGURES = {"Foot skating": ("foot skating ratio (GMD)", 1.0, "{:.3f}"),   # column -> (title, scale, format)
            "Foot lift": ("foot lift, cm", 100.0, "{:.1f}"),
            "Root speed": ("root speed, m/s", 1.0, "{:.2f}")}
@@ -43,15 +45,19 @@ def measure(run, test, batch_size: int, seed: int) -> tuple[list[str], dict[str,
     """Names of the test clips and {source: {column: (N,)}} of evaluation.clip_quality."""
     pipe, realigner = runfolder.pipeline(run), runfolder.load_projector(run)
     generate = evaluation.shared_latents(pipe, {"MLD": None, "LEAD": realigner})
+    masked = {row: runfolder.t2m_generate(run, name, row) for name, row in T2M.items()
+              if (run.out / f"{name}.pt").exists()}
     mean, std = (torch.as_tensor(a, dtype=torch.float32) for a in (test.mean, test.std))
     test.reseed(seed)
     torch.manual_seed(seed)
-    names, parts = [], {s: [] for s in SOURCES}  # [{column: (B,)}] per batch
+    names, parts = [], {s: [] for s in (*SOURCES, *masked)}  # [{column: (B,)}] per batch
     for start in range(0, len(test), batch_size):
         batch = data.collate([test[i] for i in range(start, min(start + batch_size, len(test)))])
         x, lengths = batch["motion"].to(pipe.device), batch["lengths"]
         motions = {"real": x, "VAE": pipe.vae.reconstruct(x, lengths.to(pipe.device)),
                    **generate(batch["caption"], lengths)}
+        for fn in masked.values():
+            motions.update(fn(batch["caption"], lengths))
         for source, motion in motions.items():  # normalised (B, T, 263) -> de-normalised, on the CPU
             parts[source].append(evaluation.clip_quality(motion.cpu().float() * std + mean, lengths))
         names += batch["name"]
@@ -73,10 +79,10 @@ def groups(names: list[str], segments: dict) -> dict[str, np.ndarray]:
 
 def table(title: str, scale: float, fmt: str, figures: dict, rows: dict) -> str:
     """One figure: a row per group, its clip count, then the mean of each source."""
-    lines = [title, f"{'':14s}{'clips':>6s}" + "".join(f"{s:>9s}" for s in SOURCES)]
+    lines = [title, f"{'':14s}{'clips':>6s}" + "".join(f"{s:>9s}" for s in figures)]
     for row, idx in rows.items():
-        lines.append(f"{row:14s}{len(idx):6d}" + "".join(f"{fmt.format(scale * figures[s][idx].mean()):>9s}"
-                                                         for s in SOURCES))
+        lines.append(f"{row:14s}{len(idx):6d}" + "".join(f"{fmt.format(scale * f[idx].mean()):>9s}"
+                                                         for f in figures.values()))
     return "\n".join(lines)
 
 
@@ -100,7 +106,7 @@ def main(argv=None) -> None:
     rows = groups(names, segments)
     for column, (title, scale, fmt) in FIGURES.items():
         print()
-        print(table(title, scale, fmt, {s: figures[s][column] for s in SOURCES}, rows))
+        print(table(title, scale, fmt, {s: f[column] for s, f in figures.items()}, rows))
 
 
 if __name__ == "__main__":
