@@ -321,16 +321,21 @@ def seconds_per_prompt(generate_fn, dataset, prompts: int) -> tuple[float, float
 
 
 def few_step_rows(pipe: projector.Pipeline, consistency, realigner, dataset, evaluator, tokenizer,
-                  cfg: EvalConfig, seed: int, steps=(1, 2, 4)) -> dict:
+                  cfg: EvalConfig, seed: int, steps=(1, 2, 4), scored: dict | None = None) -> dict:
     """LEAD Tab. 5: MotionLCM (lcm.py) and LEAD (MotionLCM), the LEAD projector `realigner` trained
     on the teacher's latents and not retrained (Sec. 5.4), at 1, 2 and 4 steps, each row with the
-    metrics of t2m_rows and its per-prompt time."""
+    metrics of t2m_rows and its per-prompt time. `scored`: the t2m rows "MotionLCM" and "LEAD
+    (MotionLCM)", scored by the same protocol and seed at the model's own step count (reused)."""
     rows = {}
     for n in steps:
         fast = dataclasses.replace(pipe, consistency=consistency, steps=n)
         names = {f"{name}, {n} step{'s' if n > 1 else ''}": r
                  for name, r in (("MotionLCM", None), ("LEAD (MotionLCM)", realigner))}
-        rows.update(t2m_rows({", ".join(names): shared_latents(fast, names)}, dataset, evaluator, tokenizer, cfg, seed))
+        if scored and n == consistency.cfg.sample_steps:  # the same samples: not generated twice
+            rows.update({label: dict(scored[name]) for label, name in zip(names, ("MotionLCM", "LEAD (MotionLCM)"))})
+        else:
+            rows.update(t2m_rows({", ".join(names): shared_latents(fast, names)}, dataset, evaluator, tokenizer, cfg,
+                                 seed))
         for label, r in names.items():
             rows[label]["s / prompt"] = seconds_per_prompt(lambda c, lengths: projector.generate(fast, c, lengths, r),
                                                            dataset, cfg.timing_prompts)

@@ -17,7 +17,7 @@ Paper: LaMP: Language-Motion Pretraining for Motion Generation, Retrieval, and C
                        t2m_evaluator.T2MEvaluator); Tab. 5's objectives added in turn (`ablation_rows`)
 
 LaMP-T2M, the masked token generator of Sec. 3.2, is masked_generator.py (conditioned here);
-LaMP-M2T (the captioner, Sec. 3.4) is not here yet.
+LaMP-M2T, the captioner of Sec. 3.4, is captioner.py (over `LaMP.query_states`).
 
 The attention masks (True = may attend) over the sequence [q_1 .. q_Q | t_1 .. t_L]:
 

@@ -225,7 +225,8 @@ def stage_eval(run: Run) -> dict:
                                  *evaluation.latent_structure_table(structure))
     steps = None
     if "MotionLCM" in rows:  # LEAD Tab. 5: the projector is LEAD's, not retrained (Sec. 5.4)
-        steps = evaluation.few_step_rows(pipe, load_lcm(run), lead, test, evaluator, tokenizer, cfg, seed)
+        steps = evaluation.few_step_rows(pipe, load_lcm(run), lead, test, evaluator, tokenizer, cfg, seed,
+                                         scored=rows)
         evaluation.write_results(run.out, "lcm_steps", steps, "Few-step sampling (LEAD Tab. 5 analogue)",
                                  f"{len(test)} test motions, R = {cfg.replications} replications; the projector is "
                                  f"LEAD's, trained on the teacher's latents and not retrained (LEAD Sec. 5.4); s / "
@@ -255,7 +256,7 @@ def stage_sample(run: Run) -> dict:
     prompts = prompts or [(text, args.length) for text in DEFAULT_PROMPTS]
     if args.generator == "lamp_t2m":  # LaMP-T2M: 4 frames a token
         if args.sampler != "ddim" or args.no_realign:
-            raise ValueError("--sampler and --no-realign choose how the diffusion samples: not with --generator lamp_t2m")
+            raise ValueError("--sampler and --no-realign choose how the diffusion samples, not --generator lamp_t2m")
         generate, realigner = t2m_generate(run, "lamp_t2m"), None
         prompts = [(text, frames - frames % 4) for text, frames in prompts]
     else:
@@ -278,8 +279,8 @@ def stage_sample(run: Run) -> dict:
                                           stats.denormalize(motion[k].numpy()), stats.skeleton, text,
                                           animations, args.bvh)
     print("\n".join(f"[sample] wrote {path}" for path in written))
-    return {"prompts": prompts, "generator": args.generator, "sampler": args.sampler, "realigned": realigner is not None,
-            "files": written}
+    return {"prompts": prompts, "generator": args.generator, "sampler": args.sampler,
+            "realigned": realigner is not None, "files": written}
 
 
 def inversion_models(run: Run) -> inversion.FrozenModels:
@@ -566,8 +567,8 @@ def stage_lamp_t2m(run: Run) -> dict:
     """LaMP-T2M (Sec. 3.2, masked_generator.py): a masked transformer over lamp_vq.pt's codes with
     LaMP's text condition, beside MoMask's CLIP-conditioned baseline on the same batches and
     budget; --ablations: Tab. 6's middle rows."""
-    train, vq, sched, seed = open_split(run, "train"), load_model(run, "lamp_vq"), run.cfg.lamp_t2m_train, run.cfg.run.seed
-    draws, losses = train.fork(), {}
+    train, vq, seed = open_split(run, "train"), load_model(run, "lamp_vq"), run.cfg.run.seed
+    sched, draws, losses = run.cfg.lamp_t2m_train, train.fork(), {}
     for name, (_, overrides) in {**T2M_ROWS, **(T2M_ABLATIONS if run.args.ablations else {})}.items():
         cfg = dataclasses.replace(run.cfg.lamp_t2m, **overrides)
         text = t2m_text(run, cfg.condition)
@@ -628,8 +629,8 @@ STAGES = {"data": stage_data, "evaluator": stage_evaluator, "vae": stage_vae, "d
           "atm": stage_atm, "mate": stage_mate, "lamp": stage_lamp, "lamp_t2m": stage_lamp_t2m, "lcm": stage_lcm,
           "import": stage_import}
 # `--stage all`: eval comes after every stage that adds a row to its table
-ALL_ORDER = ["data", "evaluator", "lamp", "lamp_t2m", "vae", "diffusion", "projector", "atm", "mate", "lcm", "eval", "sample",
-             "inversion"]
+ALL_ORDER = ["data", "evaluator", "lamp", "lamp_t2m", "vae", "diffusion", "projector", "atm", "mate", "lcm", "eval",
+             "sample", "inversion"]
 DISTRIBUTED_STAGES = ("evaluator", "vae", "diffusion", "projector", "atm", "lcm")  # the others: one process
 
 
