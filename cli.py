@@ -6,8 +6,8 @@ loads; tests/test_train.py checks STAGES and PRESETS against train.STAGES and co
 import argparse
 from pathlib import Path
 
-STAGES = ("data", "evaluator", "lamp", "lamp_t2m", "vae", "diffusion", "projector", "atm", "mate", "lcm", "eval",
-          "sample", "inversion", "import")
+STAGES = ("data", "evaluator", "lamp", "lamp_t2m", "lamp_m2t", "vae", "diffusion", "projector", "atm", "mate",
+          "lcm", "eval", "sample", "inversion", "import")
 PRESETS = ("paper", "smoke", "tiny")
 
 
@@ -24,6 +24,8 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
         "data/synthetic_N for another data.synthetic_motions=N)")
     add("--clip", help="real CLIP weights: a local folder or an already-downloaded name (e.g. "
         "openai/clip-vit-large-patch14); default: a small offline text encoder")
+    add("--llm", type=Path, help="lamp_m2t: a local OPT folder (save_pretrained layout, e.g. opt-2.7b) for the "
+        "captioner; default: a small OPT trained here on the captions")
     add("--bert", help="lamp: initialise LaMP from a local BERT folder (the paper: BERT-base); default: random")
     add("--text-encoder", default="clip", choices=["clip", "lamp"], help="diffusion/projector/eval/sample: condition "
         "on CLIP or on LaMP text features (LaMP Sec. 3.2), saved as diffusion_lamp.pt, projector_lamp.pt")
@@ -59,3 +61,12 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     add("--set", dest="sets", action="append", default=[], metavar="SECTION.FIELD=VALUE",
         help="override a config field (repeatable)")
     return p.parse_args(argv)
+
+
+def check(args: argparse.Namespace) -> None:
+    """What argparse's types cannot say: a ValueError naming the option."""
+    if args.num < 1:
+        raise ValueError(f"--num {args.num}: motions per prompt must be >= 1")
+    if any(not text.strip() for text in args.text):
+        raise ValueError("--text '': an empty prompt would sample unconditionally (MLD's null "
+                         "condition is the empty string); give a caption")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from atm_losses import ATMConfig
+from captioner import CaptionerConfig
 from clip import ClipConfig
 from diffusion import DiffusionConfig
 from evaluation import MM_PAIRS, EvalConfig
@@ -90,6 +91,11 @@ class RunConfig:
     # LaMP code (options/train_option.py): batch 64, lr 2e-4, max_iters 150,000 (commented out
     # beside max_epoch 2,000); constant rate here, without its warm-up and decay
     lamp_t2m_train: Schedule = field(default_factory=lambda: Schedule(150_000, 64, 2e-4))
+    lamp_m2t: CaptionerConfig = field(default_factory=CaptionerConfig)
+    # ours (LaMP gives no schedule for its captioner): the offline LM's pretraining on the
+    # captions (skipped with --llm), then the captioner; BLIP-2's captioning lr
+    lamp_m2t_lm_train: Schedule = field(default_factory=lambda: Schedule(20_000, 64, 1e-4))
+    lamp_m2t_train: Schedule = field(default_factory=lambda: Schedule(20_000, 64, 1e-4))
     # ATM Sec. 4.1: MDM+ATM trains from scratch, 400k steps of batch 64, lr 1e-4 (MDM's);
     # we fine-tune diffusion.pt (ours: a tenth of those steps)
     atm_train: Schedule = field(default_factory=lambda: Schedule(40_000, 64, 1e-4))
@@ -149,6 +155,11 @@ _TINY = {
     "lamp_t2m.width": 128, "lamp_t2m.n_layers": 3, "lamp_t2m.n_heads": 4, "lamp_t2m.ff_dim": 256,
     "lamp_t2m.dropout": 0.0, "lamp_t2m_train.steps": 1500, "lamp_t2m_train.batch_size": 32,
     "lamp_t2m_train.lr": 5e-4, "lamp_t2m_train.log_every": 200,
+    "lamp_m2t.lm_width": 128, "lamp_m2t.lm_layers": 2, "lamp_m2t.lm_heads": 4, "lamp_m2t.lm_ff": 512,
+    "lamp_m2t.lm_positions": 128, "lamp_m2t.lm_dropout": 0.0, "lamp_m2t.lora_dropout": 0.0,
+    "lamp_m2t_lm_train.steps": 1000, "lamp_m2t_lm_train.lr": 1e-3, "lamp_m2t_lm_train.log_every": 200,
+    "lamp_m2t_train.steps": 1200, "lamp_m2t_train.batch_size": 32, "lamp_m2t_train.lr": 1e-3,
+    "lamp_m2t_train.log_every": 200,
     "mate.latent_dim": 64, "mate.n_layers": 2, "mate.ff_dim": 128, "mate.dropout": 0.0, "mate.segment_grid": 8,
     "mate.probe_captions": 32, "mate_train.steps": 200, "mate_train.batch_size": 32,
     "mate_train.lr": 3e-4, "mate_train.log_every": 50,
@@ -167,6 +178,7 @@ _SMOKE = {**_TINY,
           "eval.replications": 1, "eval.mm_num_texts": 5, "eval.timing_prompts": 2, "eval.diversity_times": 60,
           "inversion.test_motions": 2, "inversion.steps": 10, "inversion.styles": 2,
           "lamp_vq_train.steps": 30, "lamp_train.steps": 30, "lamp_t2m_train.steps": 40, "mate_train.steps": 20,
+          "lamp_m2t_lm_train.steps": 40, "lamp_m2t_train.steps": 40,
           "mate.probe_captions": 8,
           "lcm_train.steps": 60, "lcm_train.batch_size": 32}
 for key in [k for k in _SMOKE if k.endswith(".log_every")]:

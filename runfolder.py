@@ -30,6 +30,7 @@ try:
 except ImportError:
     fcntl = None
 
+import captioner
 import data
 import diffusion
 import lamp
@@ -39,6 +40,7 @@ import masked_generator
 import projector
 import synthetic
 import vae
+from captioner import CaptionerConfig
 from clip import TextEncoder
 from evaluation import strict_json
 from config import RunConfig, build_config
@@ -178,7 +180,8 @@ BUILDERS = {
 BUILDERS["alignment"] = BUILDERS["evaluator"]
 BUILDERS["lcm"] = lambda c, m: lcm.ConsistencyDenoiser(BUILDERS["diffusion"](m["denoiser"], m), LCMConfig(**c))
 # checkpoint name (its start) -> the stage writing it; else the name's first word
-WRITTEN_BY = {"alignment": "evaluator", "lamp_vq": "lamp", "lamp_t2m": "lamp_t2m", "diffusion_atm": "atm",
+WRITTEN_BY = {"alignment": "evaluator", "lamp_vq": "lamp", "lamp_t2m": "lamp_t2m", "lamp_m2t": "lamp_m2t",
+              "diffusion_atm": "atm",
               "diffusion_mse": "atm",
               "diffusion_mate": "mate", "projector_mate": "mate"}
 
@@ -384,13 +387,54 @@ def t2m_generate(run: Run, name: str, row: str | None = None):
     return generate_fn
 
 
+def captioning_lm(run: Run, cfg: CaptionerConfig) -> tuple:
+    """LaMP-M2T's language model -> (lm, its CaptionText): --llm DIR (a real OPT, frozen), else the
+    offline small OPT, pretrained here as a language model on the training captions (lamp_m2t_lm.pt)."""
+    if run.args.llm:
+        return captioner.load_lm(run.args.llm)
+    lm, text = captioner.offline_lm(clip_text_encoder(run).tokenizer, cfg)
+    torch.manual_seed(run.cfg.run.seed)
+    lm = lm.to(run.device)
+    sched = run.cfg.lamp_m2t_lm_train
+    fit(run, "lamp_m2t_lm", lm, cfg, captioner.lm_loss_fn(lm, text, cfg.max_tokens, run.device),
+        loop.batches(open_split(run, "train"), sched.batch_size, run.cfg.run.seed + 4), sched, {})
+    return lm.requires_grad_(False), text
+
+
+def load_captioner(run: Run) -> "captioner.Captioner":
+    """The captioner of lamp_m2t.pt (its LM's weights inside; an --llm checkpoint reloads its folder)."""
+    state = finished(run, "lamp_m2t")
+    cfg, llm = CaptionerConfig(**state["config"]), state["meta"].get("llm")
+    lm, text = captioner.load_lm(llm) if llm else captioner.offline_lm(clip_text_encoder(run).tokenizer, cfg)
+    model = captioner.Captioner(load_model(run, "lamp"), load_model(run, "lamp_vq"), lm, text, cfg)
+    model.load_state_dict(state["model"])
+    return model.to(run.device).eval().requires_grad_(False)
+
+
+def import_mld(run: Run) -> dict:
+    """`--stage import`: MLD's released checkpoint (--mld FILE, diffusion.mld_checkpoints) written
+    as vae.pt and diffusion.pt of this run folder, marked done, with the file's fingerprint."""
+    if run.args.mld is None:
+        raise ValueError("--stage import needs --mld FILE: MLD's released checkpoint (e.g. a .ckpt of MLD-1)")
+    source = {"imported_from": str(run.args.mld), "sha256_16": fingerprint(run, run.args.mld)}
+    states = diffusion.mld_checkpoints(run.args.mld)
+    text_dim = states["diffusion"]["meta"]["text_dim"]
+    for name, state in states.items():
+        loop.save_checkpoint(run.out / f"{name}.pt", {**state, "meta": {**state["meta"], **source}})
+    if run.clip and text_dim != clip_text_encoder(run).dim:
+        raise ValueError(f"MLD's denoiser reads a {text_dim}-d text condition, --clip {run.clip} gives "
+                         f"{clip_text_encoder(run).dim}: pass MLD's, openai/clip-vit-large-patch14")
+    print(f"[import] {run.args.mld} -> {run.out}/vae.pt, diffusion.pt; next: --stage projector, eval (--clip, --data)")
+    return {**source, "latent_shape": states["diffusion"]["meta"]["latent_shape"], "text_dim": text_dim}
+
+
 def open_run(out, data_root="data/synthetic", clip: str | None = None, device: str = "auto", preset: str = "tiny",
              sets: list[str] = ()) -> Run:
     """A Run over the finished folder `out`, to load its models from Python (README: use the modules
     directly). data_root: the dataset it was trained on, read as it is (never regenerated); clip:
     the --clip it was trained with. The models rebuild from their checkpoints' own configs."""
     args = argparse.Namespace(text_encoder="clip", evaluator="evaluator", ablations=False, text=[], prompts=None,
-                              motion=[], word=None)
+                              motion=[], word=None, llm=None)
     return Run(cfg=build_config(preset, list(sets)), out=Path(out), data_root=Path(data_root), synthetic=False,
                device=pick_device(device), clip=clip, resume=False, args=args)
 
@@ -406,7 +450,7 @@ def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sc
                     after_step=after_step)
 
 
-READERS = ("sample", "eval")  # stages that read finished checkpoints and need no lock
+READERS = ("sample", "eval", "caption")  # stages that read finished checkpoints and need no lock
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ a diffused latent before the VAE decodes it (Sec. 4.1.3). `--stage all` runs, in
     evaluator  the two text-motion embedders: `evaluator` (metrics) and `alignment` (ATM, MATE)
     lamp       LaMP pretraining (then --text-encoder lamp, --evaluator lamp)
     lamp_t2m   LaMP-T2M, the masked token generator, beside MoMask's CLIP-conditioned baseline
+    lamp_m2t   LaMP-M2T, the captioner: a language model behind LaMP's queries (Tab. 4 analogue)
     vae        stage 1: the MLD motion VAE
     diffusion  stage 2: the latent diffusion model
     projector  stage 3: the LEAD projector
@@ -38,6 +39,7 @@ from pathlib import Path
 import torch
 
 import atm_losses
+import captioner
 import clip
 import data
 import diffusion
@@ -58,8 +60,8 @@ import vqvae
 from clip import TextEncoder
 from config import DataConfig, build_config
 from loop import batches, latent_batches
-from runfolder import (Run, as_lists, clip_text_encoder, conditioned, dataset_name, dataset_root, eval_embedder,
-                       eval_labels, fingerprint, fit, load_denoiser, load_lcm, load_model, load_projector,
+from runfolder import (Run, as_lists, captioning_lm, clip_text_encoder, conditioned, dataset_name, dataset_root,
+                       eval_embedder, eval_labels, fit, import_mld, load_denoiser, load_lcm, load_model, load_projector,
                        open_split, pick_device, pipeline, record_path, t2m_generate, t2m_text, text_encoder,
                        training_latents, user_folder, write_json, writing)
 from t2m_evaluator import T2MEvaluator
@@ -216,8 +218,7 @@ def stage_eval(run: Run) -> dict:
     timing = {name: {"s / prompt": evaluation.seconds_per_prompt(fn, test, cfg.timing_prompts)}
               for name, fn in timed.items()}
     evaluation.write_results(run.out, conditioned(run, "timing"), timing, "Inference time per prompt",
-                             f"{cfg.timing_prompts} prompts, batch of 1, on {run.device.type}; the paper (LEAD "
-                             "Sec. 5.3, GPU not named; Sec. 5.2 trains on a 3090): MLD 0.236 s, LEAD 0.245 s")
+                             evaluation.timing_note(cfg.timing_prompts, run.device))
     segments = synthetic.load_segments(test.root) if (test.root / "segments.json").exists() else {}
     structure = evaluation.latent_structure(pipe.vae, lead, test, segments)  # Fig. 3's t-SNE, as a number
     if structure:
@@ -228,9 +229,7 @@ def stage_eval(run: Run) -> dict:
         steps = evaluation.few_step_rows(pipe, load_lcm(run), lead, test, evaluator, tokenizer, cfg, seed,
                                          scored=rows)
         evaluation.write_results(run.out, "lcm_steps", steps, "Few-step sampling (LEAD Tab. 5 analogue)",
-                                 f"{len(test)} test motions, R = {cfg.replications} replications; the projector is "
-                                 f"LEAD's, trained on the teacher's latents and not retrained (LEAD Sec. 5.4); s / "
-                                 f"prompt: batch of 1 on {run.device.type} (MotionLCM: ~0.03 s at one step).")
+                                 evaluation.few_step_note(len(test), cfg.replications, run.device))
     print((run.out / "results.md").read_text())
     return {"rows": as_lists(rows), "fit_rows": as_lists(fit_rows), "fit_s": fit_s,
             "timing": {n: list(v["s / prompt"]) for n, v in timing.items()},
@@ -580,6 +579,25 @@ def stage_lamp_t2m(run: Run) -> dict:
     return {"final_losses": losses}
 
 
+def stage_lamp_m2t(run: Run) -> dict:
+    """LaMP-M2T (Sec. 3.4, captioner.py): the language model (--llm DIR, else a small OPT trained
+    here on the captions), then the captioner over LaMP's queries; the Tab. 4 analogue."""
+    train, test, cfg, seed = open_split(run, "train"), open_split(run, "test"), run.cfg.lamp_m2t, run.cfg.run.seed
+    lm, text = captioning_lm(run, cfg)
+    lamp_model, vq, sched = load_model(run, "lamp"), load_model(run, "lamp_vq"), run.cfg.lamp_m2t_train
+    torch.manual_seed(seed)
+    model = captioner.Captioner(lamp_model, vq, lm, text, cfg).to(run.device)
+    losses = fit(run, "lamp_m2t", model, cfg, captioner.loss_fn(model, run.device),
+                 batches(train, sched.batch_size, seed + 3), sched, {"llm": run.args.llm and str(run.args.llm)})
+    bert = captioner.lamp_bert_scorer(lamp_model, clip_text_encoder(run).tokenizer)
+    rows, examples = captioner.tab4(model.eval(), lamp.LaMPEvaluator(vq, lamp_model), bert,
+                                    load_model(run, "evaluator"), train, test, seed, run.device)
+    evaluation.write_results(run.out, "lamp_m2t", rows, "Motion captioning (LaMP Tab. 4 analogue)",
+                             captioner.tab4_note(test, dataset_name(run), run.args.llm))
+    print("\n".join(f"[lamp_m2t] {name}: {caption!r}, references {refs}" for name, caption, refs in examples))
+    return {"final_losses": losses, "rows": as_lists(rows), "examples": examples}
+
+
 def stage_lcm(run: Run) -> dict:
     """MotionLCM (lcm.py): distil a latent consistency model from diffusion.pt (the teacher, frozen);
     the student starts as the teacher, its EMA is the target; lcm.pt holds both."""
@@ -604,20 +622,8 @@ def stage_lcm(run: Run) -> dict:
 
 
 def stage_import(run: Run) -> dict:
-    """MLD's released checkpoint (--mld FILE) -> vae.pt and diffusion.pt, marked done: LEAD's
-    projector, eval, sample and inversion then run on MLD's weights, as the paper trains it."""
-    if run.args.mld is None:
-        raise ValueError("--stage import needs --mld FILE: MLD's released checkpoint (e.g. a .ckpt of MLD-1)")
-    source = {"imported_from": str(run.args.mld), "sha256_16": fingerprint(run, run.args.mld)}
-    states = diffusion.mld_checkpoints(run.args.mld)
-    text_dim = states["diffusion"]["meta"]["text_dim"]
-    for name, state in states.items():
-        loop.save_checkpoint(run.out / f"{name}.pt", {**state, "meta": {**state["meta"], **source}})
-    if run.clip and text_dim != clip_text_encoder(run).dim:
-        raise ValueError(f"MLD's denoiser reads a {text_dim}-d text condition, --clip {run.clip} gives "
-                         f"{clip_text_encoder(run).dim}: pass MLD's, openai/clip-vit-large-patch14")
-    print(f"[import] {run.args.mld} -> {run.out}/vae.pt, diffusion.pt; next: --stage projector, eval (--clip, --data)")
-    return {**source, "latent_shape": states["diffusion"]["meta"]["latent_shape"], "text_dim": text_dim}
+    """MLD's released checkpoint (--mld FILE) -> vae.pt and diffusion.pt: LEAD on MLD's weights."""
+    return import_mld(run)
 
 
 # ----------------------------------------------------------------------------
@@ -626,11 +632,11 @@ def stage_import(run: Run) -> dict:
 
 STAGES = {"data": stage_data, "evaluator": stage_evaluator, "vae": stage_vae, "diffusion": stage_diffusion,
           "projector": stage_projector, "eval": stage_eval, "sample": stage_sample, "inversion": stage_inversion,
-          "atm": stage_atm, "mate": stage_mate, "lamp": stage_lamp, "lamp_t2m": stage_lamp_t2m, "lcm": stage_lcm,
-          "import": stage_import}
+          "atm": stage_atm, "mate": stage_mate, "lamp": stage_lamp, "lamp_t2m": stage_lamp_t2m,
+          "lamp_m2t": stage_lamp_m2t, "lcm": stage_lcm, "import": stage_import}
 # `--stage all`: eval comes after every stage that adds a row to its table
-ALL_ORDER = ["data", "evaluator", "lamp", "lamp_t2m", "vae", "diffusion", "projector", "atm", "mate", "lcm", "eval",
-             "sample", "inversion"]
+ALL_ORDER = ["data", "evaluator", "lamp", "lamp_t2m", "lamp_m2t", "vae", "diffusion", "projector", "atm", "mate",
+             "lcm", "eval", "sample", "inversion"]
 DISTRIBUTED_STAGES = ("evaluator", "vae", "diffusion", "projector", "atm", "lcm")  # the others: one process
 
 
@@ -659,11 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, device = build_config(args.preset, args.sets), pick_device(args.device)
         if cfg.run.precision == "fp16" and device.type != "cuda":
             raise ValueError(f"run.precision=fp16 needs CUDA (its GradScaler); on {device.type} use bf16")
-        if args.num < 1:
-            raise ValueError(f"--num {args.num}: motions per prompt must be >= 1")
-        if any(not text.strip() for text in args.text):
-            raise ValueError("--text '': an empty prompt would sample unconditionally (MLD's null "
-                             "condition is the empty string); give a caption")
+        cli.check(args)
         if distributed:
             loop.check_distributed(stages, DISTRIBUTED_STAGES)
     except ValueError as err:

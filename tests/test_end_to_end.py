@@ -44,6 +44,9 @@ SMOKE = [
     "lcm_train.steps=3", "lcm_train.batch_size=8", "lcm.w_embed_dim=8",
     "lamp_t2m.width=16", "lamp_t2m.n_layers=1", "lamp_t2m.n_heads=2", "lamp_t2m.ff_dim=32", "lamp_t2m.iterations=3",
     "lamp_t2m_train.steps=3", "lamp_t2m_train.batch_size=8",
+    "lamp_m2t.lm_width=16", "lamp_m2t.lm_layers=1", "lamp_m2t.lm_heads=2", "lamp_m2t.lm_ff=32", "lamp_m2t.beams=2",
+    "lamp_m2t_lm_train.steps=3", "lamp_m2t_lm_train.batch_size=8", "lamp_m2t_train.steps=3",
+    "lamp_m2t_train.batch_size=8",
 ]
 
 
@@ -105,7 +108,7 @@ def test_every_stage_wrote_its_outputs(smoke_run):
         assert figures["wall_time_s"] >= 0
     for name in ("vae", "diffusion", "projector", "evaluator", "alignment", "diffusion_atm", "diffusion_mse",
                  "diffusion_atm_inter", "diffusion_atm_intra", "mate", "lcm",
-                 "diffusion_mate", "projector_mate", "lamp", "lamp_vq",
+                 "diffusion_mate", "projector_mate", "lamp", "lamp_vq", "lamp_m2t_lm", "lamp_m2t",
                  *train.PROJECTOR_ABLATIONS, *train.MATE_ABLATIONS, *train.LAMP_ABLATIONS, *train.T2M_ROWS,
                  *train.T2M_ABLATIONS,
                  *(f"diffusion_{name}" for name in train.MATE_ABLATIONS)):
@@ -158,6 +161,9 @@ def test_results_table_has_the_papers_rows(smoke_run):
     assert {f"{m}, {n} step{'s' if n > 1 else ''}" for m in ("MotionLCM", "LEAD (MotionLCM)") for n in (1, 2, 4)} == set(steps)
     assert all(row["s / prompt"][0] > 0 for row in steps.values())
     assert "mate_probe" in results and "mate_segmentation" in results
+    captions = results["lamp_m2t"]["rows"]  # LaMP Tab. 4
+    assert list(captions) == ["LaMP-M2T", "Retrieval (nearest training motion)", "Human (another annotator)"]
+    assert all(0 <= row["BLEU@4"][0] <= row["BLEU@1"][0] <= 100 and row["MMdist"][0] > 0 for row in captions.values())
     assert list(results["mate_ablation"]["rows"]) == [*(row for row, _ in train.MATE_ABLATIONS.values()),
                                                       "Full Model"], "MATE Tab. 3 under --ablations"
     assert {"Real", "MTI_lead", "MTI_lead w/ project"} <= set(results["mti"]["rows"])
