@@ -101,7 +101,7 @@ def _has_joints(stats) -> bool:
 
 @torch.no_grad()
 def embed_dataset(dataset, evaluator, tokenizer, generate_fn=None, batch_size: int = 32,
-                  collate_fn=None) -> dict:
+                  collate_fn=None, describe=None) -> dict:
     """Embed every item of `dataset` once (one random caption each).
 
     Returns {"text": (N, E), "real": (N, E) ground-truth motions, "captions": [N]} and, with a
@@ -110,6 +110,7 @@ def embed_dataset(dataset, evaluator, tokenizer, generate_fn=None, batch_size: i
     and `std`, also "real_spread" (N,) and "generated_spread" {row: (N,)}: each clip's
     `body_frame_spread` (metres, at its length), what Swing compares; for HumanML3D's 263-d features
     also "real_quality" and "generated_quality" {row: ...}, each {column: (N,)} of `clip_quality`.
+    With describe(motions, lengths) -> captions (a captioner), "described" {row or "real": [N]}.
     Arrays are float64 numpy.
     """
     collate_fn = collate_fn or collate  # data.py pads items into {"motion", "lengths", "caption", "name"}
@@ -118,6 +119,7 @@ def embed_dataset(dataset, evaluator, tokenizer, generate_fn=None, batch_size: i
     text, real, captions = [], [], []
     generated, spread = {}, {"real": [], "generated": {}}  # row -> [(B, E)], [(B,)] per batch
     quality = {"real": [], "generated": {}}  # [{column: (B,)}] per batch, of the real clips and of each row
+    described = {}  # row or "real" -> captions of its motions
     for start in range(0, len(dataset), batch_size):
         batch = collate_fn([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         lengths = batch["lengths"].to(device)  # (B,)
@@ -140,8 +142,12 @@ def embed_dataset(dataset, evaluator, tokenizer, generate_fn=None, batch_size: i
                 for row, motion in rows.items():
                     quality["generated"].setdefault(row, []).append(
                         clip_quality(motion.detach().cpu().float() * std + mean, batch["lengths"]))
+        if describe is not None:
+            for row, motion in {"real": batch["motion"], **rows}.items():
+                described.setdefault(row, []).extend(describe(motion.to(device), lengths))
         captions += list(batch["caption"])
-    out = {"text": _as_numpy(torch.cat(text)), "real": _as_numpy(torch.cat(real)), "captions": captions}
+    out = {"text": _as_numpy(torch.cat(text)), "real": _as_numpy(torch.cat(real)), "captions": captions,
+           **({"described": described} if describe is not None else {})}
     if generate_fn is not None:
         out["generated"] = {row: _as_numpy(torch.cat(e)) for row, e in generated.items()}
     if stats is not None:
@@ -197,7 +203,7 @@ def _metrics(emb: dict, text: np.ndarray, motion: np.ndarray, spread, quality, d
 
 def evaluate_rows(generate_fn, dataset, evaluator, tokenizer, replications: int, batch_size: int = 32,
                   mm_num_texts: int = 100, mm_num_gens: int = 30, mm_times: int = MM_PAIRS,
-                  diversity_times: int = 300, seed: int = 0, collate_fn=None,
+                  diversity_times: int = 300, seed: int = 0, collate_fn=None, lamp_bertscore=None,
                   log=print) -> dict[str, dict[str, tuple[float, float]]]:
     """Every metric of every row over R replications: {row: {metric: (mean, 1.96 std / sqrt(R))}}.
 
@@ -218,6 +224,9 @@ def evaluate_rows(generate_fn, dataset, evaluator, tokenizer, replications: int,
     motions (fresh random crops) stands in for the generated ones, so FID is near but not
     exactly 0 (Guo et al.'s Real row reads 0.002 on HumanML3D for the same reason) and Swing,
     Foot lift and Root speed are near but not exactly 1; there is no MModality.
+    lamp_bertscore = (describe, score) adds LaMP-BertScore (LaMP Sec. 3.4), on the first replication
+    only: 100 x score(describe(motions, lengths), [[prompt], ...]), the captioner's captions of a
+    row's motions (Real: of the ground-truth clips) against the captions they were generated from.
     """
     assert replications >= 1, "need at least one replication"
     was_training = evaluator.training if isinstance(evaluator, nn.Module) else None
@@ -230,7 +239,8 @@ def evaluate_rows(generate_fn, dataset, evaluator, tokenizer, replications: int,
             torch.manual_seed(seed + r)  # generate_fn's noise: each replication reproducible
             if hasattr(dataset, "reseed"):  # and its crops and captions: the same for every row
                 dataset.reseed(seed + r)
-            emb = embed_dataset(dataset, evaluator, tokenizer, generate_fn, batch_size, collate_fn)
+            describe = lamp_bertscore[0] if lamp_bertscore and r == 0 else None  # captioning is costly: once
+            emb = embed_dataset(dataset, evaluator, tokenizer, generate_fn, batch_size, collate_fn, describe)
             if generate_fn is not None:
                 motions, spreads = emb["generated"], emb.get("generated_spread", {})
                 qualities = emb.get("generated_quality", {})
@@ -245,6 +255,11 @@ def evaluate_rows(generate_fn, dataset, evaluator, tokenizer, replications: int,
                 mm = _multimodality_embeddings(generate_fn, dataset, evaluator, mm_num_texts, mm_num_gens, seed + r)
                 for row, e in mm.items():
                     values[row]["MModality"] = multimodality(e, mm_times, seed=seed + r)
+            if describe is not None:
+                prompts = [[caption] for caption in emb["captions"]]
+                for row in values:
+                    captions = emb["described"]["real" if generate_fn is None else row]
+                    values[row]["LaMP-BertScore"] = 100.0 * lamp_bertscore[1](captions, prompts)
             for row, row_values in values.items():
                 for name, value in row_values.items():
                     per_rep.setdefault(row, {}).setdefault(name, []).append(float(value))
@@ -277,7 +292,8 @@ def shared_latents(pipe: projector.Pipeline, realigners: dict):
     return generate_fn
 
 
-def t2m_rows(methods: dict, dataset, evaluator, tokenizer, cfg: EvalConfig, seed: int, log=print) -> dict:
+def t2m_rows(methods: dict, dataset, evaluator, tokenizer, cfg: EvalConfig, seed: int, log=print,
+             lamp_bertscore=None) -> dict:
     """The Tab. 1 protocol: {row: metrics} for methods {label: generate_fn or None} in the given
     order (None: the Real row; a generate_fn returns {row: motions}, see shared_latents).
     Replication r of every row scores the same random crops and captions, so rows differ by
@@ -287,7 +303,8 @@ def t2m_rows(methods: dict, dataset, evaluator, tokenizer, cfg: EvalConfig, seed
         log(f"[eval] {label}" + (f" ({cfg.replications} replications)" if generate_fn is None else ""))
         rows.update(evaluate_rows(generate_fn, dataset, evaluator, tokenizer, replications=cfg.replications,
                                   mm_num_texts=cfg.mm_num_texts, mm_num_gens=cfg.mm_num_gens,
-                                  diversity_times=cfg.diversity_times, seed=seed, log=log))
+                                  diversity_times=cfg.diversity_times, seed=seed, log=log,
+                                  lamp_bertscore=lamp_bertscore))
     return rows
 
 
@@ -491,7 +508,9 @@ def t2m_note(clips: int, dataset: str, cfg: EvalConfig, space: str, atm_steps: i
             f"they compare methods within this run only. Equal budgets: +ATM and its control fine-tune diffusion.pt "
             f"for the same {atm_steps} steps on the same batches; +MATE's denoiser and projector are retrained from "
             f"scratch with MLD's and LEAD's configs and steps; MLD and LEAD rows of one denoiser share their "
-            f"diffusion samples.")
+            f"diffusion samples. LaMP-BertScore (with lamp_m2t.pt; first replication, ± 0): LaMP-M2T's captions "
+            f"of the motions against their prompts, BERTScore F1 x 100 in this run's LaMP text transformer, not the "
+            f"paper's roberta-large: it ranks rows of this table only.")
 
 
 def timing_note(prompts: int, device) -> str:
@@ -516,7 +535,8 @@ def fit_note(clips: int, dataset: str, space: str) -> str:
 # Results tables (results.md / results.json in the run folder)
 
 ARROWS = {"FID": "↓", "MMdist": "↓", "Diversity": "→", "MModality": "↑", "Swing": "→",  # →: closer to Real
-          "Foot skating": "↓", **{m: "↑" for m in ("BLEU@1", "BLEU@4", "ROUGE-L", "CIDEr-D", "BERTScore")}}
+          "Foot skating": "↓", **{m: "↑" for m in ("BLEU@1", "BLEU@4", "ROUGE-L", "CIDEr-D", "BERTScore",
+                                                    "LaMP-BertScore")}}
 TARGETS = {"Foot lift": 1.0, "Root speed": 1.0}  # ratios to the real clips': closer to the target is better
 
 

@@ -30,6 +30,7 @@ try:
 except ImportError:
     fcntl = None
 
+import caption_metrics
 import captioner
 import data
 import diffusion
@@ -409,6 +410,18 @@ def load_captioner(run: Run) -> "captioner.Captioner":
     model = captioner.Captioner(load_model(run, "lamp"), load_model(run, "lamp_vq"), lm, text, cfg)
     model.load_state_dict(state["model"])
     return model.to(run.device).eval().requires_grad_(False)
+
+
+def lamp_bertscore(run: Run):
+    """LaMP-BertScore's halves (LaMP Sec. 3.4) when the run has lamp_m2t.pt, else None: describe(
+    motions, lengths) -> LaMP-M2T's captions; score(captions, references) -> mean BERTScore F1 in
+    the run's LaMP text transformer (caption_metrics.bert_score; not the paper's roberta-large)."""
+    if not (run.out / "lamp_m2t.pt").exists():
+        return None
+    model = load_captioner(run)
+    bert = captioner.lamp_bert_scorer(load_model(run, "lamp"), clip_text_encoder(run).tokenizer)
+    return (lambda motions, lengths: captioner.caption(model, motions, lengths),
+            lambda captions, references: caption_metrics.bert_score(captions, references, *bert))
 
 
 def import_mld(run: Run) -> dict:

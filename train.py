@@ -61,9 +61,9 @@ from clip import TextEncoder
 from config import DataConfig, build_config
 from loop import batches, latent_batches
 from runfolder import (Run, as_lists, captioning_lm, clip_text_encoder, conditioned, dataset_name, dataset_root,
-                       eval_embedder, eval_labels, fit, import_mld, load_denoiser, load_lcm, load_model, load_projector,
-                       open_split, pick_device, pipeline, record_path, t2m_generate, t2m_text, text_encoder,
-                       training_latents, user_folder, write_json, writing)
+                       eval_embedder, eval_labels, fit, import_mld, lamp_bertscore, load_denoiser, load_lcm, load_model,
+                       load_projector, open_split, pick_device, pipeline, record_path, t2m_generate, t2m_text,
+                       text_encoder, training_latents, user_folder, write_json, writing)
 from t2m_evaluator import T2MEvaluator
 
 # ----------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def stage_eval(run: Run) -> dict:
     evaluator, lead = eval_embedder(run), load_projector(run)
     tokenizer = evaluator.tokenizer  # the evaluator's own reading of the captions (word/POS tokens; LaMP: CLIP ids)
     methods = eval_methods(run, pipe, lead)
-    rows = evaluation.t2m_rows(methods, test, evaluator, tokenizer, cfg, seed)
+    rows = evaluation.t2m_rows(methods, test, evaluator, tokenizer, cfg, seed, lamp_bertscore=lamp_bertscore(run))
     section, title, space = eval_labels(run)
     evaluation.write_results(run.out, section, rows, title,
                              evaluation.t2m_note(len(test), dataset_name(run), cfg, space, run.cfg.atm_train.steps))

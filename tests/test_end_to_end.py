@@ -169,6 +169,7 @@ def test_results_table_has_the_papers_rows(smoke_run):
     assert {"Real", "MTI_lead", "MTI_lead w/ project"} <= set(results["mti"]["rows"])
     assert "mti_styles" in results
     assert "MModality" in rows["LEAD"] and "MModality" not in rows["Real"]
+    assert all(0 < row["LaMP-BertScore"][0] <= 100 and row["LaMP-BertScore"][1] == 0 for row in rows.values())
     fit = results["t2m_fit"]["rows"]  # the same rows on training clips, one replication, no MModality
     assert list(fit) == list(rows) and "MModality" not in fit["LEAD"] and fit["LEAD"]["FID"][1] == 0.0
     assert "training clips" in results["t2m_fit"]["note"]

@@ -70,6 +70,36 @@ def test_evaluate_real_and_generated_rows():
     assert not model.training
 
 
+def test_lamp_bertscore_captions_each_rows_motions_once_against_their_prompts():
+    """LaMP Sec. 3.4: a captioner describes every motion of each row (Real: the clips), on the first
+    replication only; the column is 100 x score(captions, [[prompt]...]), and draws no random numbers."""
+    dataset, model = _fake_dataset(), tiny_embedder()
+    calls, scored = [], []
+
+    def describe(motions, lengths):
+        calls.append(len(lengths))
+        return ["bright" if float(motions.mean()) > 1 else "dark"] * len(lengths)
+
+    def score(captions, references):
+        scored.append((captions, references))
+        return sum(c == "bright" for c in captions) / len(captions)
+
+    def shifted(captions, lengths):
+        return {"shifted": 5.0 + torch.randn(len(captions), int(lengths.max()), 12)}
+
+    kwargs = dict(replications=2, batch_size=16, diversity_times=20, mm_num_texts=0, collate_fn=_collate,
+                  log=lambda s: None)
+    plain = evaluation.evaluate_rows(shifted, dataset, model, model.tokenizer, **kwargs)
+    rows = evaluation.evaluate_rows(shifted, dataset, model, model.tokenizer, lamp_bertscore=(describe, score),
+                                    **kwargs)
+    assert rows["shifted"]["LaMP-BertScore"] == (100.0, 0.0)
+    assert sum(calls) == 2 * len(dataset), "the real clips and the row, once (first replication)"
+    assert scored[0][1] == [[item["caption"]] for item in dataset]  # one random caption each: here the only one
+    assert {k: v for k, v in rows["shifted"].items() if k != "LaMP-BertScore"} == plain["shifted"]
+    real = evaluation.evaluate_rows(None, dataset, model, model.tokenizer, lamp_bertscore=(describe, score), **kwargs)
+    assert real["Real"]["LaMP-BertScore"] == (0.0, 0.0)  # the clips themselves (standard normal) are "dark"
+
+
 class _WithStats(list):
     """A list of items with the dataset statistics `mean` and `std` (D,), as MotionTextDataset."""
 
