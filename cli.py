@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 STAGES = ("data", "evaluator", "lamp", "lamp_t2m", "lamp_m2t", "vae", "diffusion", "projector", "atm", "mate",
-          "lcm", "eval", "sample", "inversion", "import")
+          "lcm", "eval", "sample", "inversion", "import", "caption")
 PRESETS = ("paper", "smoke", "tiny")
 
 
@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     add("--up", default="y", choices=["y", "z"], help="BVH: the files' up axis")
     add("--keep-lengths", action="store_true", help="--from-bvh/-joints: keep the clips' bones (no retargeting)")
     add("--motion", type=Path, action="append", default=[], help="inversion: an example motion to learn a new "
-        "word from (repeatable): a .bvh, or .npy (T, 263) features as `sample` writes them or (T, 22, 3) joints")
+        "word from; caption: a motion to describe (repeatable): a .bvh, or .npy (T, 263) features as `sample` "
+        "writes them or (T, 22, 3) joints (caption: also a sample folder)")
     add("--word", help="inversion: NAME of the learned word (prompts say <NAME>)")
     add("--init", help="inversion: a coarse one-word descriptor to start from (e.g. walk)")
     add("--set", dest="sets", action="append", default=[], metavar="SECTION.FIELD=VALUE",

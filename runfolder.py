@@ -303,14 +303,15 @@ def evaluator_suffix(run: Run) -> str:
 def record_path(run: Run, stage: str) -> Path:
     """A stage's STAGE.json: `diffusion_lamp.json` with --text-encoder lamp (the stages whose models
     read the condition), `eval_lamp_evaluator.json` with --evaluator lamp (t2m: `_t2m_evaluator`); a single call with the
-    user's inputs writes its own (samples/RUN_ID/sample.json, inversion_WORD.json), so none
+    user's inputs writes its own (samples/RUN_ID/sample.json, inversion_WORD.json, captions-K.json), so none
     overwrites the full run's records."""
     if stage == "sample" and (run.args.text or run.args.prompts):
         return user_folder(run) / "sample.json"
-    if stage == "inversion" and run.args.motion:  # claimed when the stage starts (learn_user_word)
+    if (stage == "inversion" and run.args.motion) or stage == "caption":  # claimed when the stage starts
+        stem = f"inversion_{run.args.word}" if stage == "inversion" else "captions"
         if "record" not in run.cache:
             run.out.mkdir(parents=True, exist_ok=True)
-            run.cache["record"] = claim(lambda k: run.out / f"inversion_{run.args.word}{f'-{k}' if k > 1 else ''}.json")
+            run.cache["record"] = claim(lambda k: run.out / f"{stem}{f'-{k}' if k > 1 else ''}.json")
         return run.cache["record"]
     name = conditioned(run, stage) if stage in ("diffusion", "projector", "atm", "eval", "sample") else stage
     return run.out / f"{name}{evaluator_suffix(run) if stage == 'eval' else ''}.json"
@@ -461,6 +462,23 @@ def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sc
                     meta={**meta, "trained_on": dict(run.loaded)}, stage=stage_of(name), resume=run.resume,
                     precision=run.cfg.run.precision, device=run.device, seed=run.cfg.run.seed, lr_key=lr_key,
                     after_step=after_step)
+
+
+def run_stage(run: Run, stage: str, fn) -> dict:
+    """One stage, fn(run) (train.STAGES): its figures, with its wall time, in its STAGE.json."""
+    # splits opened earlier restart their draws: a stage sees the same data alone, in `all` or resumed
+    for key, dataset in run.cache.items():
+        if key.startswith("split:"):
+            dataset.reseed(run.cfg.run.seed)
+    start, run.loaded = time.time(), {}
+    with loop.autocast(run.cfg.run.precision if stage in ("eval", "sample") else "fp32", run.device):
+        figures = fn(run) or {}  # (loop.fit has its own autocast)
+    figures["wall_time_s"] = round(time.time() - start, 2)
+    path = record_path(run, stage)
+    if loop.rank_and_world()[0] == 0:
+        write_json(path, figures)
+    print(f"[{stage}] done in {figures['wall_time_s']:.1f} s -> {path}")
+    return figures
 
 
 READERS = ("sample", "eval", "caption")  # stages that read finished checkpoints and need no lock

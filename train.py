@@ -20,7 +20,8 @@ a diffused latent before the VAE decodes it (Sec. 4.1.3). `--stage all` runs, in
     sample     text -> motion files (.npy, GIF/MP4 animations, --bvh)
     inversion  motion textual inversion
 
-and, outside `all`: `import` (MLD's released checkpoint -> vae.pt, diffusion.pt). Each stage
+and, outside `all`: `import` (MLD's released checkpoint -> vae.pt, diffusion.pt) and `caption`
+(LaMP-M2T's captions of --motion files). Each stage
 loads what the stages before it wrote into `--out` (runfolder.py), calls its module's protocol,
 and writes its checkpoint (loop.py) and STAGE.json. Configuration: config.py.
 """
@@ -61,9 +62,9 @@ from clip import TextEncoder
 from config import DataConfig, build_config
 from loop import batches, latent_batches
 from runfolder import (Run, as_lists, captioning_lm, clip_text_encoder, conditioned, dataset_name, dataset_root,
-                       eval_embedder, eval_labels, fit, import_mld, lamp_bertscore, load_denoiser, load_lcm, load_model,
-                       load_projector, open_split, pick_device, pipeline, record_path, t2m_generate, t2m_text,
-                       text_encoder, training_latents, user_folder, write_json, writing)
+                       eval_embedder, eval_labels, fit, import_mld, lamp_bertscore, load_captioner, load_denoiser,
+                       load_lcm, load_model, load_projector, open_split, pick_device, pipeline, record_path,
+                       run_stage, t2m_generate, t2m_text, text_encoder, training_latents, user_folder, writing)
 from t2m_evaluator import T2MEvaluator
 
 # ----------------------------------------------------------------------------
@@ -598,6 +599,22 @@ def stage_lamp_m2t(run: Run) -> dict:
     return {"final_losses": losses, "rows": as_lists(rows), "examples": examples}
 
 
+def stage_caption(run: Run) -> dict:
+    """--motion FILE [...]: LaMP-M2T's caption of each motion (.bvh; .npy features or joints as
+    `sample` writes them; a sample folder: its *_features.npy) -> captions.json."""
+    if not run.args.motion:
+        raise ValueError("--stage caption needs --motion FILE: a .bvh, .npy features or joints, or a sample folder")
+    stats, model, lo, hi = open_split(run, "train"), load_captioner(run), run.cfg.data.min_len, run.cfg.data.max_len
+    files = [f for path in run.args.motion for f in (sorted(path.glob("*_features.npy")) if path.is_dir() else [path])]
+    captions = {}
+    for f in files:  # at most data.max_len frames: LaMP's queries cover that many
+        motion = inversion.load_example_motion(f, stats.mean, stats.std, stats.skeleton, lo, run.args.joint_map,
+                                               run.args.up)[:hi].to(run.device)
+        captions[str(f)] = captioner.caption(model, motion[None], torch.tensor([len(motion)], device=run.device))[0]
+        print(f"[caption] {f}: {captions[str(f)]}")
+    return {"captions": captions}
+
+
 def stage_lcm(run: Run) -> dict:
     """MotionLCM (lcm.py): distil a latent consistency model from diffusion.pt (the teacher, frozen);
     the student starts as the teacher, its EMA is the target; lcm.pt holds both."""
@@ -633,28 +650,11 @@ def stage_import(run: Run) -> dict:
 STAGES = {"data": stage_data, "evaluator": stage_evaluator, "vae": stage_vae, "diffusion": stage_diffusion,
           "projector": stage_projector, "eval": stage_eval, "sample": stage_sample, "inversion": stage_inversion,
           "atm": stage_atm, "mate": stage_mate, "lamp": stage_lamp, "lamp_t2m": stage_lamp_t2m,
-          "lamp_m2t": stage_lamp_m2t, "lcm": stage_lcm, "import": stage_import}
+          "lamp_m2t": stage_lamp_m2t, "caption": stage_caption, "lcm": stage_lcm, "import": stage_import}
 # `--stage all`: eval comes after every stage that adds a row to its table
 ALL_ORDER = ["data", "evaluator", "lamp", "lamp_t2m", "lamp_m2t", "vae", "diffusion", "projector", "atm", "mate",
              "lcm", "eval", "sample", "inversion"]
 DISTRIBUTED_STAGES = ("evaluator", "vae", "diffusion", "projector", "atm", "lcm")  # the others: one process
-
-
-def run_stage(run: Run, stage: str) -> dict:
-    """One stage: its figures, with its wall time, in its STAGE.json."""
-    # splits opened earlier restart their draws: a stage sees the same data alone, in `all` or resumed
-    for key, dataset in run.cache.items():
-        if key.startswith("split:"):
-            dataset.reseed(run.cfg.run.seed)
-    start, run.loaded = time.time(), {}
-    with loop.autocast(run.cfg.run.precision if stage in ("eval", "sample") else "fp32", run.device):
-        figures = STAGES[stage](run) or {}  # (loop.fit has its own autocast)
-    figures["wall_time_s"] = round(time.time() - start, 2)
-    path = record_path(run, stage)
-    if loop.rank_and_world()[0] == 0:
-        write_json(path, figures)
-    print(f"[{stage}] done in {figures['wall_time_s']:.1f} s -> {path}")
-    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -685,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.stage == "all" and args.resume and record_path(run, stage).exists():
                     print(f"[{stage}] already finished in {run.out}, skipped (--resume)")
                     continue
-                run_stage(run, stage)
+                run_stage(run, stage, STAGES[stage])
     except (ValueError, OSError, loop.NonFiniteLoss) as err:  # FileNotFoundError is an OSError
         print(f"error: {err}", file=sys.stderr)
         return 1 if isinstance(err, loop.NonFiniteLoss) else 2

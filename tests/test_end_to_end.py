@@ -224,6 +224,20 @@ def test_sample_from_lamp_t2m(smoke_run):
                        *smoke_args(smoke_run)]) == 2
 
 
+def test_caption_a_sample_folder_and_a_joints_file(smoke_run, capsys):
+    """--stage caption: LaMP-M2T describes each motion of a sample folder and a (T, 22, 3) joints file;
+    each call its own record."""
+    samples = smoke_run / "run" / "samples"
+    joints = next(samples.glob("*_joints.npy"))
+    assert train.main(["--stage", "caption", "--motion", str(samples), "--motion", str(joints),
+                       *smoke_args(smoke_run)]) == 0
+    record = json.loads((smoke_run / "run" / "captions.json").read_text())["captions"]
+    assert len(record) == len(list(samples.glob("*_features.npy"))) + 1
+    assert all(isinstance(c, str) for c in record.values()) and "[caption]" in capsys.readouterr().out
+    assert train.main(["--stage", "caption", *smoke_args(smoke_run)]) == 2
+    assert "--motion FILE" in capsys.readouterr().err
+
+
 def test_concurrent_samples_on_one_folder_keep_every_result(smoke_run):
     """Three real `--stage sample` processes started together: three RUN_ID folders, each with
     its own record and motion (they used to share one folder, and all but one result was lost)."""

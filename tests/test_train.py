@@ -9,6 +9,7 @@ import torch
 
 import cli
 import config
+import runfolder
 import train
 from test_runfolder import _Split
 
@@ -32,7 +33,7 @@ def test_each_stage_restarts_the_splits_random_choices(tmp_path, monkeypatch):
     run = types.SimpleNamespace(out=tmp_path / "run", cache={"split:train": split, "other": object()},
                                 device=torch.device("cpu"), cfg=config.build_config("tiny", ["run.seed=5"]), args=types.SimpleNamespace(
                                     text_encoder="clip", evaluator="evaluator"))
-    train.run_stage(run, "data")
+    runfolder.run_stage(run, "data", train.STAGES["data"])
     assert seen == [[5]]
 
 
