@@ -394,8 +394,9 @@ def captioning_lm(run: Run, cfg: CaptionerConfig) -> tuple:
     offline small OPT, pretrained here as a language model on the training captions (lamp_m2t_lm.pt)."""
     if run.args.llm:
         return captioner.load_lm(run.args.llm)
-    lm, text = captioner.offline_lm(clip_text_encoder(run).tokenizer, cfg)
-    torch.manual_seed(run.cfg.run.seed)
+    tokenizer = clip_text_encoder(run).tokenizer
+    torch.manual_seed(run.cfg.run.seed)  # before the LM's random initialisation
+    lm, text = captioner.offline_lm(tokenizer, cfg)
     lm = lm.to(run.device)
     sched = run.cfg.lamp_m2t_lm_train
     fit(run, "lamp_m2t_lm", lm, cfg, captioner.lm_loss_fn(lm, text, cfg.max_tokens, run.device),
