@@ -373,8 +373,11 @@ def t2m_text(run: Run, condition: str):
     """The frozen condition of a masked generator: CLIP's text feature or LaMP's (Tab. 6)."""
     if condition == "clip":
         return clip_text_encoder(run)
-    return lamp.LaMPTextEncoder(load_model(run, "lamp"), clip_text_encoder(run).tokenizer,
-                                queries=condition == "lamp_queries").to(run.device)
+    key = f"t2m_text:{condition}"  # one per condition: lamp.pt read once, each caption encoded once
+    if key not in run.cache:
+        run.cache[key] = lamp.LaMPTextEncoder(load_model(run, "lamp"), clip_text_encoder(run).tokenizer,
+                                              queries=condition == "lamp_queries").to(run.device)
+    return run.cache[key]
 
 
 def t2m_generate(run: Run, name: str, row: str | None = None):
