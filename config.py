@@ -117,9 +117,9 @@ class RunConfig:
 
 
 _TINY = {
-    # note: the tiny models' operations are too small to share between threads; on 2 cores
-    # 1 thread measured 0.5 s per evaluator step, 2 threads 3.5 s while another job ran
-    "run.threads": 1,
+    # note: on an idle 2-core machine 2 threads run the smoke recipe in 192 s against 251 s with 1
+    # (RESULTS.md); while another job holds a core, 2 threads spin-wait (set run.threads=1 there)
+    "run.threads": 2,
     # c is 512-d (as CLIP ViT-B): at least as wide as the 4 x 128 VAE latent, so that E_proj
     # maps the latent into a wider space as LEAD's does (1 x 256 -> 768), not a narrower one
     "text.hidden_size": 128, "text.num_layers": 2, "text.intermediate_size": 512, "text.projection_dim": 512,
@@ -132,6 +132,9 @@ _TINY = {
     "vae.latent_dim": 128, "vae.n_layers": 3, "vae.ff_dim": 256, "vae.dropout": 0.0,
     "vae.n_tokens": 4, "vae.norm_first": True, "vae.position_init": "sinusoidal",
     "vae.joint_loss": "root_relative",
+    # the latent as 32 slots of 16 numbers tied to spans of time (still 4 x 128): reconstructions
+    # keep 56% of the feet's lift against 10% with 4 distribution tokens (bench/bench_vae.py)
+    "vae.time_slots": 32,
     # the posterior noise grown over the first half of the steps (vae.py, noise_ramp): the
     # decoder then learns the limbs' swing that MLD's full noise from step 1 hides
     "vae.noise_ramp": 475, "vae_train.steps": 950, "vae_train.batch_size": 16, "vae_train.lr": 5e-4,

@@ -43,7 +43,7 @@ import torch.nn as nn
 import projector
 from data import FPS, T2M, collate, features_to_joints
 from metrics import (_as_numpy, body_frame_spread, diversity, fid, foot_lift, foot_skating_ratio, matching_score,
-                     mean_ci, multimodality, nearest_neighbour_accuracy, r_precision, root_speed)
+                     mean_ci, multimodality, nearest_neighbour_accuracy, r_precision, root_speed, wrist_speed)
 from t2m_evaluator import DatasetEvaluator, _valid
 
 MM_PAIRS = 10  # MModality: pairs of generations compared per text (Guo et al.'s d = 10)
@@ -82,7 +82,8 @@ def _statistics(dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
 def clip_quality(features: torch.Tensor, lengths) -> dict[str, np.ndarray]:
     """Per clip of de-normalised HumanML3D features (B, T, 263), lengths (B,), on the joints they
     give (data.features_to_joints, metres, y up): {"Foot skating": GMD's ratio, "Foot lift": metres,
-    "Root speed": m/s}, each (B,) (metrics.foot_skating_ratio, foot_lift, root_speed at 20 fps).
+    "Root speed": m/s, "Wrist speed": m/s about the root (not a table column)}, each (B,)
+    (metrics.foot_skating_ratio, foot_lift, root_speed, wrist_speed at 20 fps).
     note: the floor is y = 0 as HumanML3D puts it, the lowest joint of the whole clip (before any
     crop; data.joints_to_features step 1); a generated motion's feet stand where its root height
     (feature 3) and body-frame heights put them, as in GMD's evaluation."""
@@ -90,7 +91,7 @@ def clip_quality(features: torch.Tensor, lengths) -> dict[str, np.ndarray]:
         f"the feet and thresholds are HumanML3D's 22 joints (263-d features), got {features.shape[-1]}-d")
     joints = features_to_joints(features.detach().cpu().double(), n_joints=T2M.n_joints)  # (B, T, 22, 3)
     return {"Foot skating": foot_skating_ratio(joints, lengths, fps=FPS), "Foot lift": foot_lift(joints, lengths),
-            "Root speed": root_speed(joints, lengths, fps=FPS)}
+            "Root speed": root_speed(joints, lengths, fps=FPS), "Wrist speed": wrist_speed(joints, lengths, fps=FPS)}
 
 
 def _has_joints(stats) -> bool:
@@ -427,7 +428,8 @@ def reconstruction_swing(reconstruct, dataset, device, batch_size: int = 64) -> 
 def reconstruction_quality(reconstruct, dataset, device, batch_size: int = 64) -> dict[str, float]:
     """The QUALITY columns of reconstruct(x, lengths) -> x_hat (normalised 263-d features) over
     `dataset`: "Foot skating" of the reconstructions and of the motions ("real Foot skating"), both
-    means over clips, and "Foot lift" and "Root speed", the reconstructions' means over the motions'.
+    means over clips, and "Foot lift", "Root speed" and "Wrist speed", the reconstructions' means
+    over the motions'.
     Over a `fork` of the dataset where it has one, so the crops drawn are those the next pass over
     it will draw, and its generator is left where it was."""
     dataset = dataset.fork() if hasattr(dataset, "fork") else dataset
@@ -441,7 +443,7 @@ def reconstruction_quality(reconstruct, dataset, device, batch_size: int = 64) -
     recon, real = _concatenate(parts["reconstruction"]), _concatenate(parts["real"])
     return {"Foot skating": float(recon["Foot skating"].mean()),
             "real Foot skating": float(real["Foot skating"].mean()),
-            **{k: float(recon[k].sum() / real[k].sum()) for k in ("Foot lift", "Root speed")}}
+            **{k: float(recon[k].sum() / real[k].sum()) for k in ("Foot lift", "Root speed", "Wrist speed")}}
 
 
 def vae_report(reconstruct, dataset, device) -> dict:
@@ -458,12 +460,14 @@ def vae_report(reconstruct, dataset, device) -> dict:
                "val_body_frame_error_m": round(errors["body frame"], 5)}
     if quality is not None:
         print(f"[vae] validation foot skating {quality['Foot skating']:.3f} (the motions: "
-              f"{quality['real Foot skating']:.3f}), foot lift {quality['Foot lift']:.3f} and root speed "
-              f"{quality['Root speed']:.3f} of the motions' (1: as high, as fast)")
+              f"{quality['real Foot skating']:.3f}), foot lift {quality['Foot lift']:.3f}, root speed "
+              f"{quality['Root speed']:.3f} and wrist speed {quality['Wrist speed']:.3f} of the motions' "
+              f"(1: as high, as fast)")
         figures.update({"val_foot_skating": round(quality["Foot skating"], 4),
                         "val_real_foot_skating": round(quality["real Foot skating"], 4),
                         "val_foot_lift_ratio": round(quality["Foot lift"], 4),
-                        "val_root_speed_ratio": round(quality["Root speed"], 4)})
+                        "val_root_speed_ratio": round(quality["Root speed"], 4),
+                        "val_wrist_speed_ratio": round(quality["Wrist speed"], 4)})
     return figures
 
 

@@ -39,6 +39,7 @@ from t2m_evaluator import T2MEvaluator, _valid
 
 DOWNSAMPLE = 4  # two stride-2 convolutions in the movement encoder: 4 frames -> 1 step
 FEET = (10, 11)       # HumanML3D's left and right foot joints (the toes; SMPL's "foot"), as GMD
+WRISTS = (20, 21)     # HumanML3D's left and right wrists
 SKATING_HEIGHT = 0.05  # m: a foot lower than this in both frames of a step is on the floor (GMD thresh_height)
 SKATING_SPEED = 0.5    # m/s: a foot on the floor faster than this skates (GMD thresh_vel; 2.5 cm a frame at 20 fps)
 SKATING_WINDOW = 5     # steps: ... and its speed averaged over this centred window too (GMD avg_window)
@@ -361,6 +362,20 @@ def foot_lift(joints, lengths, feet=FEET) -> np.ndarray:
     valid = (np.arange(T)[None, :] < n[:, None])[..., None]                    # (B, T, 1)
     top, bottom = np.where(valid, y, -np.inf).max(1), np.where(valid, y, np.inf).min(1)  # (B, 2)
     return (top - bottom).mean(-1)
+
+
+def wrist_speed(joints, lengths, fps: float = 20.0, wrists=WRISTS) -> np.ndarray:
+    """How fast each clip moves its wrists about its root: (B,) m/s. With w_t a wrist's position
+    minus the root's (joint 0) in frame t,
+        speed = fps / (n - 1) sum_{t < n - 1} || w_{t+1} - w_t ||,  averaged over the two wrists.
+    joints (B, T, J, 3) metres, lengths (B,). Walking in a straight line with still arms scores 0."""
+    j = _as_numpy(joints)
+    B, T = j.shape[:2]
+    n = _clip_lengths(lengths, B, T)
+    w = j[:, :, list(wrists)] - j[:, :, :1]                                    # (B, T, 2, 3)
+    step = np.linalg.norm(w[:, 1:] - w[:, :-1], axis=-1).mean(-1)              # (B, T-1)
+    step = step * (np.arange(T - 1)[None, :] < (n - 1)[:, None])
+    return fps * step.sum(1) / (n - 1)
 
 
 def root_speed(joints, lengths, fps: float = 20.0) -> np.ndarray:

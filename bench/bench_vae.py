@@ -76,12 +76,20 @@ VARIANTS = {  # name -> Variant; "mld": 1 token, post-norm, uniform positions, g
     "tiny+gain3": Variant(TINY, latent_gain=3.0),
     "tiny+gain3+noise-ramp": Variant(TINY, latent_gain=3.0, noise_ramp=0.5),
     "tiny+bias-3": Variant(TINY, latent_bias=-3.0),
+    # the latent as S slots tied to spans of time (vae.time_slots), same 4 x 128 numbers
+    "tiny+noise-ramp+slots8": Variant(dict(TINY, time_slots=8), noise_ramp=0.5),
+    "tiny+noise-ramp+slots16": Variant(dict(TINY, time_slots=16), noise_ramp=0.5),
+    "tiny+noise-ramp+slots32": Variant(dict(TINY, time_slots=32), noise_ramp=0.5),
 }
 
 
 def errors(reconstruct, dataset) -> dict:
-    """evaluation.joint_errors in centimetres."""
-    return {k: round(100 * v, 2) for k, v in evaluation.joint_errors(reconstruct, dataset, torch.device("cpu")).items()}
+    """evaluation.joint_errors in centimetres, and the motions the reconstructions keep
+    (evaluation.reconstruction_quality: foot lift, wrist and root speed as ratios to the clips')."""
+    cpu = torch.device("cpu")
+    quality = evaluation.reconstruction_quality(reconstruct, dataset, cpu)
+    return {**{k: round(100 * v, 2) for k, v in evaluation.joint_errors(reconstruct, dataset, cpu).items()},
+            **{k: round(quality[k], 3) for k in ("Foot lift", "Wrist speed", "Root speed", "Foot skating")}}
 
 
 def dct_basis(lengths: torch.Tensor, frames: int, k: int) -> torch.Tensor:

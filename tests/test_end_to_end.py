@@ -20,7 +20,8 @@ import loop
 import runfolder
 import train
 
-SMOKE = [
+SMOKE = [  # run.threads and vae.time_slots as when smoke_figures.json was recorded (tiny preset since: 2, 32)
+    "run.threads=1", "vae.time_slots=0",
     "data.synthetic_motions=300",
     "text.num_layers=1", "text.hidden_size=32", "text.intermediate_size=64", "text.projection_dim=32",
     "text.pretrain_steps=3", "text.pretrain_batch=8", "text.pretrain_warmup=1",

@@ -333,6 +333,21 @@ def test_foot_skating_ratio_matches_gmd_on_whole_clips():
     assert 0.05 < ours.mean() < 0.95
 
 
+def test_wrist_speed_hand_case():
+    """Clip 0 (n = 3 of 5 frames): the left wrist steps (0.03, 0.04, 0) then (0, 0, 0.1) about the
+    root, 0.05 and 0.1 m, the right wrist is still: 20 fps * (0.15 / 2) / 2 wrists = 0.75 m/s;
+    padding frames far away do not count. Clip 1: the whole body walks 0.05 m a frame, the wrists
+    with the root: 0 m/s."""
+    LW, RW = metrics.WRISTS
+    j = np.zeros((2, 5, 22, 3))
+    j[0, :3, LW] = [[0.3, 1.0, 0.0], [0.33, 1.04, 0.0], [0.33, 1.04, 0.1]]
+    j[0, :3, RW] = [-0.3, 1.0, 0.0]
+    j[0, 3:, LW] = 9.0
+    j[1] = 0.05 * np.arange(5)[:, None, None] * np.array([1.0, 0.0, 0.0])
+    j[1, :, [LW, RW], 1] += 1.0
+    np.testing.assert_allclose(metrics.wrist_speed(j, torch.tensor([3, 5]), fps=20), [0.75, 0.0], atol=1e-12)
+
+
 def test_foot_lift_and_root_speed_hand_cases():
     """Clip 0 has n = 4 of 6 frames; frames 4-5 are padding far away (5 m high, 10 m off).
     Foot lift: left y = 0, 0.1, 0.3, 0.05 (range 0.3), right y = 0.02, 0.02, 0.12, 0.02 (range 0.1):

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from vae import MotionVAE, SkipTransformer, VAEConfig, kl_to_standard_normal, noise_ramped, vae_loss, vae_loss_fn
+from vae import (MotionVAE, SkipTransformer, VAEConfig, kl_to_standard_normal, noise_ramped, slot_interpolation,
+                 slot_pooling, vae_loss, vae_loss_fn)
 
 D = 263  # HumanML3D features
 
@@ -61,9 +62,10 @@ def test_skip_transformer_joins_blocks_in_unet_order():
     torch.testing.assert_close(stack(x), stack.norm(y))
 
 
-def test_padded_frames_change_neither_latent_nor_decoded_frames():
+@pytest.mark.parametrize("slots", [0, 8], ids=["tokens", "time-slots"])
+def test_padded_frames_change_neither_latent_nor_decoded_frames(slots):
     torch.manual_seed(0)
-    vae = MotionVAE(tiny_cfg(), D).eval()
+    vae = MotionVAE(tiny_cfg(n_tokens=2, time_slots=slots), D).eval()
     lengths = torch.tensor([20, 12, 7])
     motion = torch.randn(3, 20, D)
     for i, n in enumerate(lengths.tolist()):
@@ -185,6 +187,42 @@ def test_shapes(cfg):
     assert vae.decode(z, torch.tensor([10, 16])).shape == (2, 16, D)
     recon, _, _ = vae(motion, lengths, sample=False)
     assert recon.shape == (2, 24, D)
+
+
+def test_slot_pooling_and_interpolation_by_hand():
+    """Length 6, S = 3 slots: frames 0-1, 2-3, 4-5 (weights 1/2); length 2, S = 3: frame 0 -> slot
+    floor(0) = 0, frame 1 -> floor(1.5) = 1, slot 2 empty (weight 0), padding frames 2-5 in none.
+    Interpolation, length 6, S = 3: u = 3 (t + 1/2) / 6 - 1/2 = (t - 1/2) / 2, so frame 0 sits at
+    u = -1/4 (clamped to slot 0), frame 2 at 3/4 (1/4 of slot 0, 3/4 of slot 1), frame 5 at 9/4
+    (clamped to slot 2)."""
+    pool = slot_pooling(torch.tensor([6, 2]), 6, 3)
+    torch.testing.assert_close(pool[0], torch.tensor([[.5, .5, 0, 0, 0, 0], [0, 0, .5, .5, 0, 0],
+                                                      [0, 0, 0, 0, .5, .5]]))
+    torch.testing.assert_close(pool[1], torch.tensor([[1., 0, 0, 0, 0, 0], [0, 1., 0, 0, 0, 0], [0.] * 6]))
+    mix = slot_interpolation(torch.tensor([6]), 6, 3)[0]
+    torch.testing.assert_close(mix[[0, 2, 5]], torch.tensor([[1., 0, 0], [.25, .75, 0], [0, 0, 1.]]))
+    torch.testing.assert_close(mix.sum(-1), torch.ones(6))
+
+
+def test_time_slots_tie_the_latent_to_spans_of_the_clip():
+    """With S = 4 slots packed in 2 tokens of 32 (c = 16 numbers a slot): the latent keeps its
+    (n, d) shape; changing the clip's last quarter changes only the last slot's numbers (token 1,
+    second half); a slot count that does not divide n d is refused."""
+    torch.manual_seed(0)
+    vae = MotionVAE(tiny_cfg(n_tokens=2, time_slots=4), D).eval()
+    motion, lengths = torch.randn(1, 16, D), torch.tensor([16])
+    later = motion.clone()
+    later[0, 12:] += torch.randn(4, D)
+    with torch.no_grad():
+        mu, mu2 = (vae.encode(m, lengths, sample=False)[1] for m in (motion, later))
+    assert mu.shape == (1, 2, 32) and not hasattr(vae, "dist_tokens")
+    changed = (mu2 - mu).abs().view(4, 16).amax(-1)                               # per slot
+    assert changed[3] > 1e-3
+    # self-attention lets every frame see the whole clip, so the earlier slots move a little too:
+    # what is tied to time is where each slot's numbers are read from, not an exact locality
+    assert torch.all(changed[3] > changed[:3])
+    with pytest.raises(ValueError, match="time_slots"):
+        MotionVAE(tiny_cfg(n_tokens=2, time_slots=3), D)
 
 
 def test_lengths_beyond_the_positional_table_are_rejected():
