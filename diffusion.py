@@ -87,6 +87,7 @@ class DiffusionConfig:
     cond_drop: float = 0.1        # MLD guidance_uncondp; LEAD Sec. 4.1.2 "10% dropout"
     text_proj_relu: bool = True   # MLD mld_denoiser.py emb_proj = Sequential(ReLU, Linear); False: Linear
     AT_LEAST_ZERO: ClassVar = ("steps_offset", "guidance_scale")  # ranges: config.check_ranges
+    SAMPLING: ClassVar = ("sample_steps", "eta", "guidance_scale")  # read when sampling only: the command line's
     FRACTIONS: ClassVar = ("dropout", "eta", "cond_drop")
 
     def __post_init__(self):

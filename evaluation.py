@@ -325,6 +325,17 @@ def fit_rows(methods: dict, train, clips: int, evaluator, tokenizer, cfg: EvalCo
     return t2m_rows(methods, subset, evaluator, tokenizer, cfg, seed), subset
 
 
+def fit_table(methods: dict, train, clips: int, evaluator, tokenizer, cfg: EvalConfig, seed: int, out, section: str,
+              title: str, dataset: str, space: str) -> tuple[dict, float]:
+    """`fit_rows`, written as the section SECTION_fit of out/results.*; -> (rows, seconds it took)."""
+    start = time.time()
+    rows, subset = fit_rows(methods, train, clips, evaluator, tokenizer, cfg, seed)
+    seconds = round(time.time() - start, 2)
+    write_results(out, f"{section}_fit", rows, f"{title}: fit, scored on training clips",
+                  fit_note(len(subset), dataset, space))
+    return rows, seconds
+
+
 def seconds_per_prompt(generate_fn, dataset, prompts: int) -> tuple[float, float]:
     """Wall time of generate_fn(captions, lengths) for one prompt (batch of 1), mean and 95% CI."""
     times = []
@@ -505,10 +516,12 @@ def latent_structure_table(structure: dict) -> tuple[dict, str, str]:
         f"{structure['actions']} action labels")
 
 
-def t2m_note(clips: int, dataset: str, cfg: EvalConfig, space: str, atm_steps: int) -> str:
-    """What the Tab. 1 analogue's numbers are, under the table."""
+def t2m_note(clips: int, dataset: str, cfg: EvalConfig, space: str, atm_steps: int, sampling=None) -> str:
+    """What the Tab. 1 analogue's numbers are, under the table; sampling: the DiffusionConfig sampled with."""
+    how = (f" The diffusion rows sample with DDIM, {sampling.sample_steps} steps, guidance scale "
+           f"{sampling.guidance_scale:g}." if sampling is not None else "")
     return (f"{clips} test motions of {dataset}, mean ± 1.96 std / sqrt(R) over R = {cfg.replications} "
-            f"replications; MModality over {cfg.mm_num_texts} texts x {cfg.mm_num_gens} generations. {space}, so "
+            f"replications; MModality over {cfg.mm_num_texts} texts x {cfg.mm_num_gens} generations.{how} {space}, so "
             f"they compare methods within this run only. Equal budgets: +ATM and its control fine-tune diffusion.pt "
             f"for the same {atm_steps} steps on the same batches; +MATE's denoiser and projector are retrained from "
             f"scratch with MLD's and LEAD's configs and steps; MLD and LEAD rows of one denoiser share their "

@@ -137,6 +137,33 @@ def render_mp4(joints: np.ndarray, path, title: str = "", fps: float = data.FPS,
     return _save_animations(joints, {"mp4": path}, title, fps, skeleton, radius)[0]
 
 
+def render_strip(rows: dict[str, np.ndarray], path, frames: int = 8, skeleton: data.Skeleton = data.T2M) -> Path:
+    """A still PNG a page can show: for each {title: joints (T, J, 3), metres} one row of `frames`
+    evenly spaced poses seen from the side (the horizontal axis the root travels most along, then
+    y up), each centred on its root, the floor y = 0 drawn, so a lifted foot or a jump shows."""
+    _, plt, _ = _require_matplotlib()
+    fig, axes = plt.subplots(len(rows), frames, figsize=(1.2 * frames, 2.0 * len(rows)), dpi=80, squeeze=False)
+    for axs, (title, joints) in zip(axes, rows.items()):
+        joints = np.asarray(joints, dtype=np.float32)
+        travel = np.abs(joints[-1, 0] - joints[0, 0])                         # (3,)
+        side = 0 if travel[0] >= travel[2] else 2                             # x or z
+        for ax, t in zip(axs, np.linspace(0, len(joints) - 1, frames).round().astype(int)):
+            pose = joints[t]
+            for chain, color in zip(skeleton.kinematic_chain, ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd"]):
+                ax.plot(pose[chain, side] - pose[0, side], pose[chain, 1], color=color, lw=1.5)
+            ax.axhline(0.0, color="0.5", lw=0.8)
+            ax.set_xlim(-0.9, 0.9)
+            ax.set_ylim(-0.05, 2.0)
+            ax.set_aspect("equal")
+            ax.set_axis_off()
+            ax.set_title(f"{t / skeleton.fps:.1f} s", fontsize=7)
+        axs[0].text(-0.9, 2.05, title_lines(title, width=80, lines=1), fontsize=8, ha="left", va="bottom")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 # ----------------------------------------------------------------------------
 # Generated motions as files
 

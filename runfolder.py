@@ -355,6 +355,9 @@ def pipeline(run: Run, denoiser_name: str | None = None, mate: bool | str = Fals
     text encoder (see clip_text_encoder)."""
     text = clip_text_encoder(run, mate=mate) if mate else text_encoder(run)
     pipe = projector.Pipeline(text, load_model(run, "vae"), load_denoiser(run, denoiser_name))
+    # how to sample (guidance, DDIM steps, eta) is the run's config now, not what the denoiser was trained under
+    pipe.schedule.cfg = dataclasses.replace(pipe.schedule.cfg, **{k: getattr(run.cfg.diffusion, k)
+                                                                  for k in DiffusionConfig.SAMPLING})
     if run.cfg.run.compile:  # run.compile: the denoiser's 50 x 2 calls per sample compiled once
         pipe.denoiser = torch.compile(pipe.denoiser)
     return pipe

@@ -196,7 +196,7 @@ def eval_methods(run: Run, pipe: projector.Pipeline, lead: projector.Projector) 
 
 
 def stage_eval(run: Run) -> dict:
-    """The Tab. 1 analogue on the test split, the same rows on training clips (fit), the time per
+    """The Tab. 1 analogue on the test split, the same rows on training clips (fit, --ablations), the time per
     prompt, the latent structure (Fig. 3's stand-in) and the few-step table (Tab. 5)."""
     test, cfg, seed = open_split(run, "test"), run.cfg.eval, run.cfg.run.seed
     pipe = pipeline(run)
@@ -205,15 +205,12 @@ def stage_eval(run: Run) -> dict:
     methods = eval_methods(run, pipe, lead)
     rows = evaluation.t2m_rows(methods, test, evaluator, tokenizer, cfg, seed, lamp_bertscore=lamp_bertscore(run))
     section, title, space = eval_labels(run)
-    evaluation.write_results(run.out, section, rows, title,
-                             evaluation.t2m_note(len(test), dataset_name(run), cfg, space, run.cfg.atm_train.steps))
-    # fit or generalisation: the same rows on as many training clips (a fixed subset) as the test split has
-    start = time.time()
-    fit_rows, subset = evaluation.fit_rows(methods, open_split(run, "train"), len(test), evaluator, tokenizer, cfg,
-                                           seed)
-    fit_s = round(time.time() - start, 2)
-    evaluation.write_results(run.out, f"{section}_fit", fit_rows, f"{title}: fit, scored on training clips",
-                             evaluation.fit_note(len(subset), dataset_name(run), space))
+    note = evaluation.t2m_note(len(test), dataset_name(run), cfg, space, run.cfg.atm_train.steps, pipe.schedule.cfg)
+    evaluation.write_results(run.out, section, rows, title, note)
+    # --ablations: fit or generalisation, the same rows on as many training clips (a fixed subset) as the test split
+    fit_rows, fit_s = evaluation.fit_table(methods, open_split(run, "train"), len(test), evaluator, tokenizer, cfg,
+                                           seed, run.out, section, title, dataset_name(run), space) \
+        if run.args.ablations else ({}, None)
     timed = {"MLD": lambda c, lengths: projector.generate(pipe, c, lengths), "LEAD": lambda c, lengths:
              projector.generate(pipe, c, lengths, lead), **{r: methods[r] for r in ("LaMP-T2M",) if r in methods}}
     timing = {name: {"s / prompt": evaluation.seconds_per_prompt(fn, test, cfg.timing_prompts)}

@@ -59,7 +59,8 @@ def main(argv=None) -> None:
         pipe.schedule.cfg = dataclasses.replace(pipe.schedule.cfg, guidance_scale=scale)
         rows = evaluation.evaluate_rows(evaluation.shared_latents(pipe, {"MLD": None, "LEAD": lead}), val,
                                         evaluator, evaluator.tokenizer, replications=args.replications,
-                                        mm_num_texts=0, seed=args.seed, log=lambda *a: None)
+                                        mm_num_texts=0, diversity_times=min(300, len(val)), seed=args.seed,
+                                        log=lambda *a: None)
         sweep[scale] = {row: {k: m[k][0] for k in COLUMNS} for row, m in rows.items()}
         for row, m in rows.items():
             print(f"scale {scale:4.1f} {row:5s} " + "  ".join(f"{k} {m[k][0]:.3f} +- {m[k][1]:.3f}" for k in COLUMNS),

@@ -19,6 +19,8 @@ row's clips. Without segments.json (a real dataset) only the "all" row is printe
 What the table shows: whether a generated jump leaves the floor, a generated walk travels as fast
 as the real walks, and whether its feet slide where the real ones stand; the evaluator's FID and
 R-precision hardly see any of these. The run's dataset must be the one it was trained on (--data).
+`--strip FILE.png` also draws the first test walk and jump beside MLD's and LEAD's motions for their
+captions (render.render_strip).
 """
 import argparse
 import sys
@@ -86,6 +88,27 @@ def table(title: str, scale: float, fmt: str, figures: dict, rows: dict) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()
+def strip(run, test, names: list[str], segments: dict, path: Path, seed: int) -> Path:
+    """render.render_strip of the first test walk and jump (single-action clips): each real clip
+    (its crop and caption as drawn last), then MLD's and LEAD's motion for that caption and length."""
+    import render
+    wanted = {label: names.index(n) for label in ("walk", "jump") for n in names
+              if segments.get(n, {}).get("label") == label and len(segments[n]["actions"]) == 1}
+    items = [test[i] for i in wanted.values()]
+    batch = data.collate(items)
+    pipe, realigner = runfolder.pipeline(run), runfolder.load_projector(run)
+    torch.manual_seed(seed)
+    motions = {"real": batch["motion"], **evaluation.shared_latents(pipe, {"MLD": None, "LEAD": realigner})(
+        batch["caption"], batch["lengths"])}
+    rows = {}
+    for b, (caption, n) in enumerate(zip(batch["caption"], batch["lengths"].tolist())):
+        for source, motion in motions.items():
+            features = test.denormalize(motion[b, :n].cpu().float())
+            rows[f"{source}: {caption}"] = data.features_to_joints(features).numpy()
+    return render.render_strip(rows, path)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/default"), help="a finished run folder")
@@ -94,6 +117,8 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="the test crops, captions and sampling noise")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--strip", type=Path, default=None, help="also draw a test walk and jump, real, MLD and LEAD, "
+                                                            "as a PNG (needs matplotlib)")
     args = p.parse_args(argv)
     run = runfolder.open_run(args.out, data_root=args.data, clip=args.clip, device=args.device)
     test = runfolder.open_split(run, "test")
@@ -107,6 +132,8 @@ def main(argv=None) -> None:
     for column, (title, scale, fmt) in FIGURES.items():
         print()
         print(table(title, scale, fmt, {s: f[column] for s, f in figures.items()}, rows))
+    if args.strip:
+        print(f"\n[bench] {strip(run, test, names, segments, args.strip, args.seed)}")
 
 
 if __name__ == "__main__":

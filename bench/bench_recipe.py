@@ -63,7 +63,8 @@ def main():
     for name, r in (("MLD", None), ("LEAD", realigner)):
         t0 = time.perf_counter()
         projector.generate(pipe, captions, lengths, r)
-        print(f"  sampling 32 motions ({name}, 50 DDIM steps, guidance 7.5): {time.perf_counter() - t0:.2f} s")
+        print(f"  sampling 32 motions ({name}, {pipe.schedule.cfg.sample_steps} DDIM steps, guidance "
+              f"{pipe.schedule.cfg.guidance_scale:g}): {time.perf_counter() - t0:.2f} s")
     print("\n" + (args.out / "results.md").read_text())
 
 

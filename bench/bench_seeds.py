@@ -14,7 +14,8 @@ retrained, and only scored again, so every seed is scored by the same code. Moti
 not part of the seeds. Copies (not links) keep the base run as it is; they hash like the
 originals, so train.py's provenance check (`trained_on`) stays quiet. A seed folder whose copy
 differs from the base run's is refused. Stages whose STAGE.json exists are skipped, so a second
-call continues an interrupted benchmark. Options the script does not know go to every train.py
+call continues an interrupted benchmark. `--stages` runs some of them (the others' rows are then
+missing and their claims "not run"). Options the script does not know go to every train.py
 call (`--preset`, `--data`, `--synthetic-dir`, `--clip`, `--evaluator`, `--set`, ...): give the
 ones the base run was made with.
 
@@ -134,20 +135,22 @@ def trained(base: Path) -> list[str]:
     return [name for name in checkpoints(base) if name not in shared(base) and name not in NOT_SEEDED]
 
 
-def prepare(base: Path, folder: Path, is_base: bool) -> None:
-    """A seed folder: the shared parts, and for the base seed its trained checkpoints too."""
+def prepare(base: Path, folder: Path, is_base: bool, stages=TRAINING_STAGES) -> None:
+    """A seed folder: the shared parts, and for the base seed its trained checkpoints too (those of
+    `stages`)."""
     missing = [name for name in REQUIRED if not (base / name).exists()]
     if missing:
         raise ValueError(f"{base} has no {', '.join(missing)}: finish the base run first "
                          f"(python train.py --stage all --out {base})")
-    copy_into(base, folder, shared(base) + (trained(base) if is_base else []))
+    own = [n for n in trained(base) if runfolder.stage_of(n.removesuffix(".pt")) in stages] if is_base else []
+    copy_into(base, folder, shared(base) + own)
 
 
-def stage_plan(is_base: bool, lamp: bool) -> list[tuple[str, list[str]]]:
-    """(stage, extra train.py arguments) in order: the base seed is only scored again."""
-    plan = [(s, []) for s in ([] if is_base else TRAINING_STAGES) + SCORING_STAGES]
+def stage_plan(is_base: bool, lamp: bool, stages=TRAINING_STAGES + SCORING_STAGES) -> list[tuple[str, list[str]]]:
+    """(stage, extra train.py arguments) in order, of `stages` alone: the base seed is only scored again."""
+    plan = [(s, []) for s in ([] if is_base else TRAINING_STAGES) + SCORING_STAGES if s in stages]
     if lamp:
-        plan += [(s, ["--text-encoder", "lamp"]) for s in LAMP_STAGES if s == "eval" or not is_base]
+        plan += [(s, ["--text-encoder", "lamp"]) for s in LAMP_STAGES if (s == "eval" or not is_base) and s in stages]
     return plan
 
 
@@ -292,7 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, required=True, help="K training seeds, the base run's among them (K >= 2)")
     p.add_argument("--base-seed", type=int, default=0, help="the run.seed the base run was trained with (default 0)")
     p.add_argument("--out", type=Path, default=None, help="where the seed folders go (default BASE/seeds)")
+    p.add_argument("--stages", default=",".join(TRAINING_STAGES + SCORING_STAGES),
+                   help="the seeded and scoring stages to run (default all; e.g. diffusion,projector,eval: LEAD's alone)")
     args, passed = p.parse_known_args(argv)
+    stages = args.stages.split(",")
+    if unknown := sorted(set(stages) - set(TRAINING_STAGES + SCORING_STAGES)):
+        p.error(f"--stages: {unknown} are not among {TRAINING_STAGES + SCORING_STAGES}")
     for option in ("--out", "--stage", "--text-encoder", "--resume", "run.seed"):
         if any(a == option or a.startswith(option + "=") for a in passed):
             p.error(f"{option} is set by the benchmark for each train.py call; leave it out")
@@ -306,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for seed in seeds:
             folder, is_base = out / f"seed_{seed}", seed == args.base_seed
-            prepare(args.base, folder, is_base)
-            run_seed(folder, seed, stage_plan(is_base, lamp), passed)
+            prepare(args.base, folder, is_base, stages)
+            run_seed(folder, seed, stage_plan(is_base, lamp, stages), passed)
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

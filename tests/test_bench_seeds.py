@@ -58,6 +58,8 @@ def test_seed_folders_copy_the_shared_parts_and_stay_quiet(tmp_path, capsys):
     assert not (tmp_path / "seed_1" / "diffusion.pt").exists(), "the other seeds train their own"
     runfolder.finished(make_run(tmp_path / "seed_0"), "diffusion")
     assert "[provenance]" not in capsys.readouterr().out
+    bench_seeds.prepare(base, tmp_path / "lead_0", is_base=True, stages=["diffusion", "projector"])
+    assert (tmp_path / "lead_0" / "diffusion.pt").exists() and not (tmp_path / "lead_0" / "lamp_t2m.pt").exists()
     bench_seeds.prepare(base, tmp_path / "seed_1", is_base=False)  # a second call: the copies are there
     (tmp_path / "seed_1" / "text_encoder" / "config.json").write_text('{"other": 1}')
     with pytest.raises(ValueError, match="differs from"):
@@ -72,6 +74,9 @@ def test_stage_plan_and_finished_stages_are_skipped(tmp_path, monkeypatch):
     plan = bench_seeds.stage_plan(is_base=False, lamp=True)
     assert [s for s, _ in plan] == ["lamp_t2m", "diffusion", "projector", "atm", "mate", "eval", "inversion",
                                     "diffusion", "projector", "atm", "eval"]
+    lead = ["diffusion", "projector", "eval"]  # --stages: LEAD's alone
+    assert [s for s, _ in bench_seeds.stage_plan(is_base=False, lamp=True, stages=lead)] == lead + ["diffusion", "projector", "eval"]
+    assert bench_seeds.stage_plan(is_base=True, lamp=False, stages=lead) == [("eval", [])]
     calls = []
     finished = argparse.Namespace(returncode=0)
     monkeypatch.setattr(bench_seeds.subprocess, "run", lambda cmd: calls.append(cmd) or finished)

@@ -20,8 +20,8 @@ import loop
 import runfolder
 import train
 
-SMOKE = [  # run.threads and vae.time_slots as when smoke_figures.json was recorded (tiny preset since: 2, 32)
-    "run.threads=1", "vae.time_slots=0",
+SMOKE = [  # run.threads, vae.time_slots, guidance as when smoke_figures.json was recorded (tiny preset: 2, 32, 5.5)
+    "run.threads=1", "vae.time_slots=0", "diffusion.guidance_scale=7.5",
     "data.synthetic_motions=300",
     "text.num_layers=1", "text.hidden_size=32", "text.intermediate_size=64", "text.projection_dim=32",
     "text.pretrain_steps=3", "text.pretrain_batch=8", "text.pretrain_warmup=1",
@@ -145,6 +145,16 @@ def test_ablation_checkpoints_load_as_their_stage_wrote_them(smoke_run):
         table = runfolder.pipeline(run, f"diffusion_{name}", mate=name).text.word_embeddings.weight
         assert torch.equal(table.cpu(), runfolder.finished(run, name)["model"]["word_table"])
         assert not torch.equal(table.cpu(), runfolder.finished(run, "mate")["model"]["word_table"])
+
+
+def test_sampling_follows_the_run_config_not_the_checkpoint(smoke_run):
+    """diffusion.pt was trained under SMOKE's 3 DDIM steps and MLD's guidance 7.5; a run opened with
+    other sampling settings (--set diffusion.guidance_scale=2.5 ...) samples with those."""
+    run = runfolder.open_run(smoke_run / "run", data_root=smoke_run / "synthetic", device="cpu",
+                             sets=["diffusion.guidance_scale=2.5", "diffusion.sample_steps=4"])
+    assert runfolder.finished(run, "diffusion")["config"]["guidance_scale"] == 7.5
+    sampling = runfolder.pipeline(run).schedule.cfg
+    assert (sampling.guidance_scale, sampling.sample_steps) == (2.5, 4)
 
 
 def test_results_table_has_the_papers_rows(smoke_run):
@@ -396,15 +406,15 @@ def test_eval_in_guo_et_als_evaluator_space(smoke_run, tmp_path):
     write_official(tmp_path)
     run = tmp_path / "run"  # the LEAD recipe's files alone (the companions' rows would only cost time here)
     run.mkdir()
-    for name in ("text_encoder", "vae.pt", "diffusion.pt", "projector.pt"):
+    for name in ("text_encoder", "vae.pt", "diffusion.pt", "projector.pt", *(f"{n}.pt" for n in train.PROJECTOR_ABLATIONS)):
         (run / name).symlink_to(smoke_run / "run" / name)
     args = smoke_args(smoke_run)
     args[args.index("--out") + 1] = str(run)
-    assert train.main(["--stage", "eval", "--evaluator", "t2m", "--t2m-dir", str(tmp_path / "t2m"),
+    assert train.main(["--stage", "eval", "--ablations", "--evaluator", "t2m", "--t2m-dir", str(tmp_path / "t2m"),
                        "--glove-dir", str(tmp_path / "glove"), *args]) == 0
     results = json.loads((run / "results.json").read_text())
     rows = results["t2m_t2m_evaluator"]["rows"]
-    assert list(rows) == ["Real", "MLD", "LEAD"] and 0.0 <= rows["LEAD"]["R-precision top-1"][0] <= 1.0
+    assert list(rows)[:3] == ["Real", "MLD", "LEAD"] and 0.0 <= rows["LEAD"]["R-precision top-1"][0] <= 1.0
     assert "Guo et al.'s released" in results["t2m_t2m_evaluator"]["note"]
     assert list(results["t2m_t2m_evaluator_fit"]["rows"]) == list(rows)  # the training captions' own tags
     assert (run / "eval_t2m_evaluator.json").exists()

@@ -46,3 +46,11 @@ def test_titles_wrap_to_two_lines_at_most():
     assert render.title_lines("a person walks") == "a person walks"
     lines = render.title_lines("a person walks forward then turns around and waves with both hands " * 5).split("\n")
     assert len(lines) == 2 and all(len(line) <= 56 for line in lines) and lines[1].endswith("...")
+
+
+def test_strip_draws_one_row_per_motion(tmp_path):
+    """Two motions, 4 poses each: a PNG of 2 rows x 4 panels (80 dpi: 4 x 1.2 in by 2 x 2.0 in)."""
+    from PIL import Image
+    path = render.render_strip({"walk": joints(20), "walk again": joints(12)}, tmp_path / "strip.png", frames=4)
+    with Image.open(path) as png:
+        assert png.size == (round(80 * 4 * 1.2), round(80 * 2 * 2.0))
