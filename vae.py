@@ -43,7 +43,7 @@ Differences from the paper:
   feet's lift and 86% of the wrists' speed against 10% and 23% with MLD's distribution tokens
   (bench/bench_vae.py; 8 and 16 slots: 14% and 28% of the lift).
 - MLD's learned positional tables have 500 rows; ours have exactly as many as can be used
-  (max_len + 2n in the encoder, max_len in the decoder).
+  (max_len + 2n in the encoder, max_len with time slots and in the decoder).
 """
 import math
 from dataclasses import dataclass

@@ -43,9 +43,10 @@ FIGURES = {"Foot skating": ("foot skating ratio (GMD)", 1.0, "{:.3f}"),   # colu
 
 
 @torch.no_grad()
-def measure(run, test, batch_size: int, seed: int) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
-    """Names of the test clips and {source: {column: (N,)}} of evaluation.clip_quality."""
-    pipe, realigner = runfolder.pipeline(run), runfolder.load_projector(run)
+def measure(run, pipe, realigner, test, batch_size: int,
+            seed: int) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
+    """Names of the test clips and {source: {column: (N,)}} of evaluation.clip_quality, for the
+    pipeline `pipe` (MLD) and LEAD's `realigner` and the run's masked generators."""
     generate = evaluation.shared_latents(pipe, {"MLD": None, "LEAD": realigner})
     masked = {row: runfolder.t2m_generate(run, name, row) for name, row in T2M.items()
               if (run.out / f"{name}.pt").exists()}
@@ -89,7 +90,7 @@ def table(title: str, scale: float, fmt: str, figures: dict, rows: dict) -> str:
 
 
 @torch.no_grad()
-def strip(run, test, names: list[str], segments: dict, path: Path, seed: int) -> Path:
+def strip(pipe, realigner, test, names: list[str], segments: dict, path: Path, seed: int) -> Path:
     """render.render_strip of the first test walk and jump (single-action clips): each real clip
     (its crop and caption as drawn last), then MLD's and LEAD's motion for that caption and length."""
     import render
@@ -97,7 +98,6 @@ def strip(run, test, names: list[str], segments: dict, path: Path, seed: int) ->
               if segments.get(n, {}).get("label") == label and len(segments[n]["actions"]) == 1}
     items = [test[i] for i in wanted.values()]
     batch = data.collate(items)
-    pipe, realigner = runfolder.pipeline(run), runfolder.load_projector(run)
     torch.manual_seed(seed)
     motions = {"real": batch["motion"], **evaluation.shared_latents(pipe, {"MLD": None, "LEAD": realigner})(
         batch["caption"], batch["lengths"])}
@@ -127,13 +127,14 @@ def main(argv=None) -> None:
                          f"HumanML3D's 22 joints (263-d)")
     segments = synthetic.load_segments(args.data) if (args.data / "segments.json").exists() else {}
     print(f"[bench] {len(test)} test clips of {args.data}, run {args.out}, on {run.device}")
-    names, figures = measure(run, test, args.batch_size, args.seed)
+    pipe, realigner = runfolder.pipeline(run), runfolder.load_projector(run)
+    names, figures = measure(run, pipe, realigner, test, args.batch_size, args.seed)
     rows = groups(names, segments)
     for column, (title, scale, fmt) in FIGURES.items():
         print()
         print(table(title, scale, fmt, {s: f[column] for s, f in figures.items()}, rows))
     if args.strip:
-        print(f"\n[bench] {strip(run, test, names, segments, args.strip, args.seed)}")
+        print(f"\n[bench] {strip(pipe, realigner, test, names, segments, args.strip, args.seed)}")
 
 
 if __name__ == "__main__":
