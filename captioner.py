@@ -41,6 +41,7 @@ W LM width, L caption tokens, V LM vocabulary, K beams, r LoRA rank.
 import copy
 import inspect
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -204,6 +205,39 @@ def offline_lm(tokenizer, cfg: CaptionerConfig):
                        bos_token_id=text.start_id, eos_token_id=text.end_id,
                        pad_token_id=None)  # note: padding repeats the end token, whose embedding must train
     return OPTForCausalLM(config), text
+
+
+def offline_lm_parameters(cfg: CaptionerConfig, vocab_size: int = 49_408) -> int:
+    """The parameters of `offline_lm(cfg)` (vocab_size: the BPE's, CLIP's 49,408 by default)."""
+    W, F_, L = cfg.lm_width, cfg.lm_ff, cfg.lm_layers
+    layer = 4 * (W * W + W) + (W * F_ + F_) + (F_ * W + W) + 2 * 2 * W   # q k v out, fc1, fc2, two LayerNorms
+    return L * layer + (vocab_size + cfg.lm_positions + 2) * W + 2 * W  # tied token table, positions, final norm
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory on `device`: a CUDA card's, else the machine's RAM (None where unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        return None
+
+
+def check_offline_lm_fits(cfg: CaptionerConfig, device: torch.device, available: int | None = None) -> None:
+    """Refuse, before any work, an offline LM whose pretraining cannot fit: its fp32 weights, gradients
+    and AdamW's two moments (16 bytes a parameter, activations not counted) against `available`
+    bytes (default: device_memory). The paper preset's sizes are OPT-2.7B's: about 42 GB."""
+    available = device_memory(device) if available is None else available
+    need = 16 * offline_lm_parameters(cfg)
+    if available is not None and need > available:
+        raise ValueError(
+            f"lamp_m2t: without --llm the captioner's LM is pretrained here from scratch at lamp_m2t.lm_width="
+            f"{cfg.lm_width}, lm_layers={cfg.lm_layers}, lm_ff={cfg.lm_ff} ({offline_lm_parameters(cfg) / 1e9:.2f} B "
+            f"parameters; the paper preset's are OPT-2.7B's); its weights, gradients and AdamW's moments alone need "
+            f"about {need / 1e9:.1f} GB, and this {device.type} has {available / 1e9:.1f} GB. Give --llm DIR (a "
+            f"pretrained OPT, frozen, as LaMP does) or a smaller stand-in: --set lamp_m2t.lm_width=256 --set "
+            f"lamp_m2t.lm_layers=2 --set lamp_m2t.lm_heads=4 --set lamp_m2t.lm_ff=1024")
 
 
 def lm_loss_fn(lm: OPTForCausalLM, text: CaptionText, max_tokens: int, device):

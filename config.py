@@ -55,6 +55,7 @@ class RunOptions:
     threads: int = 0  # CPU threads for torch (0: torch's default, one per core)
     precision: str = "fp32"  # fp32, bf16 or fp16 (CUDA): one autocast context in fit and sampling
     compile: bool = False    # torch.compile the denoiser for sampling (eval, sample)
+    flops: bool = False      # count each stage's first training step's FLOPs for its summary (bench_gpu; slows it)
     AT_LEAST_ZERO: ClassVar = ("seed", "threads")
 
     def __post_init__(self):

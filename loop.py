@@ -23,6 +23,10 @@ import os
 import shutil
 import sys
 import time
+try:
+    import resource  # Unix: the process's peak resident memory
+except ImportError:  # Windows
+    resource = None
 from dataclasses import dataclass
 from typing import ClassVar
 from pathlib import Path
@@ -31,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import data
 
@@ -206,13 +211,15 @@ def start_distributed(device: torch.device) -> torch.device:
 
 def shard(batch: dict, rank: int, world: int) -> dict:
     """This rank's rows of a global batch (rows rank*B/W .. (rank+1)*B/W of every tensor and list
-    of B entries): the configured batch size is the global one, split evenly across the ranks."""
+    of B entries, and of both axes of the (B, B) matrices named in batch["pairwise"]): the
+    configured batch size is the global one, split evenly across the ranks."""
     B = len(batch["caption"]) if "caption" in batch else len(next(v for v in batch.values() if torch.is_tensor(v)))
     if B % world:
         raise ValueError(f"a batch of {B} does not split evenly over {world} processes: make the "
                          f"batch size (*_train.batch_size) a multiple of {world}")
-    rows = slice(rank * B // world, (rank + 1) * B // world)
-    return {k: v[rows] if (torch.is_tensor(v) or isinstance(v, list)) and len(v) == B else v
+    rows, pairwise = slice(rank * B // world, (rank + 1) * B // world), batch.get("pairwise", ())
+    return {k: v[rows, rows] if k in pairwise else  # (B, B) matrices over the rows: cut on both axes
+            v[rows] if (torch.is_tensor(v) or isinstance(v, list)) and len(v) == B else v
             for k, v in batch.items()}
 
 
@@ -249,6 +256,18 @@ def _averaged(values: list, world: int) -> torch.Tensor:
     return flat
 
 
+def peak_memory(device: torch.device) -> str:
+    """The peak memory, for a stage's summary: on CUDA the bytes torch allocated and reserved on
+    `device` since the last reset; elsewhere the process's peak resident set over its whole life."""
+    if device.type == "cuda":
+        return (f"peak {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB allocated, "
+                f"{torch.cuda.max_memory_reserved(device) / 2 ** 30:.2f} GiB reserved (CUDA)")
+    if resource is None:
+        return "peak memory n/a"
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 10 if sys.platform == "darwin" else 1)
+    return f"peak {kib / 2 ** 20:.2f} GiB resident (process)"
+
+
 # ----------------------------------------------------------------------------
 # The loop
 
@@ -259,7 +278,7 @@ class NonFiniteLoss(RuntimeError):
 
 def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, config, meta: dict,
         stage: str, resume: bool = False, precision: str = "fp32", device=torch.device("cpu"),
-        seed: int = 0, lr_key: str = "the stage's *_train.lr", after_step=None) -> dict:
+        seed: int = 0, lr_key: str = "the stage's *_train.lr", after_step=None, count_flops: bool = False) -> dict:
     """Minimise `loss_fn(batch) -> (loss, parts)` over `sched.steps` batches of `stream`.
 
     Writes `path` = {model, optimizer, config, meta, step, done, running, rng} (config: the
@@ -269,8 +288,9 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
     checkpoint is kept as NAME.prev.pt until the new one is done. A non-finite loss stops the stage
     and keeps the last good checkpoint under its name. `after_step()` runs after each update
     (MotionLCM's EMA). `stage` names the stage that writes `path` and `lr_key` its rate, for the
-    messages; `seed` seeds each rank's noise under torchrun. Returns the final running averages of
-    the loss parts.
+    messages; `seed` seeds each rank's noise under torchrun. Ends with a summary line: seconds per
+    step after the first, peak memory and (`count_flops`) the first step's FLOPs on this process.
+    Returns the final running averages of the loss parts.
     """
     path = Path(path)
     previous = path.with_name(path.stem + ".prev.pt")
@@ -316,7 +336,9 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
         written.append(step)
 
     model.train()
-    start, start_step = time.time(), step
+    start, start_step, flops, timed_from = time.time(), step, None, None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     while step < sched.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(sched, step)
@@ -324,14 +346,16 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
         micro = micro_batches(shard(batch, rank, world) if world > 1 else batch, sched.micro_batch)
         optimizer.zero_grad(set_to_none=True)
         values = []  # per micro-batch: the loss and its parts
-        for i, rows in enumerate(micro):
-            # under DDP the gradients are averaged over the ranks once, after the last micro-batch
-            with forward.no_sync() if world > 1 and i < len(micro) - 1 else contextlib.nullcontext():
-                with autocast(precision, device):
-                    loss, parts = forward(rows)
-                # mean over the micro-batches of their (per-row mean) losses: the whole batch's gradient
-                (scaler.scale(loss / len(micro)) if scaler else loss / len(micro)).backward()
-            values.append([float(v.detach()) if torch.is_tensor(v) else float(v) for v in (loss, *parts.values())])
+        counter = FlopCounterMode(display=False) if count_flops and step == start_step else None
+        with counter or contextlib.nullcontext():  # (entering it again would restart its count)
+            for i, rows in enumerate(micro):
+                # under DDP the gradients are averaged over the ranks once, after the last micro-batch
+                with forward.no_sync() if world > 1 and i < len(micro) - 1 else contextlib.nullcontext():
+                    with autocast(precision, device):
+                        loss, parts = forward(rows)
+                    # mean over the micro-batches of their (per-row mean) losses: the whole batch's gradient
+                    (scaler.scale(loss / len(micro)) if scaler else loss / len(micro)).backward()
+                values.append([float(v.detach()) if torch.is_tensor(v) else float(v) for v in (loss, *parts.values())])
         mean = torch.tensor(values, dtype=torch.float64).mean(0).tolist()
         logged = {key: float(v) for key, v in zip(["loss", *parts], _averaged(mean, world))}
         if not math.isfinite(logged["loss"]):
@@ -348,6 +372,10 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
         if after_step is not None:
             after_step()
         step += 1
+        if counter is not None:
+            flops = counter.get_total_flops()
+        if step == start_step + 1:  # the first step (allocation, warm-up) is not timed
+            timed_from = time.time()
         for key, value in logged.items():
             running[key] = 0.98 * running.get(key, value) + 0.02 * value
         if step % sched.log_every == 0 or step == sched.steps:
@@ -358,6 +386,12 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
                   + f" | {rate:.1f} it/s, {eta:.0f} s left", flush=True)
         if step % every == 0 and step < sched.steps:
             checkpoint(done=False)
+    if step > start_step:
+        timed = step - start_step - 1
+        print(f"[{path.stem}] {lr_key.removesuffix('.lr')}: {step - start_step} steps of batch {sched.batch_size}"
+              f" (micro-batch {sched.micro_batch or sched.batch_size // world}, {precision}), "
+              + (f"{(time.time() - timed_from) / timed:.3f} s/step after the first, " if timed else "")
+              + peak_memory(device) + (f", {flops / 1e9:.4g} GFLOP in the first step" if flops else ""), flush=True)
     checkpoint(done=True)
     previous.unlink(missing_ok=True)
     model.eval()

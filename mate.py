@@ -408,6 +408,7 @@ def collate_records(records: list[Record], tokenizer, lemma_index: dict[str, int
             "word_ids": ids, "word_mask": mask, "target": torch.tensor([lemma_index[l] for l in lemmas]),
             "bounds": torch.tensor([r.bounds[n] for r, (_, n) in zip(records, picks)]),
             "negative": absent & absent.T, "same_word": same_word, "same_motion": same_motion,
+            "pairwise": ("negative", "same_word", "same_motion"),  # (B, B): loop.shard cuts both axes
             "caption": [r.caption for r in records], "word": words}
 
 

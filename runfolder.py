@@ -400,6 +400,7 @@ def captioning_lm(run: Run, cfg: CaptionerConfig) -> tuple:
     offline small OPT, pretrained here as a language model on the training captions (lamp_m2t_lm.pt)."""
     if run.args.llm:
         return captioner.load_lm(run.args.llm)
+    captioner.check_offline_lm_fits(cfg, run.device)
     tokenizer = clip_text_encoder(run).tokenizer
     torch.manual_seed(run.cfg.run.seed)  # before the LM's random initialisation
     lm, text = captioner.offline_lm(tokenizer, cfg)
@@ -468,7 +469,7 @@ def fit(run: Run, name: str, model: torch.nn.Module, config, loss_fn, stream, sc
     return loop.fit(run.out / f"{name}.pt", model, loss_fn, stream, sched, config=config,
                     meta={**meta, "trained_on": dict(run.loaded)}, stage=stage_of(name), resume=run.resume,
                     precision=run.cfg.run.precision, device=run.device, seed=run.cfg.run.seed, lr_key=lr_key,
-                    after_step=after_step)
+                    after_step=after_step, count_flops=run.cfg.run.flops)
 
 
 def run_stage(run: Run, stage: str, fn) -> dict:

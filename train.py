@@ -663,6 +663,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.run.precision == "fp16" and device.type != "cuda":
             raise ValueError(f"run.precision=fp16 needs CUDA (its GradScaler); on {device.type} use bf16")
         cli.check(args)
+        if "lamp_m2t" in stages and not args.llm:  # before any work: the offline LM must fit
+            captioner.check_offline_lm_fits(cfg.lamp_m2t, device)
         if distributed:
             loop.check_distributed(stages, DISTRIBUTED_STAGES)
     except ValueError as err:

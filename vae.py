@@ -420,7 +420,8 @@ def vae_loss_fn(model: MotionVAE, mean, std, device):
     model's lambda_kl and joint loss; mean, std: the dataset's, to recover joints). The batch's
     "noise" (`noise_ramped`; 1 when absent) scales the posterior noise of the decoded z."""
     def loss_fn(batch):
-        x, lengths = batch["motion"].to(device), batch["lengths"].to(device)
+        lengths = batch["lengths"].to(device)
+        x = batch["motion"][:, :int(lengths.max())].to(device)  # a micro-batch or shard: its own longest clip
         _, mu, logvar = model.encode(x, lengths, sample=False)
         # z = mu + s * sigma * n, n ~ N(0, I): MLD's reparameterisation at s = 1 (the same draw)
         z = mu + batch.get("noise", 1.0) * torch.exp(0.5 * logvar) * torch.randn_like(mu)

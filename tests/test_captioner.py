@@ -334,3 +334,26 @@ def test_caption_retrieval_scores_captions_against_their_motions():
     assert math.isclose(wrong["MMdist"], metrics.matching_score(text, motion))
     with pytest.raises(ValueError, match="captions for"):
         captioner.caption_retrieval(shifted[:3], test, evaluator, tokenize, seed=0)
+
+
+def test_offline_lm_parameters_count_opts_own():
+    cfg = captioner.CaptionerConfig(lm_width=48, lm_layers=3, lm_heads=4, lm_ff=80, lm_positions=40)
+    config = OPTConfig(vocab_size=500, hidden_size=48, num_hidden_layers=3, num_attention_heads=4, ffn_dim=80,
+                       word_embed_proj_dim=48, max_position_embeddings=40)
+    assert captioner.offline_lm_parameters(cfg, 500) == sum(p.numel() for p in OPTForCausalLM(config).parameters())
+
+
+def test_an_offline_lm_that_cannot_fit_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """The paper preset's offline LM has OPT-2.7B's sizes: ~42 GB to pretrain, refused on 24 GB
+    with the two ways out; a small stand-in passes."""
+    paper = captioner.CaptionerConfig()
+    assert 2.6e9 < captioner.offline_lm_parameters(paper) < 2.7e9  # OPT-2.7B: 2.65 B
+    with pytest.raises(ValueError, match=r"about 42\.\d GB, and this cpu has 24\.0 GB. Give --llm DIR"):
+        captioner.check_offline_lm_fits(paper, torch.device("cpu"), available=24 * 10 ** 9)
+    small = dataclasses.replace(paper, lm_width=256, lm_layers=2, lm_heads=4, lm_ff=1024)
+    captioner.check_offline_lm_fits(small, torch.device("cpu"), available=24 * 10 ** 9)
+    import train
+    monkeypatch.setattr(captioner, "device_memory", lambda device: 24 * 10 ** 9)
+    assert train.main(["--stage", "all", "--preset", "paper", "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
+    assert "--set lamp_m2t.lm_width=256" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists(), "refused before any work"

@@ -130,6 +130,16 @@ def test_shards_split_every_batched_field():
         loop.shard(batch, 0, 3)
 
 
+def test_shards_cut_pairwise_matrices_on_both_axes():
+    """MATE's (B, B) pair masks: a shard's rows and columns are its own pairs."""
+    pairs = torch.arange(16).reshape(4, 4)
+    batch = {"caption": list("abcd"), "negative": pairs, "rows": pairs, "pairwise": ("negative",)}
+    part = loop.shard(batch, 1, 2)
+    assert part["negative"].tolist() == [[10, 11], [14, 15]]
+    assert part["rows"].tolist() == [[8, 9, 10, 11], [12, 13, 14, 15]]  # not named pairwise: rows only
+    assert [m["negative"].tolist() for m in loop.micro_batches(batch, 2)] == [[[0, 1], [4, 5]], [[10, 11], [14, 15]]]
+
+
 def test_bf16_autocast_loss_is_finite_and_close_to_fp32(tmp_path):
     """One fixed batch through a small transformer denoiser's loss in fp32 and under bf16
     autocast: finite, within a few percent (bf16 keeps 8 bits of mantissa)."""

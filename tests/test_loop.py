@@ -145,3 +145,22 @@ def test_micro_batches_give_the_update_of_the_whole_batch(tmp_path):
     assert logged_micro == pytest.approx(logged_whole, rel=1e-5)
     with pytest.raises(ValueError, match="micro-batches of 3"):
         run(3, tmp_path / "c")
+
+
+def test_fit_ends_with_its_time_memory_and_flops(tmp_path, capsys):
+    """The summary line: the schedule, seconds per step after the first, the peak memory, and with
+    count_flops the first step's FLOPs: 2 x 8 x 3 x 4 multiply-adds forward, twice that backward."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 4)
+
+    def loss_fn(batch):
+        return model(batch["x"]).square().mean(), {}
+
+    sched = loop.Schedule(steps=3, batch_size=8, lr=1e-2, log_every=100, micro_batch=4)
+    loop.fit(tmp_path / "toy.pt", model, loss_fn, _toy_stream(), sched, config=ToyConfig(), meta={}, stage="toy",
+             lr_key="toy_train.lr", count_flops=True)
+    line = [l for l in capsys.readouterr().out.splitlines() if "s/step" in l][0]
+    assert line.startswith("[toy] toy_train: 3 steps of batch 8 (micro-batch 4, fp32), ")
+    assert " s/step after the first, peak " in line and " GiB resident (process)" in line
+    # forward x @ W^T: 2*8*3*4 = 192; backward: dW (192; x needs no gradient) -> 384 FLOPs, in two micro-batches
+    assert line.endswith(f", {384 / 1e9:.4g} GFLOP in the first step"), line

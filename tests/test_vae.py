@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vae import (MotionVAE, SkipTransformer, VAEConfig, kl_to_standard_normal, noise_ramped, slot_interpolation,
-                 slot_pooling, vae_loss, vae_loss_fn)
+                 lengths_to_mask, slot_pooling, vae_loss, vae_loss_fn)
 
 D = 263  # HumanML3D features
 
@@ -356,3 +356,18 @@ def test_mld_vae_ablations_and_short_tables_are_refused():
         from_mld_state_dict(no_cross, max_len=40)
     with pytest.raises(ValueError, match="query_pos_encoder.pe"):
         from_mld_state_dict(sd, max_len=59)  # 59 frames + 2 tokens > 60 rows
+
+
+def test_loss_fn_takes_a_micro_batch_padded_to_its_whole_batch():
+    """A micro-batch or torchrun shard keeps the whole batch's padding (its clips may all be
+    shorter): vae_loss_fn trims it to its own longest clip, and the loss is the trimmed batch's."""
+    torch.manual_seed(0)
+    vae = MotionVAE(tiny_cfg(n_tokens=2), D)
+    lengths = torch.tensor([12, 7])
+    motion = torch.randn(2, 12, D) * lengths_to_mask(lengths, 12)[..., None]
+    loss_fn = vae_loss_fn(vae, torch.zeros(D), torch.ones(D), "cpu")
+    torch.manual_seed(1)
+    trimmed, _ = loss_fn({"motion": motion, "lengths": lengths})
+    torch.manual_seed(1)
+    padded, _ = loss_fn({"motion": torch.cat([motion, torch.zeros(2, 20, D)], 1), "lengths": lengths})
+    torch.testing.assert_close(padded, trimmed)
