@@ -1,61 +1,81 @@
-"""Benchmark: training step time, peak memory and sampling speed of the paper-sized models.
+"""Benchmark: every training stage's step time, peak memory and FLOPs at the paper preset's
+batches, the hours its schedules imply, and the sampling speed of MLD, LEAD and MotionLCM.
 
-    python bench/bench_gpu.py [--device auto] [--steps N] [--sample-repeats N]
-                              [--precisions fp32,bf16] [--batch-div N] [--sample-batch 32]
-                              [--set section.field=value ...]
+    python bench/bench_gpu.py [--device auto] [--parts stages,sampling] [--stages vae,diffusion,...]
+                              [--steps N] [--precisions fp32,bf16] [--micro-div 1,4] [--budget 22]
+                              [--data DIR] [--clip NAME] [--llm DIR] [--out DIR] [--motions 1500]
+                              [--mem-limit GiB] [--sample-repeats N] [--sample-batch 32] [--set ...]
 
-Issue "Past one GPU". The paper preset's models (config.build_config("paper", [])) with random
-weights, text width 768 (CLIP ViT-L/14, the paper's; the offline encoder's projection_dim is
-not used here): MLD's VAE (9 layers, 1 x 256 latent), the denoiser and the LEAD projector.
-Printed, on one device (cuda if available, else cpu):
+Issue 32. Training (`--parts stages`): each training stage runs as train.py runs it (the preset's
+models, its batch sizes, its loss terms, data loading included), in a child process per stage,
+precision and micro-batch divisor (`--micro-div 4`: `*_train.micro_batch` = batch / 4), every
+schedule cut to `--steps` steps. Each training ends with loop.fit's summary line: seconds per step
+after the first, peak memory (CUDA: torch's reserved bytes; CPU: the process's peak resident set)
+and the first step's FLOPs (torch's FlopCounterMode, `run.flops`). Printed per checkpoint, then
+per stage: the hours the preset's schedules take at the measured s/step (GPU-hours on a GPU); an
+estimate for an RTX 3090 (LEAD Sec. 5.2's card) from the FLOPs at an assumed 30% of its peak
+(35.6 TFLOPS fp32, 71 bf16 with fp32 accumulation); and the largest micro-batch whose peak fits
+`--budget` GiB, the peak taken as linear in the rows per forward pass through the measured points.
+The data are the embedded dataset (`--motions`, enough for the projector's batch of 1024), or
+`--data DIR`; without `--llm` the captioner's LM is the small stand-in tests/test_paper_preset.py
+uses (at OPT-2.7B's sizes pretraining it from scratch needs ~42 GB: captioner.check_offline_lm_fits).
 
-- training: ms per step after warm-up (AdamW, forward + loss + backward + step) and peak memory
-  (torch.cuda.max_memory_allocated after the warm-up, so with the optimizer state; on a CPU the
-  process's max RSS, once, at the end) for each model at the paper's batch sizes (VAE 128,
-  denoiser 128, projector 1024: config.RunConfig's schedules) on random inputs of the right
-  shapes: motions (B, 196, 263) normalised with lengths 40..196, latents (B, 1, 256), text
-  c (B, 768). Precisions: fp32; bf16, one torch.autocast context around forward and loss (the
-  STYLE.md rule); fp16, the same plus a GradScaler (CUDA only).
-- sampling: seconds per prompt at batch 1 and prompts per second at batch 32 (`--sample-batch`),
-  50 DDIM steps with classifier-free guidance (schedule.ddim_sample) and the VAE decode of 196
-  frames (projector.generate with that z_0), for MLD (realigner=None) and LEAD (the projector),
-  the ratio LEAD / MLD; and MotionLCM one-step sampling (lcm.lcm_sample, then the same decode;
-  the student is a copy of the denoiser, which is all the speed depends on). The text embeddings
-  c are random: no text encoder runs. Beside them the papers' figures: LEAD 0.245 s and MLD
-  0.236 s per prompt (LEAD Sec. 5.3 "Inference Time"; the GPU is not named there, Sec. 5.2 trains
-  on a GeForce 3090), MotionLCM about 0.03 s at one step.
+Sampling (`--parts sampling`): seconds per prompt at batch 1 and prompts per second at batch 32,
+50 DDIM steps with classifier-free guidance and the VAE decode of 196 frames, for MLD (no
+projector) and LEAD (the projector), and MotionLCM at one step; random weights and random text
+embeddings (no text encoder runs). Beside them the papers' figures: LEAD 0.245 s and MLD 0.236 s
+per prompt (LEAD Sec. 5.3; the GPU is not named there), MotionLCM about 0.03 s at one step.
 
-On a CPU the same runs with few steps and repeats and training batches divided by 16
-(`--batch-div`; one CPU thread takes about a second per VAE step at batch 1), and the figures
-are labelled CPU figures: they are not comparable with the papers' GPU numbers. `--set` overrides
-the paper preset as train.py's does (tests/test_bench_gpu.py shrinks the models with it).
+On a CPU: 3 steps, fp32 only, each child's address space capped (`--mem-limit`, 90% of RAM) so
+a stage that does not fit fails cleanly; the figures are labelled CPU figures. CPU resident memory
+stands in for GPU memory (the same fp32 tensors; the CPU figure also holds Python, torch and the
+data, about 1 GiB; a GPU adds its CUDA context outside torch's count). `--set` overrides the
+preset as train.py's does (tests/test_bench_gpu.py shrinks it with the smoke preset).
 """
 import argparse
 import contextlib
+import os
+import re
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 import diffusion  # noqa: E402
 import lcm  # noqa: E402
 import projector  # noqa: E402
 import vae  # noqa: E402
-from config import build_config  # noqa: E402
+from config import RunConfig, build_config  # noqa: E402
 from runfolder import pick_device  # noqa: E402
 
 FEAT_DIM = 263   # HumanML3D features: 12 J - 1 with J = 22 joints
 FRAMES = 196     # HumanML3D's longest clip (vae.max_len)
-MIN_FRAMES = 40  # HumanML3D's shortest clip
 TEXT_DIM = 768   # CLIP ViT-L/14 text embedding, the paper's text encoder (Sec. 5.2)
-BATCH = {"vae": 128, "denoiser": 128, "projector": 1024}   # the paper preset's schedules
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PAPER = ("paper (per prompt, GPU not named; LEAD trains on a 3090): LEAD 0.245 s, MLD 0.236 s (LEAD / MLD 1.04); "
          "MotionLCM ~0.03 s at one step")
+TRAINING = ("evaluator", "lamp", "lamp_t2m", "lamp_m2t", "vae", "diffusion", "projector", "atm", "mate", "lcm")
+SCHEDULES = [name for name in RunConfig.__dataclass_fields__ if name.endswith("_train")]
+# RTX 3090 peak TFLOPS (NVIDIA's GA102 whitepaper): fp32 on CUDA cores (torch's default: no TF32 for
+# matmuls), bf16 / fp16 tensor cores with fp32 accumulation; the sustained share is our assumption
+TFLOPS = {"fp32": 35.6, "bf16": 71.0, "fp16": 71.0}
+UTILISATION = 0.3
+# the stages' own evaluations, small (as tests/test_paper_preset.py), and the offline text encoder
+QUICK = ["text.pretrain_steps=2", "text.pretrain_batch=8", "diffusion.sample_steps=2", "eval.replications=1",
+         "eval.diversity_times=10", "mate.probe_captions=2", "lamp_t2m.iterations=2", "lamp_m2t.beams=2"]
+STAND_IN_LM = ["lamp_m2t.lm_width=256", "lamp_m2t.lm_layers=2", "lamp_m2t.lm_heads=4", "lamp_m2t.lm_ff=1024"]
+SUMMARY = re.compile(  # loop.fit's last line
+    r"^\[(?P<ckpt>[^\]]+)\] (?P<sched>\w+): \d+ steps of batch (?P<batch>\d+) \(micro-batch (?P<micro>\d+), "
+    r"(?P<prec>\w+)\), (?:(?P<sps>[\d.]+) s/step after the first, )?peak (?P<peak>[\d.]+) GiB "
+    r"(?:allocated, (?P<reserved>[\d.]+) GiB reserved \(CUDA\)|resident \(process\))"
+    r"(?:, (?P<gflop>[\d.e+-]+) GFLOP in the first step)?$", re.M)
 
 
 # ----------------------------------------------------------------------------
@@ -88,83 +108,130 @@ def median_seconds(fn, repeats: int, device: torch.device) -> float:
 
 
 # ----------------------------------------------------------------------------
-# Training: one model, its random batch and its loss
+# Training: every stage of the recipe, as train.py runs it
 
 
-def training_case(name: str, cfg, batch: int, device: torch.device):
-    """-> (model in train mode on device, loss() -> (loss, parts)) for `name` at batch `batch`."""
-    latent_shape = (cfg.vae.n_tokens, cfg.vae.latent_dim)                         # (1, 256)
-    if name == "vae":
-        model = vae.MotionVAE(cfg.vae, FEAT_DIM).to(device)
-        lengths = torch.randint(MIN_FRAMES, FRAMES + 1, (batch,), device=device)  # (B,)
-        lengths[0] = FRAMES                                                        # pad to 196 frames
-        motion = torch.randn(batch, FRAMES, FEAT_DIM, device=device)              # (B, T, D)
-        motion = motion * vae.lengths_to_mask(lengths, FRAMES)[..., None]        # zero padding
-        # normalised features: the dataset mean is 0 and its std 1
-        loss_fn = vae.vae_loss_fn(model, torch.zeros(FEAT_DIM), torch.ones(FEAT_DIM), device)
-        return model, lambda: loss_fn({"motion": motion, "lengths": lengths})
-    z = torch.randn(batch, *latent_shape, device=device)                          # (B, 1, 256)
-    c = torch.randn(batch, TEXT_DIM, device=device)                               # (B, 768)
-    if name == "denoiser":
-        model = diffusion.Denoiser(cfg.diffusion, latent_shape, TEXT_DIM).to(device)
-        schedule = diffusion.GaussianDiffusion(cfg.diffusion).to(device)
-        c_uncond = torch.randn(TEXT_DIM, device=device)                           # tau("")
-        return model, lambda: schedule.loss(model, z, c, c_uncond)
-    if name == "projector":
-        model = projector.Projector(cfg.projector, latent_shape, TEXT_DIM).to(device)
-        return model, lambda: projector.projector_loss(z, *model(z), c, cfg.projector)
-    raise ValueError(f"unknown model {name!r}")
+def stage_command(args, out: Path, steps: int, extra: list[str]) -> list[str]:
+    """train.py's command line for a short run of the preset in `out`: every schedule cut to `steps`
+    steps (at its own batch), FLOPs counted, the stages' own evaluations made small."""
+    cmd = [sys.executable, str(ROOT / "train.py"), "--preset", args.preset, "--device", args.device, "--out", str(out)]
+    cmd += ["--data", str(args.data)] if args.data else ["--synthetic-dir", str(out / "data")]
+    cmd += ["--clip", args.clip] if args.clip else []
+    cmd += ["--llm", str(args.llm)] if args.llm else []
+    sets = [*QUICK, "run.flops=true", f"data.synthetic_motions={args.motions}"]
+    sets += [] if args.llm else STAND_IN_LM
+    sets += [f"{name}.{key}={steps}" for name in SCHEDULES for key in ("steps", "log_every")]
+    for item in sets + args.set + extra:
+        cmd += ["--set", item]
+    return cmd
 
 
-def time_training(model, loss_fn, precision: str, steps: int, warmup: int, device: torch.device):
-    """-> (ms per step over `steps` steps after `warmup`, peak bytes on CUDA or None, last loss)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-
-    def step():
-        with autocast(device, precision):
-            loss, _ = loss_fn()
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:  # fp16: scale the loss so small gradients do not underflow
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        return loss
-
-    for _ in range(warmup):
-        step()
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    sync(device)
-    ms = 1000 * (time.perf_counter() - start) / steps
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return ms, peak, float(loss.detach())
+def memory_limit(gib: float):
+    """preexec_fn for a CPU child: its address space capped at `gib` GiB, so a stage that does not
+    fit fails with torch's allocation error instead of meeting the kernel's OOM killer."""
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (int(gib * 2 ** 30), int(gib * 2 ** 30)))
+    return cap if gib > 0 else None
 
 
-def report_training(cfg, precisions, steps, warmup, batch_div, device) -> None:
-    print(f"\n== training: ms/step over {steps} steps after {warmup} warm-up, AdamW ==")
-    for name, full in BATCH.items():
-        batch = max(2, full // batch_div)  # L_var fits a Gaussian over the batch: 2 at least
+def parse_summaries(text: str) -> list[dict]:
+    """The lines loop.fit ends each training with -> one dict per line."""
+    return [{**m.groupdict(), "peak": float(m["reserved"] or m["peak"])} for m in SUMMARY.finditer(text)]
+
+
+def run_stage(args, out: Path, stage: str, steps: int, extra: list[str], device) -> tuple[list[dict], str]:
+    """One stage in a child process -> (its summary lines, '' or why it failed)."""
+    cmd = stage_command(args, out, steps, extra) + ["--stage", stage]
+    limit = args.mem_limit if device.type == "cpu" else 0
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, preexec_fn=memory_limit(limit))
+    text = done.stdout + done.stderr
+    return parse_summaries(text), failure(done.returncode, text, limit)
+
+
+def failure(returncode: int, text: str, limit: float) -> str:
+    """'' for a stage that ran, else why it did not, from its exit status and output."""
+    if returncode == 0:
+        return ""
+    if "can't allocate memory" in text or "out of memory" in text.lower() or "MemoryError" in text:
+        return f"out of memory{f' (address space capped at {limit:.1f} GiB)' if limit else ''}"
+    if returncode < 0:
+        return f"killed by signal {-returncode} (the kernel's OOM killer?)"
+    return f"exit {returncode}: " + (text.strip().splitlines() or ["?"])[-1][:160]
+
+
+def fitting_micro_batch(batch: int, rows: dict[int, float], budget: float) -> int | None:
+    """The largest micro-batch (a divisor of `batch`) whose peak fits `budget` GiB, the peak taken
+    as linear in the rows per forward pass through two measured points {rows: GiB} (an estimate)."""
+    if len(rows) < 2:
+        return None
+    (r0, m0), (r1, m1) = sorted(rows.items())[:2]
+    per_row = max((m1 - m0) / (r1 - r0), 1e-9)
+    fits = [d for d in range(1, batch + 1) if batch % d == 0 and m0 + per_row * (d - r0) <= budget]
+    return max(fits) if fits else None
+
+
+def report_stages(args, cfg, precisions, steps, device) -> None:
+    out = Path(args.out or tempfile.mkdtemp(prefix="bench_gpu_"))
+    gpu = device.type != "cpu"
+    print(f"\n== training: every stage of the {args.preset} preset at its batch, {steps} steps each "
+          f"(s/step after the first), in {out} ==")
+    if not (out / "data.json").exists():
+        rows, why = run_stage(args, out, "data", steps, [], device)
+        if why:
+            raise SystemExit(f"the data stage failed: {why}")
+    results = []  # (stage, precision, div, summary or None, why)
+    for stage in args.stages:
         for precision in precisions:
-            torch.manual_seed(0)
-            model, loss_fn = training_case(name, cfg, batch, device)
-            ms, peak, loss = time_training(model, loss_fn, precision, steps, warmup, device)
-            params = sum(p.numel() for p in model.parameters()) / 1e6
-            memory = f"peak {peak / 2 ** 20:8.0f} MiB" if peak is not None else "peak n/a (CPU)"
-            print(f"  {name:9s} batch {batch:4d} {precision}: {ms:9.1f} ms/step  {memory}  "
-                  f"({params:.1f} M params, last loss {loss:.3f})", flush=True)
-            del model, loss_fn
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    print("  paper: the projector's 200 epochs (~4,600 steps of 1024) took ~2 h on a 3090 "
-          "(Sec. 5.2): ~1.6 s/step, everything included")
+            for div in args.micro_div:
+                extra = [f"run.precision={precision}"]
+                extra += [f"{name}.micro_batch={getattr(cfg, name).batch_size // div}" for name in SCHEDULES
+                          if div > 1 and getattr(cfg, name).batch_size % div == 0]
+                summaries, why = run_stage(args, out, stage, steps, extra, device)
+                results += [(stage, precision, div, row, "") for row in summaries]
+                if why or not summaries:
+                    results.append((stage, precision, div, None, why or "no training summary printed"))
+                    print(f"  {stage:10s} {precision} micro 1/{div}: {why or 'no training summary printed'}",
+                          flush=True)
+                for row in summaries:
+                    print_row(stage, cfg, row, gpu)
+    print_hours(cfg, results, gpu, args.budget)
+
+
+def print_row(stage: str, cfg, row: dict, gpu: bool) -> None:
+    sched = getattr(cfg, row["sched"])
+    sps = float(row["sps"]) if row["sps"] else None
+    hours = f"{sched.steps * sps / 3600:9.2f} h" if sps else "        ? h"
+    flop = f"{float(row['gflop']) / 1e3:8.3g}" if row["gflop"] else "       ?"
+    print(f"  {stage:10s} {row['ckpt']:22s} batch {row['batch']:>4s} micro {row['micro']:>4s} {row['prec']}: "
+          f"{row['sps'] or '?':>8s} s/step  peak {row['peak']:6.2f} GiB  {flop} TFLOP/step  "
+          f"{sched.steps:>7d} steps -> {hours}{'' if gpu else ' (CPU)'}", flush=True)
+
+
+def print_hours(cfg, results, gpu: bool, budget: float) -> None:
+    """Per stage and precision: the hours its schedules take at the measured s/step (each checkpoint
+    at its least-divided run), an RTX 3090 estimate from the FLOPs, the micro-batch that fits."""
+    print(f"\n== per stage: the {'measured' if gpu else 'CPU'} hours of the preset's schedules; estimated "
+          f"hours on an RTX 3090 (the counted FLOPs at {UTILISATION:.0%} of its {TFLOPS['fp32']} fp32 / "
+          f"{TFLOPS['bf16']} bf16 TFLOPS); the micro-batch whose peak fits {budget:g} GiB (linear in rows, "
+          f"estimated) ==")
+    by_stage = {}
+    for stage, precision, div, row, why in results:
+        by_stage.setdefault((stage, precision), []).append((div, row, why))
+    for (stage, precision), runs in by_stage.items():
+        measured = estimated = 0.0
+        fits = []
+        for ckpt in dict.fromkeys(row["ckpt"] for _, row, _ in runs if row):
+            rows = sorted((div, row) for div, row, _ in runs if row and row["ckpt"] == ckpt)
+            first = rows[0][1]                                           # the least-divided run that ran
+            steps = getattr(cfg, first["sched"]).steps
+            measured += steps * float(first["sps"] or "nan") / 3600
+            estimated += steps * float(first["gflop"] or "nan") * 1e9 / (UTILISATION * TFLOPS[precision] * 1e12) / 3600
+            micro = fitting_micro_batch(int(first["batch"]), {int(r["micro"]): r["peak"] for _, r in rows}, budget)
+            fits.append(f"{ckpt} {micro or '?'}/{first['batch']}")
+        failed = "; ".join(f"micro 1/{div}: {why}" for div, _, why in runs if why)
+        print(f"  {stage:10s} {precision}: {measured:8.2f} h {'measured' if gpu else 'CPU'}, {estimated:7.2f} h "
+              f"estimated (3090); fits {budget:g} GiB: {', '.join(fits) or '?'}" + (f"  [{failed}]" if failed else ""),
+              flush=True)
 
 
 # ----------------------------------------------------------------------------
@@ -219,49 +286,68 @@ def report_sampling(cfg, precisions, repeats, sample_batch, device) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cpu")
-    p.add_argument("--steps", type=int, help="timed training steps (default 200 on GPU, 2 on CPU)")
+    p.add_argument("--parts", default="stages,sampling", help="comma-separated: stages, sampling")
+    p.add_argument("--stages", default=",".join(TRAINING), help=f"training stages, in order (default all: "
+                                                                  f"{','.join(TRAINING)})")
+    p.add_argument("--preset", default="paper", help="train.py's preset (default paper)")
+    p.add_argument("--steps", type=int, help="steps per schedule, the first untimed (default 20 on GPU, 3 on CPU)")
+    p.add_argument("--precisions", help="comma-separated fp32, bf16, fp16 (default fp32,bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--micro-div", default="1,4", help="comma-separated divisors of each batch into micro-batches")
+    p.add_argument("--budget", type=float, default=22.0, help="GiB a stage's peak must fit (a 24 GB card, less "
+                                                              "its CUDA context and headroom)")
+    p.add_argument("--motions", type=int, default=1500, help="embedded dataset size (its train split must hold "
+                                                             "the largest batch: the projector's 1024)")
+    p.add_argument("--data", type=Path, help="a HumanML3D-layout folder instead of the embedded dataset")
+    p.add_argument("--clip", help="train.py --clip (a local CLIP folder or name)")
+    p.add_argument("--llm", type=Path, help="train.py --llm (a local OPT folder): the paper's captioner LM")
+    p.add_argument("--out", type=Path, help="run folder for the stages (default: a new temporary folder)")
+    p.add_argument("--mem-limit", type=float, help="CPU: each stage's address space in GiB (default 90%% of RAM; "
+                                                   "0: none)")
     p.add_argument("--sample-repeats", type=int, help="timed sampling calls (default 10 on GPU, 2 on CPU)")
-    p.add_argument("--precisions", help="comma-separated fp32, bf16, fp16 (default fp32,bf16, "
-                                        "and fp16 on CUDA)")
-    p.add_argument("--batch-div", type=int, help="divide the training batch sizes by this "
-                                                 "(default 1 on GPU, 16 on CPU)")
     p.add_argument("--sample-batch", type=int, default=32, help="the batch of the throughput figure")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override the paper preset (repeatable), as train.py --set")
+                   help="override the preset (repeatable), as train.py --set")
     args = p.parse_args(argv)
-    # note: one CPU thread, as the other benches; on a GPU the host only launches kernels
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # sampling, as the other benches; the stages run with the preset's threads
     device = pick_device(args.device)
+    args.device = device.type
     gpu = device.type != "cpu"
-    steps = args.steps or (200 if gpu else 2)
+    parts = args.parts.split(",")
+    args.stages = [s for s in args.stages.split(",") if s]
+    args.micro_div = [int(d) for d in args.micro_div.split(",")]
+    steps = args.steps or (20 if gpu else 3)
     repeats = args.sample_repeats or (10 if gpu else 2)
-    batch_div = args.batch_div or (1 if gpu else 16)
-    precisions = (args.precisions or ("fp32,bf16,fp16" if device.type == "cuda" else "fp32,bf16")).split(",")
+    precisions = (args.precisions or ("fp32,bf16" if gpu else "fp32")).split(",")
+    if args.mem_limit is None:
+        args.mem_limit = 0.9 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    for part in parts:
+        if part not in ("stages", "sampling"):
+            raise ValueError(f"--parts: {part!r} is not stages or sampling")
+    for stage in args.stages:
+        if stage not in TRAINING:
+            raise ValueError(f"--stages: {stage!r} is not a training stage ({', '.join(TRAINING)})")
     for precision in precisions:
         if precision not in DTYPES:
             raise ValueError(f"--precisions: {precision!r} is not one of {', '.join(DTYPES)}")
         if precision == "fp16" and device.type != "cuda":
             raise ValueError("--precisions fp16 needs CUDA (its GradScaler is CUDA's)")
-    if batch_div < 1 or args.sample_batch < 1:
-        raise ValueError("--batch-div and --sample-batch must be at least 1")
-    cfg = build_config("paper", args.set)
+    if steps < 2 or args.sample_batch < 1 or min(args.micro_div) < 1:
+        raise ValueError("--steps must be at least 2 (the first is not timed); --sample-batch, --micro-div >= 1")
+    cfg = build_config(args.preset, args.set)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    print(f"device: {name}, torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)")
+    print(f"device: {name}, torch {torch.__version__}")
     if device.type == "cuda":
         print(f"TF32 matmul: {torch.backends.cuda.matmul.allow_tf32}, cuDNN TF32: {torch.backends.cudnn.allow_tf32}")
     if not gpu:
-        print("note: these are CPU figures (few steps, one thread): not comparable with the "
-              "papers' GPU numbers")
-    if batch_div > 1:
-        print(f"note: training batches are the paper's divided by {batch_div} (--batch-div)")
+        print(f"note: these are CPU figures: not comparable with the papers' GPU numbers; each stage's address "
+              f"space is capped at {args.mem_limit:.1f} GiB")
     if args.set:
-        print(f"note: the paper preset with --set {' '.join(args.set)}")
-    report_training(cfg, precisions, steps, max(1, steps // 20) if gpu else 1, batch_div, device)
-    report_sampling(cfg, precisions, repeats, args.sample_batch, device)
-    if device.type == "cpu":  # ru_maxrss is in KiB on Linux; the whole process, all rows above
-        print(f"\nprocess max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10:.0f} MiB "
-              f"(getrusage: the peak over every row above, not per model)")
+        print(f"note: the {args.preset} preset with --set {' '.join(args.set)}")
+    if "stages" in parts:
+        report_stages(args, cfg, precisions, steps, device)
+    if "sampling" in parts:
+        report_sampling(cfg, precisions, repeats, args.sample_batch, device)
 
 
 if __name__ == "__main__":
