@@ -17,8 +17,10 @@ estimate for an RTX 3090 (LEAD Sec. 5.2's card) from the FLOPs at an assumed 30%
 (35.6 TFLOPS fp32, 71 bf16 with fp32 accumulation); and the largest micro-batch whose peak fits
 `--budget` GiB, the peak taken as linear in the rows per forward pass through the measured points.
 The data are the embedded dataset (`--motions`, enough for the projector's batch of 1024), or
-`--data DIR`; without `--llm` the captioner's LM is the small stand-in tests/test_paper_preset.py
-uses (at OPT-2.7B's sizes pretraining it from scratch needs ~42 GB: captioner.check_offline_lm_fits).
+`--data DIR`, each clip padded to 196 frames (`--no-longest` keeps their lengths): every batch is
+the worst case for memory, and its time an upper bound. Without `--llm` the captioner's LM is the
+small stand-in tests/test_paper_preset.py uses (at OPT-2.7B's sizes pretraining it from scratch
+needs ~42 GB: captioner.check_offline_lm_fits).
 
 Sampling (`--parts sampling`): seconds per prompt at batch 1 and prompts per second at batch 32,
 50 DDIM steps with classifier-free guidance and the VAE decode of 196 frames, for MLD (no
@@ -37,6 +39,7 @@ import contextlib
 import os
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,13 +165,29 @@ def failure(returncode: int, text: str, limit: float) -> str:
 
 def fitting_micro_batch(batch: int, rows: dict[int, float], budget: float) -> int | None:
     """The largest micro-batch (a divisor of `batch`) whose peak fits `budget` GiB, the peak taken
-    as linear in the rows per forward pass through two measured points {rows: GiB} (an estimate)."""
+    as linear in the rows per forward pass through two measured points {rows: GiB} (an estimate);
+    from one point, that point's rows if it fits (measured), else None."""
     if len(rows) < 2:
-        return None
+        return next((r for r, peak in rows.items() if peak <= budget), None)
     (r0, m0), (r1, m1) = sorted(rows.items())[:2]
     per_row = max((m1 - m0) / (r1 - r0), 1e-9)
     fits = [d for d in range(1, batch + 1) if batch % d == 0 and m0 + per_row * (d - r0) <= budget]
     return max(fits) if fits else None
+
+
+def longest_copy(src: Path, dst: Path, frames: int) -> Path:
+    """A copy of the HumanML3D-layout folder `src` whose clips all have `frames` frames, each clip's
+    last frame repeated (a step's memory and time depend on shapes only): every batch is then a
+    batch of the longest clips, the worst case for memory."""
+    if not (dst / "train.txt").exists():
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("new_joint_vecs", "new_joints"), dirs_exist_ok=True)
+        for folder in ("new_joint_vecs", "new_joints"):
+            (dst / folder).mkdir(exist_ok=True)
+            for path in sorted((src / folder).glob("*.npy")):
+                x = np.load(path)
+                np.save(dst / folder / path.name, np.pad(x, [(0, max(0, frames - len(x)))] + [(0, 0)] * (x.ndim - 1),
+                                                         mode="edge")[:frames])
+    return dst
 
 
 def report_stages(args, cfg, precisions, steps, device) -> None:
@@ -179,6 +199,10 @@ def report_stages(args, cfg, precisions, steps, device) -> None:
         rows, why = run_stage(args, out, "data", steps, [], device)
         if why:
             raise SystemExit(f"the data stage failed: {why}")
+    if args.longest:
+        args.data = longest_copy(args.data or out / "data", out / "data_longest", cfg.data.max_len)
+        print(f"  every clip padded to {cfg.data.max_len} frames ({args.data}): each batch is the worst case for "
+              f"memory, and its time an upper bound")
     results = []  # (stage, precision, div, summary or None, why)
     for stage in args.stages:
         for precision in precisions:
@@ -298,6 +322,8 @@ def main(argv=None) -> None:
     p.add_argument("--motions", type=int, default=1500, help="embedded dataset size (its train split must hold "
                                                              "the largest batch: the projector's 1024)")
     p.add_argument("--data", type=Path, help="a HumanML3D-layout folder instead of the embedded dataset")
+    p.add_argument("--no-longest", dest="longest", action="store_false", help="keep the clips' lengths (default: "
+                   "every clip padded to the longest, so each batch is the worst case for memory)")
     p.add_argument("--clip", help="train.py --clip (a local CLIP folder or name)")
     p.add_argument("--llm", type=Path, help="train.py --llm (a local OPT folder): the paper's captioner LM")
     p.add_argument("--out", type=Path, help="run folder for the stages (default: a new temporary folder)")

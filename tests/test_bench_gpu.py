@@ -31,7 +31,8 @@ def test_the_micro_batch_that_fits_is_the_largest_divisor_under_the_line():
     assert bench_gpu.fitting_micro_batch(128, points, 22.0) == 128
     assert bench_gpu.fitting_micro_batch(128, points, 12.0) == 64     # 5.6 + 0.15 * 32 = 10.4; 96 rows: 15.2
     assert bench_gpu.fitting_micro_batch(128, points, 5.0) == 16      # 5.6 - 0.15 * 16 = 3.2; 32 rows: 5.6
-    assert bench_gpu.fitting_micro_batch(128, {128: 20.0}, 22.0) is None  # one point: no line
+    assert bench_gpu.fitting_micro_batch(128, {32: 18.7}, 22.0) == 32      # one point: itself, if it fits
+    assert bench_gpu.fitting_micro_batch(128, {32: 18.7}, 16.0) is None
 
 
 def test_a_stage_that_failed_says_why():
@@ -71,3 +72,18 @@ def test_fp16_needs_cuda_and_stages_are_training_stages():
         bench_gpu.main(["--device", "cpu", "--precisions", "fp16"])
     with pytest.raises(ValueError, match="'eval' is not a training stage"):
         bench_gpu.main(["--device", "cpu", "--stages", "eval"])
+
+
+def test_the_longest_copy_pads_every_clip_with_its_last_frame(tmp_path):
+    import numpy as np
+    src = tmp_path / "src"
+    for folder in ("new_joint_vecs", "new_joints", "texts"):
+        (src / folder).mkdir(parents=True)
+    np.save(src / "new_joint_vecs" / "a.npy", np.arange(6, dtype=np.float32).reshape(3, 2))
+    np.save(src / "new_joints" / "a.npy", np.ones((3, 22, 3), np.float32))
+    (src / "texts" / "a.txt").write_text("a person walks#a/DET#0.0#0.0\n")
+    (src / "train.txt").write_text("a\n")
+    dst = bench_gpu.longest_copy(src, tmp_path / "dst", 5)
+    assert np.load(dst / "new_joint_vecs" / "a.npy").tolist() == [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]]
+    assert np.load(dst / "new_joints" / "a.npy").shape == (5, 22, 3)
+    assert (dst / "texts" / "a.txt").read_text() == "a person walks#a/DET#0.0#0.0\n" and (dst / "train.txt").exists()
