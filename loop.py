@@ -289,7 +289,7 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
     and keeps the last good checkpoint under its name. `after_step()` runs after each update
     (MotionLCM's EMA). `stage` names the stage that writes `path` and `lr_key` its rate, for the
     messages; `seed` seeds each rank's noise under torchrun. Ends with a summary line: seconds per
-    step after the first, peak memory and (`count_flops`) the first step's FLOPs on this process.
+    step after the first (checkpoint writes left out), peak memory and (`count_flops`) the first step's FLOPs on this process.
     Returns the final running averages of the loss parts.
     """
     path = Path(path)
@@ -322,9 +322,10 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
         if rng is None or len(rng) != world:
             torch.manual_seed(1000 * seed + 7919 * step + rank)
     every = max(1, min(sched.ckpt_every, sched.steps // 4))
-    written = []  # the steps this call checkpointed
+    written, writing = [], []  # the steps this call checkpointed, and the seconds each write took
 
     def checkpoint(done: bool):
+        began = time.time()
         states = [torch.get_rng_state()]  # every rank's, so that a resume draws what it would have drawn
         if world > 1:
             states = [None] * world
@@ -334,6 +335,7 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
                                    "config": dataclasses.asdict(config), "meta": meta, "step": step,
                                    "done": done, "running": running, "rng": states[0], "rng_ranks": states})
         written.append(step)
+        writing.append(time.time() - began)
 
     model.train()
     start, start_step, flops, timed_from = time.time(), step, None, None
@@ -374,8 +376,6 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
         step += 1
         if counter is not None:
             flops = counter.get_total_flops()
-        if step == start_step + 1:  # the first step (allocation, warm-up) is not timed
-            timed_from = time.time()
         for key, value in logged.items():
             running[key] = 0.98 * running.get(key, value) + 0.02 * value
         if step % sched.log_every == 0 or step == sched.steps:
@@ -386,11 +386,14 @@ def fit(path: Path, model: nn.Module, loss_fn, stream, sched: Schedule, *, confi
                   + f" | {rate:.1f} it/s, {eta:.0f} s left", flush=True)
         if step % every == 0 and step < sched.steps:
             checkpoint(done=False)
+        if step == start_step + 1:  # the first step (allocation, warm-up) is not timed
+            timed_from, written_before = time.time(), len(writing)
     if step > start_step:
         timed = step - start_step - 1
         print(f"[{path.stem}] {lr_key.removesuffix('.lr')}: {step - start_step} steps of batch {sched.batch_size}"
               f" (micro-batch {sched.micro_batch or sched.batch_size // world}, {precision}), "
-              + (f"{(time.time() - timed_from) / timed:.3f} s/step after the first, " if timed else "")
+              + (f"{(time.time() - timed_from - sum(writing[written_before:])) / timed:.3f} s/step after the first, "
+                 if timed else "")
               + peak_memory(device) + (f", {flops / 1e9:.4g} GFLOP in the first step" if flops else ""), flush=True)
     checkpoint(done=True)
     previous.unlink(missing_ok=True)
