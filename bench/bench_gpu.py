@@ -36,7 +36,6 @@ preset as train.py's does (tests/test_bench_gpu.py shrinks it with the smoke pre
 """
 import argparse
 import contextlib
-import os
 import re
 import resource
 import shutil
@@ -56,6 +55,7 @@ import diffusion  # noqa: E402
 import lcm  # noqa: E402
 import projector  # noqa: E402
 import vae  # noqa: E402
+from captioner import device_memory  # noqa: E402
 from config import RunConfig, build_config  # noqa: E402
 from runfolder import pick_device  # noqa: E402
 
@@ -345,7 +345,7 @@ def main(argv=None) -> None:
     repeats = args.sample_repeats or (10 if gpu else 2)
     precisions = (args.precisions or ("fp32,bf16" if gpu else "fp32")).split(",")
     if args.mem_limit is None:
-        args.mem_limit = 0.9 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+        args.mem_limit = 0.9 * (device_memory(torch.device("cpu")) or 0) / 2 ** 30  # 0: unknown, no cap
     for part in parts:
         if part not in ("stages", "sampling"):
             raise ValueError(f"--parts: {part!r} is not stages or sampling")
